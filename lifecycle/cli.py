@@ -1,0 +1,206 @@
+"""The `lifecycle` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from lifecycle.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    base = Settings()
+    return base.model_copy(update=overrides) if overrides else base
+
+
+def _virtual_settings() -> Settings:
+    return _settings(clock="virtual")
+
+
+def cmd_service(name: str) -> int:
+    from lifecycle.runtime import StartupError, setup_logging
+
+    setup_logging()
+    settings = _settings()
+    try:
+        if name == "ingest":
+            from services.ingest.main import run as run_ingest
+
+            run_ingest(settings)
+        elif name == "stager":
+            from services.stager.main import run as run_stager
+
+            run_stager(settings)
+        else:
+            from services.dispatcher.main import run as run_dispatcher
+
+            run_dispatcher(settings)
+    except StartupError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_migrate() -> int:
+    from lifecycle.migrations import upgrade
+
+    upgrade(_settings())
+    print("database migrated to the latest revision", file=sys.stderr)
+    return 0
+
+
+def cmd_stack(action: str) -> int:
+    from lifecycle import stack
+
+    settings = _virtual_settings()
+    if action == "up":
+        stack.up(settings)
+        print(f"stack up: API on http://127.0.0.1:{settings.ingest_port}, logs in {settings.run_dir}/logs")
+    elif action == "down":
+        stack.down(settings)
+        print("stack down")
+    else:
+        rows = stack.status(settings)
+        width = max(len(name) for name, _, _ in rows)
+        for name, running, detail in rows:
+            print(f"{name:<{width}}  {'up  ' if running else 'down'}  {detail}")
+        return 0 if all(running for _, running, _ in rows) else 3
+    return 0
+
+
+def ensure_virtual_stack(settings: Settings) -> None:
+    """Start what is missing; refuse a running stack whose services are not on the virtual clock."""
+    from lifecycle import stack
+
+    stack.up(settings)
+    for port in (settings.stager_port, settings.dispatcher_port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            clock = json.load(response).get("clock")
+        if clock != "virtual":
+            raise stack.StackError(
+                f"the running services use the {clock} clock; run `lifecycle stack down` first so that "
+                "they restart on the virtual clock"
+            )
+
+
+async def _run_scenarios(settings: Settings, files: list[Path]) -> int:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from lifecycle.idle import NotIdle, PipelineWatch
+    from lifecycle.scenario import ScenarioError, ScenarioRunner
+
+    engine = create_async_engine(settings.database_url)
+    watch = PipelineWatch(settings, engine)
+    await watch.start()
+    runner = ScenarioRunner(settings, engine, watch)
+    failed = 0
+    try:
+        for path in files:
+            try:
+                outcome = await runner.run(path)
+            except (ScenarioError, NotIdle) as exc:
+                print(f"FAIL {path}\n  {exc}")
+                failed += 1
+                continue
+            if outcome.passed:
+                print(f"PASS {path}  ({outcome.name})")
+            else:
+                failed += 1
+                print(f"FAIL {path}  ({outcome.name})")
+                for failure in outcome.failures:
+                    print(f"  {failure}")
+    finally:
+        await runner.close()
+        await watch.stop()
+        await engine.dispose()
+    print(f"{len(files) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_scenario(files: list[str]) -> int:
+    paths = [Path(f) for f in files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"no such scenario file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = _virtual_settings()
+    ensure_virtual_stack(settings)
+    return asyncio.run(_run_scenarios(settings, paths))
+
+
+def cmd_journeys_validate(directory: str | None) -> int:
+    from lifecycle.journey_files import JourneyError, load_journeys
+
+    extra = Path(directory) if directory else _settings().journeys_dir
+    try:
+        journeys = load_journeys(extra)
+    except JourneyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for journey in sorted(journeys, key=lambda j: j.name):
+        sends = sum(1 for s in journey.steps if hasattr(s, "template"))
+        print(f"ok  {journey.name:<22} entry={journey.entry.trigger.value:<16} sends={sends} "
+              f"reentry={journey.reentry}")
+    return 0
+
+
+def cmd_demo() -> int:
+    from lifecycle.demo import run_demo
+
+    settings = _virtual_settings()
+    ensure_virtual_stack(settings)
+    return asyncio.run(run_demo(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle email automation for e-commerce.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("ingest", "stager", "dispatcher"):
+        sub.add_parser(name, help=f"run the {name} service")
+    sub.add_parser("migrate", help="apply database migrations (Alembic)")
+    stack_parser = sub.add_parser("stack", help="the local stack: Kafka, PostgreSQL, SMTP sink, services")
+    stack_parser.add_argument("action", choices=["up", "down", "status"])
+    sub.add_parser("demo", help="play a shop's traffic on the virtual clock and show every email sent")
+    scenario = sub.add_parser("scenario", help="play scenario files through the real pipeline")
+    scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True)
+    scenario_run = scenario_sub.add_parser("run", help="run scenario files; exits non-zero on any failure")
+    scenario_run.add_argument("files", nargs="+")
+    journeys = sub.add_parser("journeys", help="journey definitions")
+    journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
+    validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
+    validate.add_argument("--dir", help="extra journeys directory (default: LIFECYCLE_JOURNEYS_DIR)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lifecycle.stack import StackError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("ingest", "stager", "dispatcher"):
+            return cmd_service(args.command)
+        if args.command == "migrate":
+            return cmd_migrate()
+        if args.command == "stack":
+            return cmd_stack(args.action)
+        if args.command == "demo":
+            return cmd_demo()
+        if args.command == "scenario":
+            return cmd_scenario(args.files)
+        return cmd_journeys_validate(args.dir)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

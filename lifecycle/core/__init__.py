@@ -1,0 +1,1 @@
+"""The domain core: pure functions, no I/O, no clock reads."""

@@ -1,0 +1,287 @@
+"""Lifecycle rules: a pure function from (state, input, now) to a decision.
+
+No I/O and no clock reads: the stager loads the state, calls `apply_event` or
+`apply_due`, and saves the decision in one transaction. Facts are computed from
+`occurred_at`, never from arrival order, so any permutation of the same events
+gives the same final state.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from lifecycle.core.state import CartState, CustomerState, OrderFact
+from lifecycle.core.triggers import Trigger, TriggerType
+from lifecycle.events import Event, EventType
+
+PROFILE_TRAITS = ("email", "first_name", "last_name", "locale", "timezone", "birthday")
+
+
+class DueKind:
+    """Kinds of time-driven changes; a customer has at most one pending row per kind."""
+
+    STAGE = "stage_expiry"
+    CART = "cart_abandon"
+    BIRTHDAY = "birthday"
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    new_customer_days: int = 90
+    lapsed_days: int = 365
+    cart_abandon_minutes: int = 60
+    backfill_hours: int = 24
+    birthday_hour: int = 9
+
+
+@dataclass
+class Decision:
+    state: CustomerState
+    triggers: list[Trigger] = field(default_factory=list)
+    # kind -> new due time, or None to cancel; kinds absent are left as they are
+    dues: dict[str, datetime | None] = field(default_factory=dict)
+
+
+def compute_stage(state: CustomerState, now: datetime, config: RuleConfig) -> str:
+    counted = state.counted_orders()
+    if not counted:
+        return "prospect"
+    last = max(o.placed_at for o in counted)
+    age = now - last
+    if age >= timedelta(days=config.lapsed_days):
+        return "lapsed"
+    if age >= timedelta(days=config.new_customer_days):
+        return "at_risk"
+    return "new" if len(counted) == 1 else "active"
+
+
+def next_stage_change(state: CustomerState, now: datetime, config: RuleConfig) -> datetime | None:
+    """When the stage would change with no new event: the stage expiry due time."""
+    counted = state.counted_orders()
+    if not counted:
+        return None
+    last = max(o.placed_at for o in counted)
+    for days in (config.new_customer_days, config.lapsed_days):
+        moment = last + timedelta(days=days)
+        if moment > now:
+            return moment
+    return None
+
+
+def parse_birthday(value: str) -> tuple[int, int] | None:
+    """`YYYY-MM-DD` or `--MM-DD` to (month, day)."""
+    text = value[2:] if value.startswith("--") else value[5:]
+    try:
+        month_s, day_s = text.split("-")
+        return int(month_s), int(day_s)
+    except ValueError:
+        return None
+
+
+def next_birthday(state: CustomerState, after: datetime, config: RuleConfig) -> datetime | None:
+    """The next birthday moment at the configured hour in the customer's zone, strictly after `after`."""
+    raw = state.traits.get("birthday")
+    if not raw:
+        return None
+    parsed = parse_birthday(raw)
+    if parsed is None:
+        return None
+    month, day = parsed
+    zone = ZoneInfo(state.traits.get("timezone") or "UTC")
+    local_after = after.astimezone(zone)
+    for year in range(local_after.year, local_after.year + 9):
+        # 29 February falls on the 28th in common years
+        actual_day = min(day, calendar.monthrange(year, month)[1])
+        moment = datetime.combine(date(year, month, actual_day), time(config.birthday_hour), tzinfo=zone)
+        if moment > after:
+            return moment.astimezone(after.tzinfo)
+    return None
+
+
+class _Applier:
+    """Collects the effects of one input on one customer."""
+
+    def __init__(self, state: CustomerState, now: datetime, cause_at: datetime, backfill: bool,
+                 cause_id: str, config: RuleConfig) -> None:
+        self.state = state
+        self.now = now
+        self.cause_at = cause_at
+        self.backfill = backfill
+        self.cause_id = cause_id
+        self.config = config
+        self.decision = Decision(state=state)
+        self._stage_before = state.stage
+        self._consent_before = state.consent
+        self._birthday_inputs = (state.traits.get("birthday"), state.traits.get("timezone"))
+
+    def emit(self, kind: TriggerType, data: dict[str, Any] | None = None, suffix: str = "") -> None:
+        self.decision.triggers.append(
+            Trigger(
+                trigger_id=f"{self.cause_id}:{kind.value}{suffix}",
+                type=kind,
+                customer_id=self.state.customer_id,
+                occurred_at=self.cause_at,
+                backfill=self.backfill,
+                data=data or {},
+            )
+        )
+
+    def finish(self) -> Decision:
+        state = self.state
+        if state.consent != self._consent_before:
+            self.emit(
+                TriggerType.CONSENT_CHANGED,
+                {"from": self._consent_before, "to": state.consent, "orders_count": len(state.counted_orders())},
+            )
+        new_stage = compute_stage(state, self.now, self.config)
+        if new_stage != self._stage_before:
+            state.stage = new_stage
+            self.emit(TriggerType.STAGE_CHANGED, {"from": self._stage_before, "to": new_stage})
+        self.decision.dues[DueKind.STAGE] = next_stage_change(state, self.now, self.config)
+        if (state.traits.get("birthday"), state.traits.get("timezone")) != self._birthday_inputs:
+            self.decision.dues[DueKind.BIRTHDAY] = next_birthday(state, self.now, self.config)
+        return self.decision
+
+
+def is_backfill(occurred_at: datetime, received_at: datetime, config: RuleConfig) -> bool:
+    return received_at - occurred_at > timedelta(hours=config.backfill_hours)
+
+
+def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleConfig) -> Decision:
+    """Apply one event (already known to be new) to a customer's state."""
+    received_at = event.received_at or now
+    applier = _Applier(state, now, event.occurred_at, is_backfill(event.occurred_at, received_at, config),
+                       event.event_id, config)
+    at = event.occurred_at
+    kind = event.type
+    state.first_seen_at = min(state.first_seen_at or at, at)
+
+    if kind in (EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED):
+        traits = event.traits.model_dump(exclude_none=True) if event.traits is not None else {}
+        for name in PROFILE_TRAITS:
+            if name in traits:
+                state.set_trait(name, str(traits[name]), at)
+        if "consent" in traits:
+            state.set_consent(str(traits["consent"]), at)
+        if kind is EventType.CUSTOMER_SIGNED_UP:
+            state.signed_up_at = min(state.signed_up_at or at, at)
+            applier.emit(TriggerType.SIGNED_UP, {"consent": state.consent})
+    elif kind is EventType.CONSENT_CONFIRMED:
+        state.set_consent("opted_in", at)
+    elif kind is EventType.UNSUBSCRIBED:
+        state.set_consent("opted_out", at)
+    elif kind is EventType.CART_UPDATED:
+        _apply_cart(applier, event)
+    elif kind is EventType.ORDER_PLACED:
+        _apply_order(applier, event)
+    elif kind in (EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
+        order_id = str(_prop(event, "order_id"))
+        fact = state.orders.get(order_id) or OrderFact(order_id=order_id)
+        fact.voided = True
+        state.orders[order_id] = fact
+    elif kind in (EventType.EMAIL_OPENED, EventType.EMAIL_CLICKED):
+        if state.last_engagement_at is None or at > state.last_engagement_at:
+            state.last_engagement_at = at
+        if kind is EventType.EMAIL_CLICKED:
+            state.last_click_at = max(state.last_click_at or at, at)
+        applier.emit(
+            TriggerType.ENGAGEMENT,
+            {
+                "kind": "clicked" if kind is EventType.EMAIL_CLICKED else "opened",
+                "journey": _prop(event, "journey"),
+                "step": _prop(event, "step"),
+                "link": _prop(event, "link"),
+            },
+        )
+    elif kind in (EventType.EMAIL_BOUNCED, EventType.EMAIL_COMPLAINED):
+        state.suppressed = "bounced" if kind is EventType.EMAIL_BOUNCED else "complained"
+    # page_viewed, product_viewed, checkout_started only count as activity
+    return applier.finish()
+
+
+def _prop(event: Event, name: str) -> Any:
+    props = event.properties
+    if props is None:
+        return None
+    return getattr(props, name, None)
+
+
+def _items(event: Event) -> list[dict[str, Any]]:
+    raw = _prop(event, "items") or []
+    return [item.model_dump() if hasattr(item, "model_dump") else dict(item) for item in raw]
+
+
+def _apply_cart(applier: _Applier, event: Event) -> None:
+    state = applier.state
+    at = event.occurred_at
+    if state.cart is not None and state.cart.updated_at > at:
+        return  # an older cart update than the one we hold
+    items = _items(event)
+    cart_id = str(_prop(event, "cart_id"))
+    if not items:
+        had_items = state.cart is not None and state.cart.items
+        state.cart = CartState(cart_id=cart_id, updated_at=at, items=[], value=0.0,
+                               currency=str(_prop(event, "currency") or ""))
+        applier.decision.dues[DueKind.CART] = None
+        if had_items:
+            applier.emit(TriggerType.CART_EMPTIED, {"cart_id": cart_id})
+        return
+    state.cart = CartState(
+        cart_id=cart_id,
+        updated_at=at,
+        items=items,
+        value=float(_prop(event, "value") or 0.0),
+        currency=str(_prop(event, "currency") or ""),
+    )
+    if state.last_order_at_any is None or state.last_order_at_any < at:
+        applier.decision.dues[DueKind.CART] = at + timedelta(minutes=applier.config.cart_abandon_minutes)
+
+
+def _apply_order(applier: _Applier, event: Event) -> None:
+    state = applier.state
+    at = event.occurred_at
+    order_id = str(_prop(event, "order_id"))
+    fact = state.orders.get(order_id) or OrderFact(order_id=order_id)
+    fact.placed_at = at
+    fact.value = float(_prop(event, "value") or 0.0)
+    fact.currency = str(_prop(event, "currency") or "")
+    fact.items = _items(event)
+    state.orders[order_id] = fact
+    state.last_order_at_any = max(state.last_order_at_any or at, at)
+    if state.cart is not None and state.cart.updated_at <= at:
+        # the order takes the cart: nothing to abandon any more
+        state.cart = None
+        applier.decision.dues[DueKind.CART] = None
+    applier.emit(
+        TriggerType.ORDER_PLACED,
+        {"order_id": order_id, "value": fact.value, "currency": fact.currency, "items": fact.items},
+    )
+
+
+def apply_due(state: CustomerState, kind: str, due_at: datetime, now: datetime, config: RuleConfig) -> Decision:
+    """Apply a time-driven change that fell due at `due_at`."""
+    backfill = now - due_at > timedelta(hours=config.backfill_hours)
+    cause_id = f"due:{kind}:{state.customer_id}:{due_at.isoformat()}"
+    applier = _Applier(state, due_at, due_at, backfill, cause_id, config)
+    if kind == DueKind.CART:
+        cart = state.cart
+        if cart is not None and cart.items and not cart.abandoned:
+            cart.abandoned = True
+            applier.emit(
+                TriggerType.CART_ABANDONED,
+                {"cart_id": cart.cart_id, "items": cart.items, "value": cart.value, "currency": cart.currency},
+            )
+        applier.decision.dues[DueKind.CART] = None
+    elif kind == DueKind.BIRTHDAY:
+        if state.traits.get("birthday"):
+            local_year = due_at.astimezone(ZoneInfo(state.traits.get("timezone") or "UTC")).year
+            applier.emit(TriggerType.BIRTHDAY, {"year": local_year})
+        decision = applier.finish()
+        decision.dues[DueKind.BIRTHDAY] = next_birthday(state, due_at, config)
+        return decision
+    # stage expiry needs nothing beyond the recomputation in finish()
+    return applier.finish()

@@ -1,0 +1,143 @@
+"""A customer's lifecycle state, as the rules see it (pure data, JSON round-trip)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _dt(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass
+class OrderFact:
+    order_id: str
+    placed_at: datetime | None = None  # None while only a cancellation was seen
+    value: float = 0.0
+    currency: str = ""
+    items: list[dict[str, Any]] = field(default_factory=list)
+    voided: bool = False  # cancelled or refunded: not counted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "placed_at": _iso(self.placed_at), "value": self.value,
+                "currency": self.currency, "items": self.items, "voided": self.voided}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OrderFact:
+        return cls(order_id=data["order_id"], placed_at=_dt(data.get("placed_at")), value=data.get("value", 0.0),
+                   currency=data.get("currency", ""), items=data.get("items", []), voided=data.get("voided", False))
+
+
+@dataclass
+class CountedOrder:
+    order_id: str
+    placed_at: datetime
+    value: float
+
+
+@dataclass
+class CartState:
+    cart_id: str
+    updated_at: datetime
+    items: list[dict[str, Any]]
+    value: float
+    currency: str
+    abandoned: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cart_id": self.cart_id, "updated_at": self.updated_at.isoformat(), "items": self.items,
+                "value": self.value, "currency": self.currency, "abandoned": self.abandoned}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CartState:
+        return cls(cart_id=data["cart_id"], updated_at=datetime.fromisoformat(data["updated_at"]),
+                   items=data["items"], value=data["value"], currency=data["currency"],
+                   abandoned=data.get("abandoned", False))
+
+
+@dataclass
+class CustomerState:
+    customer_id: str
+    traits: dict[str, str] = field(default_factory=dict)
+    # per trait (and "consent"), the occurred_at of the value we hold: last writer by event time wins
+    trait_times: dict[str, datetime] = field(default_factory=dict)
+    consent: str | None = None
+    stage: str | None = None
+    orders: dict[str, OrderFact] = field(default_factory=dict)
+    cart: CartState | None = None
+    signed_up_at: datetime | None = None
+    first_seen_at: datetime | None = None
+    last_order_at_any: datetime | None = None  # includes voided orders: they still took the cart
+    last_engagement_at: datetime | None = None
+    last_click_at: datetime | None = None
+    suppressed: str | None = None
+
+    def set_trait(self, name: str, value: str, at: datetime) -> None:
+        held = self.trait_times.get(name)
+        if held is None or at >= held:
+            self.traits[name] = value
+            self.trait_times[name] = at
+
+    def set_consent(self, value: str, at: datetime) -> None:
+        held = self.trait_times.get("consent")
+        if held is None or at >= held:
+            self.consent = value
+            self.trait_times["consent"] = at
+
+    def counted_orders(self) -> list[CountedOrder]:
+        return [
+            CountedOrder(o.order_id, o.placed_at, o.value)
+            for o in self.orders.values()
+            if o.placed_at is not None and not o.voided
+        ]
+
+    def order_summary(self) -> dict[str, Any]:
+        counted = self.counted_orders()
+        times = [o.placed_at for o in counted]
+        return {
+            "orders_count": len(counted),
+            "total_spent": round(sum(o.value for o in counted), 2),
+            "first_order_at": min(times) if times else None,
+            "last_order_at": max(times) if times else None,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "traits": self.traits,
+            "trait_times": {k: v.isoformat() for k, v in self.trait_times.items()},
+            "consent": self.consent,
+            "stage": self.stage,
+            "orders": {k: v.to_json() for k, v in self.orders.items()},
+            "cart": self.cart.to_json() if self.cart else None,
+            "signed_up_at": _iso(self.signed_up_at),
+            "first_seen_at": _iso(self.first_seen_at),
+            "last_order_at_any": _iso(self.last_order_at_any),
+            "last_engagement_at": _iso(self.last_engagement_at),
+            "last_click_at": _iso(self.last_click_at),
+            "suppressed": self.suppressed,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CustomerState:
+        return cls(
+            customer_id=data["customer_id"],
+            traits=dict(data.get("traits", {})),
+            trait_times={k: datetime.fromisoformat(v) for k, v in data.get("trait_times", {}).items()},
+            consent=data.get("consent"),
+            stage=data.get("stage"),
+            orders={k: OrderFact.from_json(v) for k, v in data.get("orders", {}).items()},
+            cart=CartState.from_json(data["cart"]) if data.get("cart") else None,
+            signed_up_at=_dt(data.get("signed_up_at")),
+            first_seen_at=_dt(data.get("first_seen_at")),
+            last_order_at_any=_dt(data.get("last_order_at_any")),
+            last_engagement_at=_dt(data.get("last_engagement_at")),
+            last_click_at=_dt(data.get("last_click_at")),
+            suppressed=data.get("suppressed"),
+        )

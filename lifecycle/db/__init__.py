@@ -1,0 +1,1 @@
+"""PostgreSQL adapter: schema, migrations and the queries the services share."""

@@ -1,0 +1,79 @@
+"""Reads shared by the services, the CLI and the scenario runner."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lifecycle.db.schema import customers, journey_runs
+from lifecycle.journey_files import load_journeys
+from lifecycle.settings import Settings
+
+CustomerReader = Callable[[str], Awaitable[dict[str, object] | None]]
+
+
+def iso(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, the form the API answers with."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) -> CustomerReader:
+    journeys = {j.name: j for j in load_journeys(settings.journeys_dir if settings else None)}
+
+    async def read(customer_id: str) -> dict[str, object] | None:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(customers).where(customers.c.customer_id == customer_id))).first()
+            if row is None:
+                return None
+            runs = (
+                await conn.execute(
+                    select(journey_runs)
+                    .where(journey_runs.c.customer_id == customer_id)
+                    .order_by(journey_runs.c.run_id)
+                )
+            ).all()
+        state: dict[str, Any] = row.state
+        traits = state.get("traits", {})
+        view: dict[str, object] = {
+            "customer_id": customer_id,
+            "email": traits.get("email"),
+            "first_name": traits.get("first_name"),
+            "last_name": traits.get("last_name"),
+            "locale": traits.get("locale"),
+            "timezone": traits.get("timezone"),
+            "birthday": traits.get("birthday"),
+            "stage": row.stage,
+            "consent": row.consent,
+            "suppressed": row.suppressed,
+            "orders_count": row.orders_count,
+            "total_spent": float(row.total_spent),
+            "first_order_at": iso(row.first_order_at),
+            "last_order_at": iso(row.last_order_at),
+            "last_engagement_at": iso(row.last_engagement_at),
+            "journeys": [_run_view(r, journeys) for r in runs],
+        }
+        return view
+
+    return read
+
+
+def _run_view(run: Any, journeys: dict[str, Any]) -> dict[str, object]:
+    next_step: int | None = None
+    journey = journeys.get(run.journey)
+    if run.status == "active" and run.step_index is not None and journey is not None:
+        next_step = journey.send_step(run.step_index).number
+    return {
+        "journey": run.journey,
+        "status": run.status,
+        "next_step": next_step,
+        "due_at": iso(run.due_at) if run.status == "active" else None,
+        "started_at": iso(run.started_at),
+        "ended_at": iso(run.ended_at),
+        "exit_reason": run.exit_reason,
+    }

@@ -1,0 +1,42 @@
+"""The small HTTP side of the consumer services: /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+def probe_app(ready: ReadyCheck, clock: str) -> FastAPI:
+    app = FastAPI(title="lifecycle probes", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "clock": clock}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok = await ready()
+        return Response('{"ready": %s}' % ("true" if ok else "false"), status_code=200 if ok else 503,
+                        media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def start_probe_server(
+    host: str, port: int, ready: ReadyCheck, clock: str
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(probe_app(ready, clock), host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    # the service handles signals itself
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server, asyncio.create_task(server.serve())

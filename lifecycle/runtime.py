@@ -1,0 +1,56 @@
+"""What every service does at start-up and shutdown: logging, waiting for dependencies, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger("lifecycle")
+
+
+class StartupError(Exception):
+    """A dependency stayed unreachable: reported as one clear line, not a stack trace."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+async def retry_until(what: str, attempt: Callable[[], Awaitable[object]], attempts: int = 30,
+                      delay: float = 1.0) -> None:
+    for number in range(1, attempts + 1):
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # any failure to reach it counts as "not yet"
+            if number == attempts:
+                raise StartupError(f"{what} unreachable after {attempts} attempts: {exc}") from None
+            log.warning("waiting for %s (attempt %d/%d): %s", what, number, attempts, exc)
+            await asyncio.sleep(delay)
+
+
+async def wait_for_database(engine: AsyncEngine) -> None:
+    async def ping() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1 FROM virtual_clock LIMIT 1"))
+
+    await retry_until("PostgreSQL (migrated)", ping)
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,251 @@
+"""Plays scenario files (see shared/scenarios/README.md) through the real pipeline.
+
+Each file starts from empty state on the virtual clock; expectations are checked
+only once the pipeline is idle (lifecycle.idle), never after a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lifecycle.clock import set_virtual_time
+from lifecycle.core.durations import parse_duration
+from lifecycle.db.queries import iso
+from lifecycle.idle import PipelineWatch
+from lifecycle.settings import Settings
+from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages
+
+STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
+                "customers")
+STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe")
+
+
+class ScenarioError(Exception):
+    """The file itself is wrong (not the pipeline)."""
+
+
+class _StringTimestamps(yaml.SafeLoader):
+    """Keeps timestamps as the strings written, so they reach the API untouched."""
+
+
+_StringTimestamps.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_scenario(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringTimestamps)  # noqa: S506
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict) or "start" not in data or not isinstance(data.get("steps"), list):
+        raise ScenarioError(f"{path}: a scenario needs `start` and a list of `steps`")
+    for index, step in enumerate(data["steps"]):
+        kinds = [k for k in STEP_KINDS if isinstance(step, dict) and k in step]
+        if len(kinds) != 1:
+            raise ScenarioError(f"{path}: step {index + 1}: expected exactly one of {', '.join(STEP_KINDS)}")
+    return data
+
+
+def parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class Delivered:
+    to: str
+    journey: str
+    step: int
+    subject: str
+    body: str
+    message: EmailMessage
+
+    def key(self) -> tuple[str, str, int]:
+        return (self.to, self.journey, self.step)
+
+
+@dataclass
+class Outcome:
+    name: str
+    path: Path
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _delivered(message: EmailMessage) -> Delivered:
+    body_part = message.get_body(preferencelist=("plain", "html"))
+    body = body_part.get_content() if body_part is not None else ""
+    return Delivered(
+        to=str(message["To"]).strip().lower(),
+        journey=str(message["X-Lifecycle-Journey"]),
+        step=int(str(message["X-Lifecycle-Step"] or 0)),
+        subject=str(message["Subject"]),
+        body=str(body),
+        message=message,
+    )
+
+
+def compare_emails(expected: list[dict[str, Any]], delivered: list[Delivered]) -> list[str]:
+    """Multiset comparison by (to, journey, step), then content checks; returns readable differences."""
+    want = Counter((str(e["to"]).lower(), str(e["journey"]), int(e["step"])) for e in expected)
+    got = Counter(d.key() for d in delivered)
+    problems: list[str] = []
+    for key in sorted(want - got):
+        problems.append(f"  missing:    to={key[0]} journey={key[1]} step={key[2]}")
+    for key in sorted(got - want):
+        problems.append(f"  unexpected: to={key[0]} journey={key[1]} step={key[2]}")
+    for item in expected:
+        matches = [d for d in delivered if d.key() == (str(item["to"]).lower(), item["journey"], int(item["step"]))]
+        if not matches:
+            continue
+        if "subject_contains" in item and not any(item["subject_contains"] in d.subject for d in matches):
+            problems.append(f"  {item['journey']} step {item['step']} to {item['to']}: subject "
+                            f"{matches[0].subject!r} lacks {item['subject_contains']!r}")
+        if "body_contains" in item and not any(item["body_contains"] in d.body for d in matches):
+            problems.append(f"  {item['journey']} step {item['step']} to {item['to']}: body lacks "
+                            f"{item['body_contains']!r}")
+    return problems
+
+
+def _same(expected: object, actual: object) -> bool:
+    if isinstance(expected, str) and isinstance(actual, str):
+        try:
+            return parse_time(expected) == parse_time(actual)
+        except ValueError:
+            return expected == actual
+    if isinstance(expected, int | float) and isinstance(actual, int | float) and not isinstance(expected, bool):
+        return abs(float(expected) - float(actual)) < 1e-9
+    return expected == actual
+
+
+class ScenarioRunner:
+    def __init__(self, settings: Settings, engine: AsyncEngine, watch: PipelineWatch) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.watch = watch
+        self.sink_dir = mail_dir(settings)
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.ingest_port}",
+            headers={"Authorization": f"Bearer {self.api_key()}"},
+            timeout=30,
+        )
+        self._consumed = 0
+        self._log: list[Delivered] = []
+
+    def api_key(self) -> str:
+        keys = [k.strip() for k in self.settings.api_keys.split(",") if k.strip()]
+        plain = [k for k in keys if not k.startswith("sha256:")]
+        if not plain:
+            raise ScenarioError("the scenario runner needs one plain API key in LIFECYCLE_API_KEYS")
+        return plain[0]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def reset(self, start: datetime) -> None:
+        await self.watch.wait_idle()
+        async with self.engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(STATE_TABLES)}"))
+        await set_virtual_time(self.engine, start)
+        clear_messages(self.sink_dir)
+        self._consumed = 0
+        self._log = []
+
+    def new_emails(self) -> list[Delivered]:
+        messages = read_messages(self.sink_dir)
+        fresh = [_delivered(m) for m in messages[self._consumed:]]
+        self._consumed = len(messages)
+        self._log.extend(fresh)
+        return fresh
+
+    async def _event(self, raw: dict[str, Any]) -> dict[str, Any]:
+        event = dict(raw)
+        event.setdefault("event_id", f"sc-{uuid.uuid4()}")
+        if "occurred_at" not in event:
+            event["occurred_at"] = iso(await self.watch.clock.now())
+        return event
+
+    async def _post(self, body: object, expect_status: int | None, where: str, failures: list[str]) -> None:
+        response = await self.http.post("/v1/events", json=body)
+        wanted = expect_status if expect_status is not None else 202
+        if response.status_code != wanted:
+            failures.append(f"{where}: POST /v1/events answered {response.status_code}, expected {wanted}: "
+                            f"{response.text[:300]}")
+
+    async def run(self, path: Path) -> Outcome:
+        data = load_scenario(path)
+        outcome = Outcome(str(data.get("name", path.stem)), path)
+        failures = outcome.failures
+        await self.reset(parse_time(data["start"]))
+        steps: list[dict[str, Any]] = list(data["steps"])
+        if not steps or "expect_emails" not in steps[-1]:
+            steps.append({"expect_emails": []})  # a scenario ends with an implied expect_emails: []
+        for number, step in enumerate(steps, start=1):
+            where = f"step {number}"
+            if "event" in step:
+                await self._post(await self._event(step["event"]), step.get("expect_status"), where, failures)
+            elif "events" in step:
+                batch = [await self._event(e) for e in step["events"]]
+                await self._post({"events": batch}, step.get("expect_status"), where, failures)
+            elif "advance" in step:
+                target = await self.watch.clock.now() + parse_duration(str(step["advance"]))
+                await self.watch.advance_to(target)
+            elif "expect_emails" in step:
+                await self.watch.wait_idle()
+                expected = list(step["expect_emails"] or [])
+                delivered = self.new_emails()
+                problems = compare_emails(expected, delivered)
+                if problems:
+                    failures.append(f"{where} (expect_emails at {iso(await self.watch.clock.now())}):\n"
+                                    + "\n".join(problems))
+            elif "expect_customer" in step:
+                await self.watch.wait_idle()
+                fields = dict(step["expect_customer"])
+                customer_id = fields.pop("customer_id")
+                response = await self.http.get(f"/v1/customers/{customer_id}")
+                if response.status_code != 200:
+                    failures.append(f"{where}: GET customer {customer_id} answered {response.status_code}")
+                    continue
+                actual = response.json()
+                for name, value in fields.items():
+                    if not _same(value, actual.get(name)):
+                        failures.append(f"{where}: customer {customer_id} {name}: expected {value!r}, "
+                                        f"got {actual.get(name)!r}")
+            elif "unsubscribe" in step:
+                await self.watch.wait_idle()
+                await self._unsubscribe(str(step["unsubscribe"]).lower(), where, failures)
+                await self.watch.wait_idle()
+        return outcome
+
+    async def _unsubscribe(self, address: str, where: str, failures: list[str]) -> None:
+        self.new_emails()
+        latest = [d for d in self._log if d.to == address]
+        if not latest:
+            failures.append(f"{where}: no email to {address} to unsubscribe from")
+            return
+        header = str(latest[-1].message.get("List-Unsubscribe", "")).strip()
+        url = header.strip("<>")
+        if not url.startswith("http"):
+            failures.append(f"{where}: the latest email to {address} has no List-Unsubscribe URL")
+            return
+        response = await self.http.post(url, content=b"List-Unsubscribe=One-Click",
+                                        headers={"Content-Type": "application/x-www-form-urlencoded",
+                                                 "Authorization": ""})
+        if response.status_code >= 300:
+            failures.append(f"{where}: one-click unsubscribe answered {response.status_code}: {response.text[:200]}")

@@ -1,0 +1,86 @@
+"""All settings, read from `LIFECYCLE_*` environment variables.
+
+Every field is documented in docs/settings.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
+
+    # Where things are
+    database_url: str = "postgresql+asyncpg://lifecycle@127.0.0.1:55432/lifecycle"
+    kafka_bootstrap: str = "127.0.0.1:59092"
+    events_topic: str = "lifecycle.events"
+    triggers_topic: str = "lifecycle.triggers"
+    topic_partitions: int = Field(default=4, ge=1)
+    stager_group: str = "lifecycle-stager"
+    dispatcher_group: str = "lifecycle-dispatcher"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_timeout_seconds: float = 10.0
+    mail_from: str = "Shop <hello@shop.example>"
+    shop_name: str = "Shop"
+    shop_url: str = "https://shop.example"
+
+    # Public base URL of the ingest API, used in unsubscribe links.
+    public_url: str = "http://127.0.0.1:8080"
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8080
+    stager_port: int = 8081
+    dispatcher_port: int = 8082
+
+    # Comma-separated API keys; store hashes with the `sha256:` prefix.
+    api_keys: str = "dev-key"
+    signing_secret: str = "dev-signing-secret-change-me"
+
+    clock: Literal["system", "virtual"] = "system"
+
+    # Local stack
+    run_dir: Path = Path(".run")
+    cache_dir: Path = Path.home() / ".cache" / "lifecycle"
+    kafka_version: str = "4.1.1"
+    postgres_port: int = 55432
+
+    # Lifecycle rules
+    new_customer_days: int = 90
+    lapsed_days: int = 365
+    cart_abandon_minutes: int = 60
+    backfill_hours: int = 24
+    birthday_hour: int = 9
+    sunset_days: int = 365
+
+    # Journeys
+    journeys_dir: Path | None = None
+
+    # Work loops
+    batch_size: int = Field(default=500, ge=1)
+    poll_interval_seconds: float = 0.05
+    send_lease_seconds: int = 60
+
+    @property
+    def mail_from_address(self) -> str:
+        return parseaddr(self.mail_from)[1] or self.mail_from
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as LIFECYCLE_* variables, to hand to a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"LIFECYCLE_{name.upper()}"] = str(value)
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

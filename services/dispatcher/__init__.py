@@ -1,0 +1,1 @@
+"""The dispatcher service: journeys with durable delays, email over SMTP."""

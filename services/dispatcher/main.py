@@ -1,0 +1,140 @@
+"""Run the dispatcher: consume triggers, send due steps, take over stale sends, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiosmtplib
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from lifecycle.clock import Clock, make_clock
+from lifecycle.core.triggers import Trigger
+from lifecycle.journey_files import load_journeys
+from lifecycle.kafka import ensure_topics, make_consumer
+from lifecycle.probes import start_probe_server
+from lifecycle.runtime import retry_until, stop_on_signals, wait_for_database
+from lifecycle.settings import Settings
+from lifecycle.templates import Templates
+from services.dispatcher import metrics
+from services.dispatcher.worker import DispatcherStore, Outgoing
+
+log = logging.getLogger("lifecycle.dispatcher")
+
+
+async def deliver(store: DispatcherStore, settings: Settings, batch: list[Outgoing]) -> None:
+    """Hand messages to SMTP over one connection; 4xx and lost connections retry later, 5xx fail."""
+    if not batch:
+        return
+    smtp = aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port,
+                           timeout=settings.smtp_timeout_seconds, start_tls=False)
+    try:
+        await smtp.connect()
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        log.warning("SMTP unreachable, %d sends retried later: %s", len(batch), exc)
+        for item in batch:
+            await store.mark_failed(item.send_id, False, f"connect: {exc}")
+            metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="retried").inc()
+        return
+    try:
+        for item in batch:
+            started = time.perf_counter()
+            try:
+                await smtp.sendmail(settings.mail_from_address, [item.to_address], item.message)
+            except aiosmtplib.SMTPResponseException as exc:
+                permanent = 500 <= exc.code < 600
+                await store.mark_failed(item.send_id, permanent, f"smtp {exc.code}: {exc.message}")
+                metrics.SENDS.labels(journey=item.journey, step=str(item.step),
+                                     result="failed" if permanent else "retried").inc()
+                continue
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                await store.mark_failed(item.send_id, False, f"smtp: {exc}")
+                metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="retried").inc()
+                continue
+            metrics.SMTP_DURATION.observe(time.perf_counter() - started)
+            await store.mark_sent(item.send_id)
+            metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="sent").inc()
+    finally:
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+
+async def _refresh_gauges(engine: AsyncEngine, clock: Clock) -> None:
+    now = await clock.now()
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT count(*) AS n, min(due_at) AS oldest FROM journey_runs"
+                     " WHERE status = 'active' AND due_at <= :now"),
+                {"now": now},
+            )
+        ).one()
+        metrics.STEPS_DUE.set(row.n)
+        metrics.OLDEST_DUE_AGE.set((now - row.oldest).total_seconds() if row.oldest else 0.0)
+        for journey, count in (
+            await conn.execute(text("SELECT journey, count(*) FROM journey_runs WHERE status = 'active'"
+                                    " GROUP BY journey"))
+        ).all():
+            metrics.RUNS_ACTIVE.labels(journey=journey).set(count)
+
+
+async def serve(settings: Settings) -> None:
+    templates = Templates(settings.journeys_dir)
+    journeys = load_journeys(settings.journeys_dir, templates)
+    engine = create_async_engine(settings.database_url, pool_size=5)
+    clock = make_clock(settings.clock, engine)
+    await wait_for_database(engine)
+    await retry_until("Kafka", lambda: ensure_topics(settings))
+    store = DispatcherStore(settings, engine, clock, journeys, templates)
+    consumer = make_consumer(settings, settings.triggers_topic, settings.dispatcher_group)
+    await retry_until("Kafka consumer", consumer.start)
+
+    async def ready() -> bool:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
+    stop = stop_on_signals()
+    log.info("dispatcher started: %d journeys, clock %s", len(journeys), settings.clock)
+    last_gauges = 0.0
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=int(settings.poll_interval_seconds * 1000),
+                                           max_records=settings.batch_size)
+            triggers: list[Trigger] = []
+            for partition, messages in batch.items():
+                metrics.TRIGGERS.inc(len(messages))
+                for message in messages:
+                    try:
+                        triggers.append(Trigger.from_message(message.value))
+                    except Exception as exc:  # a poison message must not stop the stream
+                        log.error("unreadable trigger at %s offset %d: %s", partition, message.offset, exc)
+            if batch:
+                await store.handle_triggers(triggers)
+                await consumer.commit()
+            # sends in flight finish before the loop looks at `stop` again
+            await deliver(store, settings, await store.claim_due_steps(settings.batch_size))
+            stale = await store.reclaim_stale_sends(settings.batch_size)
+            metrics.RESENT_AFTER_LEASE.inc(len(stale))
+            await deliver(store, settings, stale)
+            if time.monotonic() - last_gauges > 5:
+                last_gauges = time.monotonic()
+                await _refresh_gauges(engine, clock)
+    finally:
+        log.info("dispatcher stopping")
+        await consumer.stop()
+        server.should_exit = True
+        await server_task
+        await engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))

@@ -1,0 +1,21 @@
+"""Every dispatcher metric, declared once."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TRIGGERS = Counter("lifecycle_dispatcher_triggers_consumed_total", "Triggers read from Kafka.")
+RUNS_STARTED = Counter("lifecycle_dispatcher_runs_started_total", "Journey runs started.", ["journey"])
+RUNS_ENDED = Counter("lifecycle_dispatcher_runs_ended_total", "Journey runs ended.", ["journey", "outcome"])
+RUNS_ACTIVE = Gauge("lifecycle_dispatcher_runs_active", "Journey runs in progress.", ["journey"])
+SENDS = Counter(
+    "lifecycle_dispatcher_sends_total", "Send steps by outcome (sent, skipped:<reason>, retried, failed).",
+    ["journey", "step", "result"],
+)
+STEPS_DUE = Gauge("lifecycle_dispatcher_steps_due", "Steps due now and not yet handled.")
+OLDEST_DUE_AGE = Gauge("lifecycle_dispatcher_oldest_due_step_age_seconds", "How late the oldest due step is.")
+SMTP_DURATION = Histogram("lifecycle_dispatcher_smtp_duration_seconds", "Time to hand one message to SMTP.")
+RESENT_AFTER_LEASE = Counter(
+    "lifecycle_dispatcher_sends_reclaimed_total",
+    "Sends taken over after a lease ran out (a dispatcher died between claim and commit).",
+)

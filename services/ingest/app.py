@@ -1,0 +1,529 @@
+"""The ingest HTTP API: validates events and publishes them to Kafka.
+
+An event batch is all-or-nothing at validation time: one bad event refuses the whole
+request and nothing is published. `202` is only answered once Kafka acknowledged every
+event (acks=all), so an accepted event is durable. A retry after a 503 may publish some
+events twice; that is harmless because the stager deduplicates on event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifecycle.clock import Clock
+from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, EventInvalid, EventType, parse_batch, parse_event
+from lifecycle.kafka import ensure_topics, make_producer, publish_events
+from lifecycle.settings import Settings
+from lifecycle.tokens import InvalidToken, MalformedToken, read_unsubscribe_token
+from services.ingest import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+PUBLISH_TIMEOUT_SECONDS: Final = 10.0
+READY_TIMEOUT_SECONDS: Final = 2.0
+RETRY_AFTER_SECONDS: Final = 5
+# Kafka may still be starting when we do (docker compose, the local stack): wait a bit.
+STARTUP_ATTEMPTS: Final = 30
+STARTUP_RETRY_SECONDS: float = 2.0  # not Final: tests shorten it
+STARTUP_ATTEMPT_TIMEOUT_SECONDS: Final = 30.0
+
+
+class CustomerReader(Protocol):
+    """Looks a customer up for `GET /v1/customers/{id}`; None when unknown."""
+
+    async def __call__(self, customer_id: str) -> dict[str, object] | None: ...
+
+
+# --- response models (documentation of the answers in the OpenAPI document) ---
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class EventErrorItem(BaseModel):
+    index: int | None
+    field: str
+    message: str
+
+
+class InvalidEvents(BaseModel):
+    detail: str
+    errors: list[EventErrorItem]
+
+
+# --- API keys ---
+
+
+class ApiKeys:
+    """The accepted API keys, held only as SHA-256 digests."""
+
+    def __init__(self, spec: str) -> None:
+        self._digests: list[bytes] = []
+        for position, raw in enumerate(spec.split(","), start=1):
+            entry = raw.strip()
+            if not entry:
+                continue
+            if entry.lower().startswith("sha256:"):
+                hexdigest = entry[len("sha256:") :]
+                try:
+                    digest = bytes.fromhex(hexdigest)
+                except ValueError:
+                    digest = b""
+                if len(digest) != 32:
+                    raise ValueError(
+                        f"LIFECYCLE_API_KEYS entry {position} is not sha256:<64 hex digits>"
+                    )
+                self._digests.append(digest)
+            else:
+                self._digests.append(hashlib.sha256(entry.encode("utf-8")).digest())
+        if not self._digests:
+            log.warning("LIFECYCLE_API_KEYS is empty: every authenticated request will be refused")
+
+    def check(self, presented: str) -> bool:
+        digest = hashlib.sha256(presented.encode("utf-8")).digest()
+        # Compare against every key without stopping early: timing reveals nothing.
+        matched = False
+        for known in self._digests:
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+
+# --- metrics middleware ---
+
+
+class _MetricsMiddleware:
+    """Counts and times every HTTP request under its route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app dies before answering, that is what the client sees
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            # The router stores the matched route in the scope; its template is bounded.
+            route = getattr(scope.get("route"), "path", None) or metrics.UNMATCHED_ROUTE
+            metrics.REQUESTS.labels(route=route, status=str(status)).inc()
+            metrics.REQUEST_DURATION.labels(route=route).observe(time.perf_counter() - started)
+
+
+# --- helpers ---
+
+
+class _Unavailable(Exception):
+    """Kafka did not acknowledge in time."""
+
+
+def _reject_constant(name: str) -> object:
+    # Python's json would otherwise accept NaN and Infinity, which are not JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _decode_json(body: bytes) -> object:
+    if not body.strip():
+        raise HTTPException(400, "the request body is empty; send one event or {\"events\": [...]} as JSON")
+    try:
+        # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
+        return json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise HTTPException(
+            400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "it is nested too deeply"
+        raise HTTPException(400, f"the request body is not valid JSON: {detail}") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = HTTPException(413, f"the request body is larger than {limit} bytes; split the batch")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPException(400, "the Content-Length header is not a number") from None
+        if size > limit:
+            raise too_large
+    # Content-Length can lie or be absent (chunked): count what actually arrives.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _page(title: str, body_html: str) -> str:
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{html.escape(title)}</title></head>"
+        f"<body style=\"font-family:sans-serif;max-width:32em;margin:3em auto\">{body_html}</body></html>"
+    )
+
+
+def _html(status: int, title: str, message: str, headers: dict[str, str] | None = None) -> HTMLResponse:
+    content = _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>")
+    return HTMLResponse(content, status_code=status, headers=headers)
+
+
+@dataclass
+class _Runtime:
+    producer: AIOKafkaProducer | None = None
+
+
+# --- the app ---
+
+
+def create_app(
+    settings: Settings,
+    clock: Clock,
+    producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    customer_reader: CustomerReader | None = None,
+    *,
+    manage_topics: bool | None = None,
+) -> FastAPI:
+    """Build the ingest API.
+
+    `producer_factory` defaults to `make_producer(settings)`; it is called inside the
+    lifespan (aiokafka needs the running loop). `manage_topics` (default: only when the
+    real producer is used) runs `ensure_topics` at start-up.
+    """
+    keys = ApiKeys(settings.api_keys)
+    runtime = _Runtime()
+    factory = producer_factory or (lambda: make_producer(settings))
+    create_topics = producer_factory is None if manage_topics is None else manage_topics
+
+    async def start_producer() -> AIOKafkaProducer:
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            producer: AIOKafkaProducer | None = None
+            try:
+                async with asyncio.timeout(STARTUP_ATTEMPT_TIMEOUT_SECONDS):
+                    if create_topics:
+                        await ensure_topics(settings)
+                    producer = factory()
+                    await producer.start()
+                return producer
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if producer is not None:
+                    await _stop_quietly(producer)
+                if attempt == STARTUP_ATTEMPTS:
+                    log.error(
+                        "Kafka at %s is still not reachable after %d attempts: %s",
+                        settings.kafka_bootstrap, attempt, exc,
+                    )
+                    raise RuntimeError(f"Kafka at {settings.kafka_bootstrap} is not reachable") from exc
+                log.warning(
+                    "Kafka at %s is not reachable yet (attempt %d/%d): %s; retrying in %.1f s",
+                    settings.kafka_bootstrap, attempt, STARTUP_ATTEMPTS, str(exc) or type(exc).__name__,
+                    STARTUP_RETRY_SECONDS,
+                )
+                await asyncio.sleep(STARTUP_RETRY_SECONDS)
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        producer = await start_producer()
+        runtime.producer = producer
+        app.state.producer = producer
+        log.info("ingest API ready: publishing to %s on %s", settings.events_topic, settings.kafka_bootstrap)
+        try:
+            yield
+        finally:
+            runtime.producer = None
+            app.state.producer = None
+            await producer.stop()  # flushes anything still queued
+
+    app = FastAPI(
+        title="lifecycle ingest API",
+        version="1",
+        description="Send shop events; they drive the lifecycle email journeys.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_MetricsMiddleware)
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+    app.add_exception_handler(Exception, internal_error)
+
+    async def require_api_key(request: Request) -> None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip() or not keys.check(credentials.strip()):
+            raise HTTPException(
+                401,
+                "missing or invalid API key; send the header Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    async def publish(events: Sequence[Event]) -> None:
+        producer = runtime.producer
+        if producer is None:
+            raise _Unavailable("the Kafka producer is not running")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await publish_events(producer, settings.events_topic, events)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_UNAVAILABLE).inc(len(events))
+            log.warning("publishing %d events failed: %s", len(events), str(exc) or type(exc).__name__)
+            raise _Unavailable(str(exc)) from exc
+        finally:
+            metrics.PRODUCE_DURATION.observe(time.perf_counter() - started)
+        for event in events:
+            metrics.EVENTS_ACCEPTED.labels(type=event.type.value).inc()
+
+    def unavailable_json() -> JSONResponse:
+        return JSONResponse(
+            {
+                "detail": "events could not be stored right now; retry later "
+                "(resending is safe: duplicates are ignored by event_id)"
+            },
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    request_body_doc: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/AnyEvent"},
+                            {"$ref": "#/components/schemas/EventBatch"},
+                        ]
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        dependencies=[Depends(require_api_key)],
+        openapi_extra=request_body_doc,
+        responses={
+            202: {"model": Accepted, "description": "Every event was stored in Kafka"},
+            400: {"model": ErrorBody, "description": "The body is not JSON"},
+            401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+            413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+            422: {"model": InvalidEvents, "description": "Some events are invalid; nothing was stored"},
+            503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after Retry-After"},
+        },
+        summary=f"Send one event or a batch of 1 to {MAX_BATCH_EVENTS}",
+    )
+    async def post_events(request: Request) -> JSONResponse:
+        payload = _decode_json(await _read_body(request, MAX_BODY_BYTES))
+        try:
+            events = parse_batch(payload, await clock.now(), lambda: str(uuid.uuid4()))
+        except BatchInvalid as exc:
+            # Every event of the batch is refused, the valid ones too.
+            metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_INVALID).inc(max(exc.total, 1))
+            return JSONResponse(
+                {"detail": f"{exc}; nothing was accepted", "errors": exc.errors}, status_code=422
+            )
+        try:
+            await publish(events)
+        except _Unavailable:
+            return unavailable_json()
+        return JSONResponse({"accepted": len(events)}, status_code=202)
+
+    @app.get(
+        "/v1/customers/{customer_id}",
+        dependencies=[Depends(require_api_key)],
+        responses={
+            200: {"description": "The customer as stored"},
+            401: {"model": ErrorBody},
+            404: {"model": ErrorBody},
+            503: {"model": ErrorBody},
+        },
+        summary="Read one customer's profile",
+    )
+    async def get_customer(customer_id: str) -> JSONResponse:
+        if customer_reader is None:
+            return JSONResponse({"detail": "customer lookup is not configured"}, status_code=501)
+        try:
+            found = await customer_reader(customer_id)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("customer lookup failed: %s", exc)
+            return JSONResponse(
+                {"detail": "the customer store is unavailable; retry later"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        if found is None:
+            return JSONResponse({"detail": "customer not found"}, status_code=404)
+        return JSONResponse(jsonable_encoder(found))
+
+    def token_refusal(exc: InvalidToken) -> HTMLResponse:
+        if isinstance(exc, MalformedToken):
+            return _html(400, "Invalid link", "This unsubscribe link is incomplete or damaged.")
+        return _html(403, "Invalid link", "This unsubscribe link is not valid.")
+
+    @app.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
+    async def unsubscribe_page(token: str) -> HTMLResponse:
+        try:
+            read_unsubscribe_token(settings.signing_secret, token)
+        except InvalidToken as exc:
+            return token_refusal(exc)
+        # A GET must not unsubscribe: link scanners follow links. The form POSTs.
+        action = html.escape(f"/v1/unsubscribe/{token}", quote=True)
+        form = (
+            "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
+            f'<form method="post" action="{action}">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return HTMLResponse(_page("Unsubscribe", form))
+
+    @app.post(
+        "/v1/unsubscribe/{token}",
+        response_class=HTMLResponse,
+        summary="One-click unsubscribe (RFC 8058); the token is the authorisation",
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def unsubscribe(token: str) -> HTMLResponse:
+        try:
+            claim = read_unsubscribe_token(settings.signing_secret, token)
+        except InvalidToken as exc:
+            return token_refusal(exc)
+        # Same token -> same event_id, so a repeated click is deduplicated downstream.
+        event_id = "unsub-" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+        raw = {
+            "event_id": event_id,
+            "type": EventType.UNSUBSCRIBED.value,
+            "customer_id": claim.customer_id,
+            "properties": {"message_id": claim.message_id},
+        }
+        try:
+            event = parse_event(raw, await clock.now(), lambda: event_id)
+        except EventInvalid as exc:
+            log.warning("validly signed unsubscribe token carries bad data: %s", exc)
+            return _html(400, "Invalid link", "This unsubscribe link is not valid.")
+        try:
+            await publish([event])
+        except _Unavailable:
+            return _html(
+                503, "Please try again", "We could not process your request right now. Please try again in a minute.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return _html(200, "You are unsubscribed.", "You will not receive these emails any more.")
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: Kafka is reachable", responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        producer = runtime.producer
+        if producer is None:
+            return JSONResponse({"status": "unavailable", "detail": "producer not started"}, status_code=503)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                await producer.client.fetch_all_metadata()
+        except Exception as exc:  # any failure means "not ready"; the probe must answer
+            return JSONResponse(
+                {"status": "unavailable", "detail": f"Kafka unreachable: {str(exc) or type(exc).__name__}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        # The events body is read by hand (size limit, all-errors report), so FastAPI
+        # cannot see its schema: add every event type's model here.
+        event_schemas = Event.json_schema_by_type(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(event_schemas.definitions)
+        components["AnyEvent"] = event_schemas.one_of()
+        components["EventBatch"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["events"],
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_EVENTS,
+                    "items": {"$ref": "#/components/schemas/AnyEvent"},
+                }
+            },
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except Exception as exc:  # cleaning up after a failed start; the start error matters
+        log.debug("stopping a half-started producer failed: %s", exc)

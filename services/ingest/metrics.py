@@ -1,0 +1,35 @@
+"""Prometheus metrics of the ingest API (default registry, served on /metrics).
+
+Labels are bounded: `route` is the route template (never a customer id or token),
+`type` an EventType, `reason` one of the REFUSED_* constants.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "lifecycle_ingest_requests_total", "HTTP requests answered, by route template and status", ["route", "status"]
+)
+REQUEST_DURATION = Histogram(
+    "lifecycle_ingest_request_duration_seconds", "Time to answer an HTTP request", ["route"]
+)
+EVENTS_ACCEPTED = Counter(
+    "lifecycle_ingest_events_accepted_total", "Events acknowledged by Kafka, by event type", ["type"]
+)
+EVENTS_REFUSED = Counter(
+    "lifecycle_ingest_events_refused_total", "Events not accepted, by reason", ["reason"]
+)
+PRODUCE_DURATION = Histogram(
+    "lifecycle_ingest_produce_duration_seconds", "Time from handing a batch to Kafka to all acknowledgements"
+)
+
+# Every event of a batch with any invalid event is refused (nothing is published).
+REFUSED_INVALID: Final = "invalid"
+# Kafka failed or did not acknowledge in time.
+REFUSED_UNAVAILABLE: Final = "unavailable"
+
+# Label for requests that matched no route, so scanners cannot inflate label cardinality.
+UNMATCHED_ROUTE: Final = "unmatched"

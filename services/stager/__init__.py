@@ -1,0 +1,1 @@
+"""The stager service: customer state and lifecycle stage, time-driven transitions, triggers."""

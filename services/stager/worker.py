@@ -1,0 +1,227 @@
+"""The stager: events in, customer state and triggers out.
+
+Each consumer batch is applied in one transaction (states, due times, outbox,
+processed event ids); Kafka offsets are committed only after it. Due
+time-driven changes are claimed from `due_changes` and go through the same
+rules. The outbox relay publishes triggers in id order and deletes them once
+the broker acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lifecycle.clock import Clock
+from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
+from lifecycle.core.state import CustomerState
+from lifecycle.db.schema import customers, due_changes, outbox, processed_events
+from lifecycle.events import Event
+from services.stager import metrics
+
+log = logging.getLogger("lifecycle.stager")
+
+RELAY_LOCK_ID = 727_001  # one outbox relay at a time keeps triggers in id order
+
+
+def rule_config(settings: Any) -> RuleConfig:
+    return RuleConfig(
+        new_customer_days=settings.new_customer_days,
+        lapsed_days=settings.lapsed_days,
+        cart_abandon_minutes=settings.cart_abandon_minutes,
+        backfill_hours=settings.backfill_hours,
+        birthday_hour=settings.birthday_hour,
+    )
+
+
+class StagerStore:
+    """The stager's PostgreSQL work, one method per transaction."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, config: RuleConfig) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.config = config
+
+    async def apply_events(self, events: list[Event]) -> int:
+        """Apply a batch; returns how many events were new."""
+        unique: dict[str, Event] = {}
+        for event in events:
+            unique.setdefault(event.event_id, event)
+        if not unique:
+            return 0
+        async with self.engine.begin() as conn:
+            now = await self.clock.now()
+            fresh = await _claim_event_ids(conn, list(unique.values()), now)
+            new_events = [e for e in unique.values() if e.event_id in fresh]
+            metrics.DUPLICATES.inc(len(events) - len(new_events))
+            if not new_events:
+                return 0
+            states = await _lock_states(conn, {e.customer_id for e in new_events})
+            changes = _Changes()
+            for event in new_events:
+                state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+                before = state.stage
+                decision = apply_event(state, event, now, self.config)
+                changes.add(decision)
+                metrics.record_transition(before, state.stage)
+            await changes.save(conn, now)
+        metrics.APPLIED.inc(len(new_events))
+        return len(new_events)
+
+    async def apply_due_changes(self, limit: int) -> int:
+        """Apply time-driven changes due by now, in due-time order."""
+        async with self.engine.begin() as conn:
+            now = await self.clock.now()
+            candidates = (
+                await conn.execute(
+                    text(
+                        "SELECT DISTINCT customer_id FROM ("
+                        " SELECT customer_id FROM due_changes WHERE due_at <= :now ORDER BY due_at LIMIT :n) d"
+                    ),
+                    {"now": now, "n": limit},
+                )
+            ).scalars().all()
+            if not candidates:
+                return 0
+            # customers first, then their due rows: the same lock order as apply_events
+            states = await _lock_states(conn, set(candidates), skip_locked=True)
+            if not states:
+                return 0
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT customer_id, kind, due_at FROM due_changes"
+                        " WHERE customer_id = ANY(:ids) AND due_at <= :now ORDER BY due_at, kind FOR UPDATE"
+                    ),
+                    {"ids": list(states), "now": now},
+                )
+            ).all()
+            changes = _Changes()
+            for row in rows:
+                state = states[row.customer_id]
+                before = state.stage
+                decision = apply_due(state, row.kind, row.due_at, now, self.config)
+                decision.dues.setdefault(row.kind, None)
+                changes.add(decision)
+                metrics.record_transition(before, state.stage)
+            await changes.save(conn, now)
+        return len(rows)
+
+    async def relay_outbox(self, producer: Any, topic: str, limit: int) -> int:
+        async with self.engine.begin() as conn:
+            locked = (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_ID})).scalar()
+            if not locked:
+                return 0
+            rows = (
+                await conn.execute(
+                    text("SELECT id, customer_id, payload FROM outbox ORDER BY id LIMIT :n"), {"n": limit}
+                )
+            ).all()
+            if not rows:
+                return 0
+            futures = [
+                await producer.send(
+                    topic,
+                    value=json.dumps(row.payload, separators=(",", ":")).encode(),
+                    key=row.customer_id.encode(),
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(delete(outbox).where(outbox.c.id.in_([row.id for row in rows])))
+        metrics.TRIGGERS_RELAYED.inc(len(rows))
+        return len(rows)
+
+
+class _Changes:
+    """What a transaction writes back: states, due times and triggers, in order."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, CustomerState] = {}
+        self.dues: dict[tuple[str, str], datetime | None] = {}
+        self.triggers: list[dict[str, Any]] = []
+
+    def add(self, decision: Decision) -> None:
+        customer_id = decision.state.customer_id
+        self.states[customer_id] = decision.state
+        for kind, due_at in decision.dues.items():
+            self.dues[(customer_id, kind)] = due_at
+        self.triggers.extend(t.to_json() for t in decision.triggers)
+
+    async def save(self, conn: AsyncConnection, now: datetime) -> None:
+        if self.states:
+            rows = [_customer_row(state, now) for state in self.states.values()]
+            stmt = insert(customers).values(rows)
+            update_columns = {c: stmt.excluded[c] for c in rows[0] if c != "customer_id"}
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=update_columns))
+        to_set = [
+            {"customer_id": c, "kind": k, "due_at": at} for (c, k), at in self.dues.items() if at is not None
+        ]
+        to_clear = [(c, k) for (c, k), at in self.dues.items() if at is None]
+        if to_set:
+            stmt = insert(due_changes).values(to_set)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["customer_id", "kind"], set_={"due_at": stmt.excluded.due_at}
+                )
+            )
+        for customer_id, kind in to_clear:
+            await conn.execute(
+                delete(due_changes).where(due_changes.c.customer_id == customer_id, due_changes.c.kind == kind)
+            )
+        if self.triggers:
+            await conn.execute(
+                insert(outbox).values(
+                    [{"customer_id": t["customer_id"], "payload": t, "created_at": now} for t in self.triggers]
+                )
+            )
+
+
+def _customer_row(state: CustomerState, now: datetime) -> dict[str, Any]:
+    summary = state.order_summary()
+    return {
+        "customer_id": state.customer_id,
+        "state": state.to_json(),
+        "stage": state.stage,
+        "consent": state.consent,
+        "email": state.traits.get("email"),
+        "suppressed": state.suppressed,
+        "last_engagement_at": state.last_engagement_at,
+        "orders_count": summary["orders_count"],
+        "total_spent": summary["total_spent"],
+        "first_order_at": summary["first_order_at"],
+        "last_order_at": summary["last_order_at"],
+        "updated_at": now,
+    }
+
+
+async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event], now: datetime) -> set[str]:
+    rows = [{"event_id": e.event_id, "customer_id": e.customer_id, "processed_at": now} for e in events]
+    result = await conn.execute(
+        insert(processed_events).values(rows).on_conflict_do_nothing().returning(processed_events.c.event_id)
+    )
+    return set(result.scalars().all())
+
+
+async def _lock_states(
+    conn: AsyncConnection, customer_ids: set[str], skip_locked: bool = False
+) -> dict[str, CustomerState]:
+    suffix = " SKIP LOCKED" if skip_locked else ""
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT customer_id, state FROM customers WHERE customer_id = ANY(:ids)"
+                f" ORDER BY customer_id FOR UPDATE{suffix}"
+            ),
+            {"ids": sorted(customer_ids)},
+        )
+    ).all()
+    return {row.customer_id: CustomerState.from_json(row.state) for row in rows}

@@ -1,0 +1,57 @@
+"""Session-wide real infrastructure (Kafka, PostgreSQL, SMTP sink) for integration tests.
+
+Ports differ from the dev stack's defaults so a running `lifecycle up` is left alone. A
+missing component makes the `infra` fixture fail (an error, never a skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifecycle.settings import Settings
+from lifecycle.stack import StackError, down, start_infrastructure
+
+KAFKA_PORT = 59192  # controller on 59193
+POSTGRES_PORT = 55532
+SMTP_PORT = 2625
+
+
+def integration_settings(run_dir: Path) -> Settings:
+    return Settings(
+        run_dir=run_dir,
+        kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
+        postgres_port=POSTGRES_PORT,
+        database_url=f"postgresql+asyncpg://lifecycle@127.0.0.1:{POSTGRES_PORT}/lifecycle",
+        smtp_host="127.0.0.1",
+        smtp_port=SMTP_PORT,
+        ingest_port=8180,
+        stager_port=8181,
+        dispatcher_port=8182,
+        public_url="http://127.0.0.1:8180",
+    )
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Settings]:
+    # Not pytest's tmp_path: its directories are private (0700), and as root the
+    # PostgreSQL server runs as user `postgres`, which must be able to enter the run dir.
+    run_dir = Path(tempfile.mkdtemp(prefix="lifecycle-it-"))
+    os.chmod(run_dir, 0o755)
+    settings = integration_settings(run_dir)
+    try:
+        try:
+            start_infrastructure(settings)
+        except StackError as exc:
+            pytest.fail(f"integration infrastructure did not start:\n{exc}", pytrace=False)
+        yield settings
+    finally:
+        try:
+            down(settings)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
