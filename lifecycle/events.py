@@ -27,6 +27,7 @@ Pure code, no I/O. Design:
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -212,13 +213,16 @@ Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
 Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_check_email)]
 Locale = Annotated[str, Field(min_length=2, max_length=35), AfterValidator(_check_locale)]
 TimeZoneName = Annotated[
-    str, Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris"),
+    str,
+    Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris"),
     AfterValidator(_check_timezone),
 ]
 Birthday = Annotated[
-    str, Field(min_length=7, max_length=10, description="YYYY-MM-DD or --MM-DD"),
+    str,
+    Field(min_length=7, max_length=10, description="YYYY-MM-DD or --MM-DD"),
     AfterValidator(_check_birthday),
 ]
+Code = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_identifier)]
 Step = Annotated[str, BeforeValidator(_coerce_step), Field(min_length=1, max_length=128)]
 UtcDatetime = Annotated[
     AwareDatetime,
@@ -251,7 +255,8 @@ class Traits(_Strict):
 
     def provided(self) -> dict[str, object]:
         """The traits the sender actually gave (including explicit nulls)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in self.model_fields_set}
+        given = self.model_fields_set
+        return {name: getattr(self, name) for name in type(self).model_fields if name in given}
 
 
 class LineItem(_Strict):
@@ -303,9 +308,7 @@ class OrderPlacedProperties(Properties):
     value: Money
     # Not min_length: that would also fire when the only item is invalid, which misleads.
     items: tuple[LineItem, ...] = Field(max_length=MAX_BATCH_EVENTS, json_schema_extra={"minItems": 1})
-    coupon_code: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_identifier)] | None = (
-        None
-    )
+    coupon_code: Code | None = None
 
     @field_validator("items")
     @classmethod
@@ -538,7 +541,8 @@ class Event(BaseModel):
         # Nested errors keep their location, e.g. properties.items.0.price.
         return PROPERTIES_MODELS[kind].model_validate({} if value is None else value)
 
-    def properties_as(self, model: type[P]) -> P:
+    # `builtins.type`: inside this class `type` is the event type field.
+    def properties_as(self, model: builtins.type[P]) -> P:
         """`properties` as the model you expect for this type (TypeError otherwise)."""
         if not isinstance(self.properties, model):
             raise TypeError(
@@ -643,22 +647,35 @@ def parse_batch(payload: object, received_at: datetime, new_id: Callable[[], str
         extra = sorted(str(key) for key in payload if key != "events")
         if extra:
             raise BatchInvalid(
-                [{"index": None, "field": key, "message": 'unknown field; a batch is {"events": [...]}'}
-                 for key in extra],
+                [
+                    {"index": None, "field": key, "message": 'unknown field; a batch is {"events": [...]}'}
+                    for key in extra
+                ],
                 0,
             )
         items = payload["events"]
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_EVENTS:
             raise BatchInvalid(
-                [{"index": None, "field": "events",
-                  "message": f"must be a list of 1 to {MAX_BATCH_EVENTS} events"}],
+                [
+                    {
+                        "index": None,
+                        "field": "events",
+                        "message": f"must be a list of 1 to {MAX_BATCH_EVENTS} events",
+                    }
+                ],
                 0,
             )
     elif isinstance(payload, dict):
         items = [payload]
     else:
         raise BatchInvalid(
-            [{"index": None, "field": "", "message": 'the body must be one event object or {"events": [...]}'}],
+            [
+                {
+                    "index": None,
+                    "field": "",
+                    "message": 'the body must be one event object or {"events": [...]}',
+                }
+            ],
             0,
         )
     events: list[Event] = []

@@ -68,7 +68,10 @@ async def ensure_topics(settings: Settings) -> None:
             return
         try:
             response = await admin.create_topics(
-                [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1) for name in missing]
+                [
+                    NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+                    for name in missing
+                ]
             )
         except TopicAlreadyExistsError:
             return

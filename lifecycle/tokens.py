@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signed, URL-safe tokens (used for one-click unsubscribe links).
+"""HMAC-SHA256 signed, URL-safe tokens (one-click unsubscribe and double opt-in links).
 
 A token is `<payload>.<signature>`, both unpadded base64url: the payload is the compact,
 key-sorted JSON of a `dict[str, str]`, the signature is HMAC-SHA256 over the payload
@@ -22,6 +22,7 @@ from lifecycle.settings import Settings
 # Payload key naming the token's purpose, so a token minted for one use is refused by another.
 PURPOSE_KEY: Final = "p"
 UNSUBSCRIBE_PURPOSE: Final = "unsubscribe"
+CONFIRM_PURPOSE: Final = "confirm"
 _MAX_TOKEN_LENGTH: Final = 4096
 
 
@@ -108,3 +109,29 @@ def unsubscribe_url(settings: Settings, customer_id: str, message_id: str) -> st
     """The one-click unsubscribe link (RFC 8058) for one email to one customer."""
     token = unsubscribe_token(settings.signing_secret, customer_id, message_id)
     return f"{settings.public_url.rstrip('/')}/v1/unsubscribe/{token}"
+
+
+def confirm_token(secret: str, customer_id: str) -> str:
+    return sign(secret, {PURPOSE_KEY: CONFIRM_PURPOSE, "c": customer_id})
+
+
+def read_confirm_token(secret: str, token: str) -> str:
+    """The customer a double opt-in confirmation token is for; InvalidToken if it is not one.
+
+    Also accepts the bare `{"c": customer_id}` form (no purpose key), which cannot be
+    mistaken for an unsubscribe token because those always carry a purpose.
+    """
+    payload = verify(secret, token)
+    if (
+        set(payload) not in ({"c"}, {PURPOSE_KEY, "c"})
+        or payload.get(PURPOSE_KEY, CONFIRM_PURPOSE) != CONFIRM_PURPOSE
+    ):
+        raise InvalidToken("not a confirmation token")
+    return payload["c"]
+
+
+def confirm_url(settings: Settings, customer_id: str) -> str:
+    """The double opt-in confirmation link for one customer."""
+    return (
+        f"{settings.public_url.rstrip('/')}/v1/confirm/{confirm_token(settings.signing_secret, customer_id)}"
+    )

@@ -161,11 +161,12 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
     state.first_seen_at = min(state.first_seen_at or at, at)
 
     if kind in (EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED):
-        traits = event.traits.model_dump(exclude_none=True) if event.traits is not None else {}
+        traits = event.traits.provided() if event.traits is not None else {}
         for name in PROFILE_TRAITS:
             if name in traits:
-                state.set_trait(name, str(traits[name]), at)
-        if "consent" in traits:
+                value = traits[name]
+                state.set_trait(name, None if value is None else str(value), at)
+        if traits.get("consent") is not None:
             state.set_consent(str(traits["consent"]), at)
         if kind is EventType.CUSTOMER_SIGNED_UP:
             state.signed_up_at = min(state.signed_up_at or at, at)
@@ -211,8 +212,11 @@ def _prop(event: Event, name: str) -> Any:
 
 
 def _items(event: Event) -> list[dict[str, Any]]:
-    raw = _prop(event, "items") or []
-    return [item.model_dump() if hasattr(item, "model_dump") else dict(item) for item in raw]
+    """Line items as plain JSON values (money as float) for the state and the triggers."""
+    return [
+        {"product_id": item.product_id, "name": item.name, "quantity": int(item.quantity), "price": float(item.price)}
+        for item in (_prop(event, "items") or [])
+    ]
 
 
 def _apply_cart(applier: _Applier, event: Event) -> None:

@@ -78,10 +78,14 @@ class CustomerState:
     last_click_at: datetime | None = None
     suppressed: str | None = None
 
-    def set_trait(self, name: str, value: str, at: datetime) -> None:
+    def set_trait(self, name: str, value: str | None, at: datetime) -> None:
+        """Last writer by event time wins; None clears the trait."""
         held = self.trait_times.get(name)
         if held is None or at >= held:
-            self.traits[name] = value
+            if value is None:
+                self.traits.pop(name, None)
+            else:
+                self.traits[name] = value
             self.trait_times[name] = at
 
     def set_consent(self, value: str, at: datetime) -> None:

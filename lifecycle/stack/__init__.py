@@ -85,7 +85,8 @@ def start_infrastructure(settings: Settings) -> None:
     from lifecycle.stack import kafka, postgres, smtp_sink
 
     # The JVM takes longest to come up: let it boot while PostgreSQL and the sink start.
-    kafka.launch(settings)
+    if not kafka.launch(settings):
+        say(f"kafka: already running on {settings.kafka_bootstrap}")
     postgres.start(settings)
     smtp_sink.start(settings)
     kafka.wait_ready(settings)

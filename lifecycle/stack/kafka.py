@@ -291,6 +291,8 @@ def launch(settings: Settings) -> bool:
     argv = [
         java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
         "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+        # log4j2 must not close its appenders before the broker's own shutdown hook is done.
+        "-Dlog4j2.shutdownHookEnabled=false",
         f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={log_path(settings).parent}",
         "-cp", f"{lib}/*", "kafka.Kafka", str(props),
     ]  # fmt: skip

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,10 +34,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
-from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, EventInvalid, EventType, parse_batch, parse_event
+from lifecycle.events import (
+    MAX_BATCH_EVENTS,
+    BatchInvalid,
+    Event,
+    EventInvalid,
+    EventType,
+    parse_batch,
+    parse_event,
+)
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
-from lifecycle.tokens import InvalidToken, MalformedToken, read_unsubscribe_token
+from lifecycle.tokens import InvalidToken, MalformedToken, read_confirm_token, read_unsubscribe_token
 from services.ingest import metrics
 
 log = logging.getLogger(__name__)
@@ -55,7 +63,9 @@ STARTUP_ATTEMPT_TIMEOUT_SECONDS: Final = 30.0
 class CustomerReader(Protocol):
     """Looks a customer up for `GET /v1/customers/{id}`; None when unknown."""
 
-    async def __call__(self, customer_id: str) -> dict[str, object] | None: ...
+    # A plain (not async) signature so both `async def` readers and
+    # `Callable[[str], Awaitable[...]]` values satisfy it.
+    def __call__(self, customer_id: str, /) -> Awaitable[dict[str, object] | None]: ...
 
 
 # --- response models (documentation of the answers in the OpenAPI document) ---
@@ -99,9 +109,7 @@ class ApiKeys:
                 except ValueError:
                     digest = b""
                 if len(digest) != 32:
-                    raise ValueError(
-                        f"LIFECYCLE_API_KEYS entry {position} is not sha256:<64 hex digits>"
-                    )
+                    raise ValueError(f"LIFECYCLE_API_KEYS entry {position} is not sha256:<64 hex digits>")
                 self._digests.append(digest)
             else:
                 self._digests.append(hashlib.sha256(entry.encode("utf-8")).digest())
@@ -162,7 +170,7 @@ def _reject_constant(name: str) -> object:
 
 def _decode_json(body: bytes) -> object:
     if not body.strip():
-        raise HTTPException(400, "the request body is empty; send one event or {\"events\": [...]} as JSON")
+        raise HTTPException(400, 'the request body is empty; send one event or {"events": [...]} as JSON')
     try:
         # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
         return json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
@@ -198,10 +206,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _page(title: str, body_html: str) -> str:
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title></head>"
-        f"<body style=\"font-family:sans-serif;max-width:32em;margin:3em auto\">{body_html}</body></html>"
+        f'<body style="font-family:sans-serif;max-width:32em;margin:3em auto">{body_html}</body></html>'
     )
 
 
@@ -253,12 +261,17 @@ def create_app(
                 if attempt == STARTUP_ATTEMPTS:
                     log.error(
                         "Kafka at %s is still not reachable after %d attempts: %s",
-                        settings.kafka_bootstrap, attempt, exc,
+                        settings.kafka_bootstrap,
+                        attempt,
+                        exc,
                     )
                     raise RuntimeError(f"Kafka at {settings.kafka_bootstrap} is not reachable") from exc
                 log.warning(
                     "Kafka at %s is not reachable yet (attempt %d/%d): %s; retrying in %.1f s",
-                    settings.kafka_bootstrap, attempt, STARTUP_ATTEMPTS, str(exc) or type(exc).__name__,
+                    settings.kafka_bootstrap,
+                    attempt,
+                    STARTUP_ATTEMPTS,
+                    str(exc) or type(exc).__name__,
                     STARTUP_RETRY_SECONDS,
                 )
                 await asyncio.sleep(STARTUP_RETRY_SECONDS)
@@ -403,8 +416,57 @@ def create_app(
 
     def token_refusal(exc: InvalidToken) -> HTMLResponse:
         if isinstance(exc, MalformedToken):
-            return _html(400, "Invalid link", "This unsubscribe link is incomplete or damaged.")
-        return _html(403, "Invalid link", "This unsubscribe link is not valid.")
+            return _html(400, "Invalid link", "This link is incomplete or damaged.")
+        return _html(403, "Invalid link", "This link is not valid.")
+
+    def confirmation_form(
+        path: str, title: str, question: str, button: str, hidden: str = ""
+    ) -> HTMLResponse:
+        # A GET must never act: link scanners and mail previews follow links. The form POSTs.
+        action = html.escape(path, quote=True)
+        form = (
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(question)}</p>"
+            f'<form method="post" action="{action}">'
+            f"{hidden}"
+            f'<button type="submit">{html.escape(button)}</button></form>'
+        )
+        return HTMLResponse(_page(title, form))
+
+    async def publish_link_event(raw: dict[str, object], done_title: str, done_message: str) -> HTMLResponse:
+        event_id = str(raw["event_id"])
+        try:
+            event = parse_event(raw, await clock.now(), lambda: event_id)
+        except EventInvalid as exc:
+            log.warning("a validly signed token carries bad data: %s", exc)
+            return _html(400, "Invalid link", "This link is not valid.")
+        try:
+            await publish([event])
+        except _Unavailable:
+            return _html(
+                503,
+                "Please try again",
+                "We could not process your request right now. Please try again in a minute.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return _html(200, done_title, done_message)
+
+    def link_event_id(prefix: str, token: str) -> str:
+        # Same token -> same event_id, so a repeated click is deduplicated downstream.
+        return prefix + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+
+    form_body_doc: dict[str, Any] = {
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
+                    }
+                }
+            },
+        }
+    }
 
     @app.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
     async def unsubscribe_page(token: str) -> HTMLResponse:
@@ -412,60 +474,65 @@ def create_app(
             read_unsubscribe_token(settings.signing_secret, token)
         except InvalidToken as exc:
             return token_refusal(exc)
-        # A GET must not unsubscribe: link scanners follow links. The form POSTs.
-        action = html.escape(f"/v1/unsubscribe/{token}", quote=True)
-        form = (
-            "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
-            f'<form method="post" action="{action}">'
-            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-            '<button type="submit">Unsubscribe</button></form>'
+        return confirmation_form(
+            f"/v1/unsubscribe/{token}",
+            "Unsubscribe",
+            "Stop receiving these emails?",
+            "Unsubscribe",
+            hidden='<input type="hidden" name="List-Unsubscribe" value="One-Click">',
         )
-        return HTMLResponse(_page("Unsubscribe", form))
 
     @app.post(
         "/v1/unsubscribe/{token}",
         response_class=HTMLResponse,
         summary="One-click unsubscribe (RFC 8058); the token is the authorisation",
-        openapi_extra={
-            "requestBody": {
-                "required": False,
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra=form_body_doc,
     )
     async def unsubscribe(token: str) -> HTMLResponse:
+        # The body (List-Unsubscribe=One-Click) carries no information: the token says it all.
         try:
             claim = read_unsubscribe_token(settings.signing_secret, token)
         except InvalidToken as exc:
             return token_refusal(exc)
-        # Same token -> same event_id, so a repeated click is deduplicated downstream.
-        event_id = "unsub-" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
-        raw = {
-            "event_id": event_id,
+        raw: dict[str, object] = {
+            "event_id": link_event_id("unsub-", token),
             "type": EventType.UNSUBSCRIBED.value,
             "customer_id": claim.customer_id,
             "properties": {"message_id": claim.message_id},
         }
+        return await publish_link_event(
+            raw, "You are unsubscribed.", "You will not receive these emails any more."
+        )
+
+    @app.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
+    async def confirm_page(token: str) -> HTMLResponse:
         try:
-            event = parse_event(raw, await clock.now(), lambda: event_id)
-        except EventInvalid as exc:
-            log.warning("validly signed unsubscribe token carries bad data: %s", exc)
-            return _html(400, "Invalid link", "This unsubscribe link is not valid.")
+            read_confirm_token(settings.signing_secret, token)
+        except InvalidToken as exc:
+            return token_refusal(exc)
+        return confirmation_form(
+            f"/v1/confirm/{token}",
+            "Confirm your subscription",
+            "Do you want to receive our emails?",
+            "Yes, confirm",
+        )
+
+    @app.post(
+        "/v1/confirm/{token}",
+        response_class=HTMLResponse,
+        summary="Confirm a subscription (double opt-in); the token is the authorisation",
+    )
+    async def confirm(token: str) -> HTMLResponse:
         try:
-            await publish([event])
-        except _Unavailable:
-            return _html(
-                503, "Please try again", "We could not process your request right now. Please try again in a minute.",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        return _html(200, "You are unsubscribed.", "You will not receive these emails any more.")
+            customer_id = read_confirm_token(settings.signing_secret, token)
+        except InvalidToken as exc:
+            return token_refusal(exc)
+        raw: dict[str, object] = {
+            "event_id": link_event_id("confirm-", token),
+            "type": EventType.CONSENT_CONFIRMED.value,
+            "customer_id": customer_id,
+        }
+        return await publish_link_event(raw, "Your subscription is confirmed.", "Thank you!")
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

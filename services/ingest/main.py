@@ -8,6 +8,8 @@ import uvicorn
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lifecycle.clock import make_clock
+from lifecycle.kafka import ensure_topics
+from lifecycle.runtime import StartupError, retry_until, wait_for_database
 from lifecycle.settings import Settings
 from services.ingest.app import create_app
 
@@ -20,7 +22,17 @@ async def _serve(settings: Settings) -> None:
 
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     try:
-        app = create_app(settings, make_clock(settings.clock, engine), customer_reader=make_customer_reader(engine))
+        if settings.clock == "virtual":
+            # Every request reads the virtual clock, so the database must be there first.
+            await wait_for_database(engine)
+        # Wait here rather than in the lifespan: a failure becomes one clear line.
+        await retry_until(f"Kafka at {settings.kafka_bootstrap}", lambda: ensure_topics(settings))
+        app = create_app(
+            settings,
+            make_clock(settings.clock, engine),
+            customer_reader=make_customer_reader(engine, settings),
+            manage_topics=False,
+        )
         config = uvicorn.Config(
             app,
             host=settings.ingest_host,
@@ -35,4 +47,9 @@ async def _serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(_serve(settings))
+    try:
+        asyncio.run(_serve(settings))
+    except SystemExit as exc:
+        # uvicorn exits this way when the port is taken or start-up failed; it logged why.
+        if exc.code not in (0, None):
+            raise StartupError("the ingest API did not start (see the log above)") from None

@@ -11,7 +11,9 @@ from typing import Final
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter(
-    "lifecycle_ingest_requests_total", "HTTP requests answered, by route template and status", ["route", "status"]
+    "lifecycle_ingest_requests_total",
+    "HTTP requests answered, by route template and status",
+    ["route", "status"],
 )
 REQUEST_DURATION = Histogram(
     "lifecycle_ingest_request_duration_seconds", "Time to answer an HTTP request", ["route"]

@@ -1,0 +1,182 @@
+"""The journey engine and the shipped journeys, without I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifecycle.core.journeys import (
+    ExitRun,
+    Journey,
+    RecordClick,
+    Recipient,
+    Run,
+    SendNow,
+    Skip,
+    StartRun,
+    decide_step,
+    on_trigger,
+)
+from lifecycle.core.triggers import Trigger, TriggerType
+from lifecycle.journey_files import JourneyError, load_journeys, parse_journey
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+JOURNEYS = {j.name: j for j in load_journeys()}
+OK = Recipient("a@example.com", "opted_in", None, None, None)
+
+
+def trig(trigger_type: TriggerType, at: datetime = T0, backfill: bool = False, tid: str = "t1",
+         **data: Any) -> Trigger:
+    return Trigger(tid, trigger_type, "c1", at, backfill, data)
+
+
+def started(actions: list[Any]) -> dict[str, StartRun]:
+    return {a.journey: a for a in actions if isinstance(a, StartRun)}
+
+
+def run_of(start: StartRun, run_id: int = 1, status: str = "active") -> Run:
+    return Run(run_id, start.journey, status, start.entry_key, start.step_index, start.due_at, start.started_at,
+               start.context)
+
+
+def test_all_default_journeys_ship() -> None:
+    assert set(JOURNEYS) == {"double_opt_in", "prospect_welcome", "abandoned_cart", "new_customer_welcome",
+                             "post_purchase", "referral", "win_back", "lapsed_reactivation", "birthday"}
+
+
+@pytest.mark.parametrize(
+    ("trigger", "journey", "delay"),
+    [
+        (trig(TriggerType.SIGNED_UP, consent="pending"), "double_opt_in", timedelta(0)),
+        (trig(TriggerType.CONSENT_CHANGED, to="opted_in", orders_count=0), "prospect_welcome", timedelta(0)),
+        (trig(TriggerType.CART_ABANDONED, items=[]), "abandoned_cart", timedelta(0)),
+        (trig(TriggerType.STAGE_CHANGED, to="new"), "new_customer_welcome", timedelta(hours=1)),
+        (trig(TriggerType.ORDER_PLACED, order_id="o1"), "post_purchase", timedelta(days=7)),
+        (trig(TriggerType.STAGE_CHANGED, to="active"), "referral", timedelta(days=2)),
+        (trig(TriggerType.STAGE_CHANGED, to="at_risk"), "win_back", timedelta(0)),
+        (trig(TriggerType.STAGE_CHANGED, to="lapsed"), "lapsed_reactivation", timedelta(0)),
+        (trig(TriggerType.BIRTHDAY, year=2026), "birthday", timedelta(0)),
+    ],
+)
+def test_entry_and_first_step_time(trigger: Trigger, journey: str, delay: timedelta) -> None:
+    runs = started(on_trigger(list(JOURNEYS.values()), [], trigger))
+    assert list(runs) == [journey]
+    assert runs[journey].due_at == T0 + delay
+
+
+def test_no_entry_for_consent_with_orders_or_backfill() -> None:
+    journeys = list(JOURNEYS.values())
+    assert not started(on_trigger(journeys, [], trig(TriggerType.CONSENT_CHANGED, to="opted_in", orders_count=1)))
+    assert not started(on_trigger(journeys, [], trig(TriggerType.STAGE_CHANGED, backfill=True, to="at_risk")))
+
+
+def test_waits_count_from_previous_due_time() -> None:
+    journey = JOURNEYS["abandoned_cart"]
+    first = journey.first_send(T0)
+    assert first == (0, T0)
+    second = journey.next_send(0, T0)
+    assert second == (2, T0 + timedelta(days=1))
+    assert journey.next_send(2, T0 + timedelta(days=1)) == (4, T0 + timedelta(days=4))
+    assert journey.next_send(4, T0 + timedelta(days=4)) is None
+
+
+def test_one_active_run_per_journey_and_restart_for_post_purchase() -> None:
+    journeys = list(JOURNEYS.values())
+    first = started(on_trigger(journeys, [], trig(TriggerType.CART_ABANDONED)))["abandoned_cart"]
+    again = on_trigger(journeys, [run_of(first)], trig(TriggerType.CART_ABANDONED, tid="t2"))
+    assert again == []
+    purchase = started(on_trigger(journeys, [], trig(TriggerType.ORDER_PLACED, order_id="o1")))["post_purchase"]
+    actions = on_trigger(journeys, [run_of(purchase, 7)],
+                         trig(TriggerType.ORDER_PLACED, T0 + timedelta(days=1), tid="t3", order_id="o2"))
+    assert ExitRun(7, "restarted") in actions
+    assert started(actions)["post_purchase"].due_at == T0 + timedelta(days=8)
+
+
+def test_referral_once_ever_and_birthday_once_a_year() -> None:
+    journeys = list(JOURNEYS.values())
+    referral = started(on_trigger(journeys, [], trig(TriggerType.STAGE_CHANGED, to="active")))["referral"]
+    done = run_of(referral, status="completed")
+    assert not started(on_trigger(journeys, [done], trig(TriggerType.STAGE_CHANGED, tid="t2", to="active")))
+    bday = started(on_trigger(journeys, [], trig(TriggerType.BIRTHDAY, year=2026)))["birthday"]
+    past = run_of(bday, status="completed")
+    assert not started(on_trigger(journeys, [past], trig(TriggerType.BIRTHDAY, tid="t2", year=2026)))
+    assert started(on_trigger(journeys, [past], trig(TriggerType.BIRTHDAY, tid="t3", year=2027)))
+
+
+def test_exits() -> None:
+    journeys = list(JOURNEYS.values())
+    cart = run_of(started(on_trigger(journeys, [], trig(TriggerType.CART_ABANDONED)))["abandoned_cart"], 1)
+    assert ExitRun(1, "exit:cart_emptied") in on_trigger(journeys, [cart], trig(TriggerType.CART_EMPTIED))
+    welcome = run_of(started(on_trigger(journeys, [], trig(TriggerType.STAGE_CHANGED, to="new")))
+                     ["new_customer_welcome"], 2)
+    assert ExitRun(2, "exit:stage_changed") in on_trigger(
+        journeys, [welcome], trig(TriggerType.STAGE_CHANGED, tid="t2", **{"from": "new", "to": "active"}))
+    # history still ends journeys it concerns
+    assert ExitRun(1, "exit:order_placed") in on_trigger(
+        journeys, [cart], trig(TriggerType.ORDER_PLACED, backfill=True, order_id="o"))
+
+
+def test_send_decisions() -> None:
+    journey = JOURNEYS["prospect_welcome"]
+    run = run_of(started(on_trigger([journey], [], trig(TriggerType.CONSENT_CHANGED, to="opted_in",
+                                                          orders_count=0)))["prospect_welcome"])
+    assert isinstance(decide_step(journey, run, OK, T0, 365), SendNow)
+    opted_out = Recipient("a@example.com", "opted_out", None, None, None)
+    assert decide_step(journey, run, opted_out, T0, 365) == Skip(journey.send_step(0), "consent:opted_out")
+    no_email = Recipient(None, "opted_in", None, None, None)
+    assert isinstance(decide_step(journey, run, no_email, T0, 365), Skip)
+    doi = JOURNEYS["double_opt_in"]
+    doi_run = run_of(started(on_trigger([doi], [], trig(TriggerType.SIGNED_UP, consent="pending")))["double_opt_in"])
+    pending = Recipient("a@example.com", "pending", None, None, None)
+    assert isinstance(decide_step(doi, doi_run, pending, T0, 365), SendNow)
+
+
+def test_sunset_stops_marketing_after_a_silent_year() -> None:
+    journey = JOURNEYS["win_back"]
+    run = run_of(started(on_trigger([journey], [], trig(TriggerType.STAGE_CHANGED, to="at_risk")))["win_back"])
+    year_ago = T0 - timedelta(days=365)
+    silent = Recipient("a@example.com", "opted_in", None, year_ago, None)
+    assert decide_step(journey, run, silent, T0, 365) == Skip(journey.send_step(0), "sunset")
+    engaged = Recipient("a@example.com", "opted_in", None, year_ago, T0 - timedelta(days=10))
+    assert isinstance(decide_step(journey, run, engaged, T0, 365), SendNow)
+    recent = Recipient("a@example.com", "opted_in", None, T0 - timedelta(days=364), None)
+    assert isinstance(decide_step(journey, run, recent, T0, 365), SendNow)
+
+
+def test_review_request_only_after_satisfied_click() -> None:
+    journey = JOURNEYS["post_purchase"]
+    start = started(on_trigger([journey], [], trig(TriggerType.ORDER_PLACED, order_id="o1")))["post_purchase"]
+    run = run_of(start, 5)
+    second = journey.next_send(run.step_index or 0, start.due_at)
+    assert second is not None
+    run.step_index, run.due_at = second
+    assert decide_step(journey, run, OK, T0, 365) == Skip(journey.send_step(second[0]), "condition:not_clicked")
+    click = on_trigger([journey], [run], trig(TriggerType.ENGAGEMENT, kind="clicked", journey="post_purchase",
+                                              step="1", link="satisfied"))
+    assert click == [RecordClick(5, 1, "satisfied")]
+    run.clicks.append({"step": 1, "link": "satisfied"})
+    assert isinstance(decide_step(journey, run, OK, T0, 365), SendNow)
+
+
+def test_validation_names_file_line_and_field(tmp_path: Path) -> None:
+    text = "name: broken\nentry: {trigger: nope}\nsteps:\n  - wait: 3x\n  - send: {template: missing_tpl}\n"
+    journey, problems = parse_journey(tmp_path / "broken.yaml", text, None)
+    assert journey is None
+    found = {(p.line, p.field) for p in problems}
+    assert (2, "entry.trigger") in found and (4, "steps[0].wait") in found
+    (tmp_path / "bad.yaml").write_text("name: bad\nentry: {trigger: birthday}\nsteps:\n  - send: {template: nope}\n")
+    with pytest.raises(JourneyError) as caught:
+        load_journeys(tmp_path)
+    assert any(p.field == "steps[0].send.template" and p.line == 4 for p in caught.value.problems)
+
+
+def test_extra_directory_overrides_a_journey(tmp_path: Path) -> None:
+    (tmp_path / "birthday.yaml").write_text(
+        "name: birthday\nreentry: once_per_key\nreentry_key: year\nentry: {trigger: birthday}\n"
+        "steps:\n  - wait: 1h\n  - send: {template: birthday_1}\n")
+    journeys = {j.name: j for j in load_journeys(tmp_path)}
+    assert isinstance(journeys["birthday"], Journey)
+    assert journeys["birthday"].first_send(T0) == (1, T0 + timedelta(hours=1))

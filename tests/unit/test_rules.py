@@ -1,0 +1,206 @@
+"""The lifecycle rules, exhaustively and without I/O."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifecycle.core.rules import DueKind, RuleConfig, apply_due, apply_event, compute_stage, next_birthday
+from lifecycle.core.state import CustomerState
+from lifecycle.core.triggers import TriggerType
+from lifecycle.events import Event, parse_event
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+CONFIG = RuleConfig()
+
+
+def event(kind: str, at: datetime = T0, received: datetime | None = None, event_id: str | None = None,
+          **fields: Any) -> Event:
+    body: dict[str, Any] = {"type": kind, "customer_id": "c1", "occurred_at": at.isoformat(), **fields}
+    if event_id:
+        body["event_id"] = event_id
+    counter = itertools.count()
+    return parse_event(body, received or at, lambda: f"e-{kind}-{at.isoformat()}-{next(counter)}")
+
+
+def order(order_id: str, at: datetime, value: float = 10.0, **kw: Any) -> Event:
+    return event("order_placed", at, event_id=f"o-{order_id}", properties={
+        "order_id": order_id, "currency": "EUR", "value": value,
+        "items": [{"product_id": "p1", "name": "Shirt", "quantity": 1, "price": value}]}, **kw)
+
+
+def cart(items: list[dict[str, Any]], at: datetime) -> Event:
+    return event("cart_updated", at, properties={"cart_id": "k1", "currency": "EUR",
+                                                 "value": sum(i["price"] for i in items), "items": items})
+
+
+def trigger_types(decision: Any) -> list[str]:
+    return [t.type.value for t in decision.triggers]
+
+
+def test_signup_with_consent_emits_signed_up_and_consent_change() -> None:
+    state = CustomerState("c1")
+    decision = apply_event(state, event("customer_signed_up", traits={"email": "a@example.com",
+                                                                      "consent": "opted_in"}), T0, CONFIG)
+    assert trigger_types(decision) == ["signed_up", "consent_changed", "stage_changed"]
+    consent = decision.triggers[1]
+    assert consent.data == {"from": None, "to": "opted_in", "orders_count": 0}
+    assert state.stage == "prospect" and state.traits["email"] == "a@example.com"
+
+
+def test_stages_follow_orders_and_time() -> None:
+    state = CustomerState("c1")
+    apply_event(state, order("o1", T0), T0, CONFIG)
+    assert compute_stage(state, T0, CONFIG) == "new"
+    apply_event(state, order("o2", T0 + timedelta(days=1)), T0 + timedelta(days=1), CONFIG)
+    assert state.stage == "active"
+    last = T0 + timedelta(days=1)
+    assert compute_stage(state, last + timedelta(days=89, hours=23), CONFIG) == "active"
+    assert compute_stage(state, last + timedelta(days=90), CONFIG) == "at_risk"
+    assert compute_stage(state, last + timedelta(days=365), CONFIG) == "lapsed"
+
+
+def test_stage_expiry_due_times_and_transitions() -> None:
+    state = CustomerState("c1")
+    decision = apply_event(state, order("o1", T0), T0, CONFIG)
+    assert decision.dues[DueKind.STAGE] == T0 + timedelta(days=90)
+    due = T0 + timedelta(days=90)
+    decision = apply_due(state, DueKind.STAGE, due, due, CONFIG)
+    assert state.stage == "at_risk"
+    [change] = decision.triggers
+    assert change.type is TriggerType.STAGE_CHANGED and change.data == {"from": "new", "to": "at_risk"}
+    assert change.occurred_at == due and not change.backfill
+    assert decision.dues[DueKind.STAGE] == T0 + timedelta(days=365)
+
+
+def test_cancelled_and_refunded_orders_do_not_count() -> None:
+    state = CustomerState("c1")
+    apply_event(state, order("o1", T0, 30), T0, CONFIG)
+    apply_event(state, order("o2", T0 + timedelta(hours=1), 20), T0, CONFIG)
+    apply_event(state, event("order_refunded", T0 + timedelta(hours=2), properties={"order_id": "o2"}), T0, CONFIG)
+    summary = state.order_summary()
+    assert summary["orders_count"] == 1 and summary["total_spent"] == 30.0
+    assert state.stage == "new"
+    apply_event(state, event("order_cancelled", T0 + timedelta(hours=3), properties={"order_id": "o1"}), T0, CONFIG)
+    assert state.order_summary()["orders_count"] == 0 and state.stage == "prospect"
+
+
+def test_cancellation_seen_before_the_order_still_voids_it() -> None:
+    state = CustomerState("c1")
+    apply_event(state, event("order_cancelled", T0, properties={"order_id": "o1"}), T0, CONFIG)
+    apply_event(state, order("o1", T0 - timedelta(minutes=5)), T0, CONFIG)
+    assert state.order_summary()["orders_count"] == 0
+
+
+def test_cart_abandonment_is_moved_by_updates_and_cancelled_by_order_or_emptying() -> None:
+    item = {"product_id": "p1", "name": "Shirt", "quantity": 1, "price": 10.0}
+    state = CustomerState("c1")
+    decision = apply_event(state, cart([item], T0), T0, CONFIG)
+    assert decision.dues[DueKind.CART] == T0 + timedelta(hours=1)
+    later = T0 + timedelta(minutes=30)
+    decision = apply_event(state, cart([item, item], later), later, CONFIG)
+    assert decision.dues[DueKind.CART] == later + timedelta(hours=1)
+    emptied = apply_event(state, cart([], later + timedelta(minutes=1)), later, CONFIG)
+    assert emptied.dues[DueKind.CART] is None and trigger_types(emptied) == ["cart_emptied"]
+    apply_event(state, cart([item], later + timedelta(minutes=2)), later, CONFIG)
+    ordered = apply_event(state, order("o1", later + timedelta(minutes=3)), later, CONFIG)
+    assert ordered.dues[DueKind.CART] is None and state.cart is None
+
+
+def test_cart_abandoned_trigger_carries_items_once() -> None:
+    item = {"product_id": "p1", "name": "Linen shirt", "quantity": 1, "price": 59.0}
+    state = CustomerState("c1")
+    apply_event(state, cart([item], T0), T0, CONFIG)
+    due = T0 + timedelta(hours=1)
+    decision = apply_due(state, DueKind.CART, due, due, CONFIG)
+    [abandoned] = decision.triggers
+    assert abandoned.type is TriggerType.CART_ABANDONED
+    assert abandoned.data["items"][0]["name"] == "Linen shirt" and abandoned.occurred_at == due
+    assert apply_due(state, DueKind.CART, due, due, CONFIG).triggers == []
+
+
+def test_backfill_marks_triggers_as_history() -> None:
+    state = CustomerState("c1")
+    received = T0 + timedelta(days=2)
+    decision = apply_event(state, order("o1", T0, received=received), received, CONFIG)
+    assert decision.triggers and all(t.backfill for t in decision.triggers)
+    fresh = apply_event(CustomerState("c2"), order("o1", T0, received=T0 + timedelta(hours=23)),
+                        T0 + timedelta(hours=23), CONFIG)
+    assert not any(t.backfill for t in fresh.triggers)
+
+
+def test_birthday_at_nine_in_the_customers_zone() -> None:
+    state = CustomerState("c1", traits={"birthday": "1990-03-15", "timezone": "Europe/Paris"})
+    moment = next_birthday(state, datetime(2026, 3, 14, 12, tzinfo=UTC), CONFIG)
+    assert moment == datetime(2026, 3, 15, 8, tzinfo=UTC)
+    state.traits["timezone"] = "America/New_York"  # daylight saving time from 8 March 2026
+    assert next_birthday(state, datetime(2026, 3, 14, 12, tzinfo=UTC), CONFIG) == datetime(2026, 3, 15, 13,
+                                                                                          tzinfo=UTC)
+
+
+def test_birthday_on_29_february_and_without_year() -> None:
+    state = CustomerState("c1", traits={"birthday": "--02-29"})
+    assert next_birthday(state, datetime(2026, 1, 1, tzinfo=UTC), CONFIG) == datetime(2026, 2, 28, 9, tzinfo=UTC)
+    assert next_birthday(state, datetime(2027, 12, 1, tzinfo=UTC), CONFIG) == datetime(2028, 2, 29, 9, tzinfo=UTC)
+
+
+def test_birthday_due_emits_and_schedules_next_year() -> None:
+    state = CustomerState("c1", traits={"birthday": "1990-03-15"}, stage="prospect")
+    due = datetime(2026, 3, 15, 9, tzinfo=UTC)
+    decision = apply_due(state, DueKind.BIRTHDAY, due, due, CONFIG)
+    assert [(t.type.value, t.data) for t in decision.triggers] == [("birthday", {"year": 2026})]
+    assert decision.dues[DueKind.BIRTHDAY] == datetime(2027, 3, 15, 9, tzinfo=UTC)
+
+
+def test_consent_last_writer_by_event_time_wins() -> None:
+    state = CustomerState("c1")
+    apply_event(state, event("unsubscribed", T0 + timedelta(minutes=5)), T0, CONFIG)
+    decision = apply_event(state, event("customer_updated", T0, traits={"consent": "opted_in"}), T0, CONFIG)
+    assert state.consent == "opted_out" and decision.triggers == []
+
+
+def test_engagement_is_recorded_and_forwarded() -> None:
+    state = CustomerState("c1")
+    decision = apply_event(state, event("email_clicked", T0, properties={
+        "journey": "post_purchase", "step": 1, "link": "satisfied"}), T0, CONFIG)
+    assert state.last_engagement_at == T0 and state.last_click_at == T0
+    [trigger] = decision.triggers
+    assert trigger.data == {"kind": "clicked", "journey": "post_purchase", "step": "1", "link": "satisfied"}
+
+
+def _final(events: list[Event]) -> dict[str, Any]:
+    state = CustomerState("c1")
+    now = T0 + timedelta(days=1)
+    for e in events:
+        apply_event(state, e, now, CONFIG)
+    data = state.to_json()
+    data.pop("first_seen_at")
+    return data
+
+
+STORY = [
+    event("customer_signed_up", T0, event_id="s1", traits={"email": "a@example.com", "consent": "pending"}),
+    event("consent_confirmed", T0 + timedelta(minutes=3), event_id="s2"),
+    event("customer_updated", T0 + timedelta(minutes=4), event_id="s3", traits={"first_name": "Ana"}),
+    order("o1", T0 + timedelta(minutes=10), 25),
+    order("o2", T0 + timedelta(minutes=20), 40),
+    event("order_refunded", T0 + timedelta(minutes=30), event_id="s4", properties={"order_id": "o1"}),
+    event("email_opened", T0 + timedelta(minutes=40), event_id="s5", properties={}),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(STORY))
+def test_any_order_of_the_same_events_gives_the_same_state(events: list[Event]) -> None:
+    assert _final(events) == _final(STORY)
+
+
+def test_to_json_round_trip() -> None:
+    state = CustomerState("c1")
+    for e in STORY:
+        apply_event(state, e, T0, CONFIG)
+    assert CustomerState.from_json(state.to_json()).to_json() == state.to_json()
