@@ -34,6 +34,10 @@ class ManualClock:
         self.current = moment
 
 
+class ClockNotSet(RuntimeError):
+    """The virtual clock has no reading yet."""
+
+
 class VirtualClock:
     """Reads the shared virtual time from the `virtual_clock` row."""
 
@@ -44,7 +48,7 @@ class VirtualClock:
         async with self._engine.connect() as conn:
             value = (await conn.execute(text("SELECT now_at FROM virtual_clock WHERE id = 1"))).scalar()
         if value is None:
-            raise RuntimeError("virtual clock is not set: run the scenario runner or `lifecycle demo`")
+            raise ClockNotSet("the virtual clock is not set yet: the scenario runner or `lifecycle demo` sets it")
         moment: datetime = value
         return moment.astimezone(UTC)
 
@@ -58,6 +62,11 @@ async def set_virtual_time(engine: AsyncEngine, moment: datetime) -> None:
             ),
             {"t": moment},
         )
+
+
+async def virtual_time_is_set(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT count(*) FROM virtual_clock"))).scalar() == 1
 
 
 def make_clock(kind: str, engine: AsyncEngine) -> Clock:

@@ -538,8 +538,10 @@ class Event(BaseModel):
         kind = info.data.get("type")
         if kind is None:
             return NoProperties()  # unknown type: its own error says it all
+        if value is None or type(value) is NoProperties:
+            value = {}  # absent (the default is a NoProperties) or null: "no properties"
         # Nested errors keep their location, e.g. properties.items.0.price.
-        return PROPERTIES_MODELS[kind].model_validate({} if value is None else value)
+        return PROPERTIES_MODELS[kind].model_validate(value)
 
     # `builtins.type`: inside this class `type` is the event type field.
     def properties_as(self, model: builtins.type[P]) -> P:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
+
+from lifecycle.clock import Clock, ClockNotSet
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("lifecycle")
@@ -46,6 +48,20 @@ async def wait_for_database(engine: AsyncEngine) -> None:
             await conn.execute(text("SELECT 1 FROM virtual_clock LIMIT 1"))
 
     await retry_until("PostgreSQL (migrated)", ping)
+
+
+async def wait_for_clock(clock: Clock, stop: asyncio.Event) -> None:
+    """On the virtual clock, work starts once something has set the time."""
+    announced = False
+    while not stop.is_set():
+        try:
+            await clock.now()
+            return
+        except ClockNotSet:
+            if not announced:
+                log.info("waiting for the virtual clock to be set")
+                announced = True
+            await asyncio.sleep(0.1)
 
 
 def stop_on_signals() -> asyncio.Event:

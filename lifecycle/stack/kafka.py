@@ -145,7 +145,7 @@ def fetch(settings: Settings) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         log = home / "mvn.log"
         argv = [
-            mvn, "-B", "-q", "-f", str(pom),
+            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
             f"{DEPENDENCY_PLUGIN}:copy-dependencies",
             f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
         ]  # fmt: skip

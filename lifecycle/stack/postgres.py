@@ -114,6 +114,8 @@ def layout(settings: Settings, *, prepare: bool = False) -> Layout:
     ):
         base = fallback
     if prepare and base == fallback:
+        if not base.exists():
+            say(f"postgres: user postgres cannot enter {run_dir}; keeping the cluster in {base}")
         base.mkdir(mode=0o700, exist_ok=True)
         if run_as:
             _chown(base, run_as)

@@ -15,7 +15,7 @@ from lifecycle.core.triggers import Trigger
 from lifecycle.journey_files import load_journeys
 from lifecycle.kafka import ensure_topics, make_consumer
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import retry_until, stop_on_signals, wait_for_database
+from lifecycle.runtime import retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.dispatcher import metrics
@@ -103,6 +103,7 @@ async def serve(settings: Settings) -> None:
 
     server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
     stop = stop_on_signals()
+    await wait_for_clock(clock, stop)
     log.info("dispatcher started: %d journeys, clock %s", len(journeys), settings.clock)
     last_gauges = 0.0
     try:

@@ -13,7 +13,7 @@ from lifecycle.clock import make_clock
 from lifecycle.events import Event
 from lifecycle.kafka import ensure_topics, make_consumer, make_producer
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import retry_until, stop_on_signals, wait_for_database
+from lifecycle.runtime import retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
 from services.stager import metrics
 from services.stager.worker import StagerStore, rule_config
@@ -57,6 +57,7 @@ async def serve(settings: Settings) -> None:
 
     server, server_task = start_probe_server(settings.ingest_host, settings.stager_port, ready, settings.clock)
     stop = stop_on_signals()
+    await wait_for_clock(clock, stop)
     log.info("stager started: topic %s, group %s, clock %s", settings.events_topic, settings.stager_group,
              settings.clock)
     last_gauges = 0.0
