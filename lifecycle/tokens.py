@@ -42,9 +42,14 @@ def _b64decode(text: str) -> bytes:
     if not text or any(ch not in _ALPHABET for ch in text):
         raise MalformedToken("token is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise MalformedToken("token is not base64url") from None
+    # Only the canonical spelling: the decoder ignores stray low bits in the last
+    # character, which would give one token several valid spellings.
+    if _b64encode(raw) != text:
+        raise MalformedToken("token is not canonical base64url")
+    return raw
 
 
 _ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

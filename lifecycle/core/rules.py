@@ -182,7 +182,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
     elif kind in (EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
         order_id = str(_prop(event, "order_id"))
         fact = state.orders.get(order_id) or OrderFact(order_id=order_id)
-        fact.voided = True
+        if not fact.voided:
+            fact.voided = True
+            applier.emit(TriggerType.ORDER_VOIDED, {"order_id": order_id, "reason": kind.value})
         state.orders[order_id] = fact
     elif kind in (EventType.EMAIL_OPENED, EventType.EMAIL_CLICKED):
         if state.last_engagement_at is None or at > state.last_engagement_at:

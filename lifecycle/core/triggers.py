@@ -18,6 +18,7 @@ class TriggerType(StrEnum):
     CART_ABANDONED = "cart_abandoned"
     CART_EMPTIED = "cart_emptied"
     ORDER_PLACED = "order_placed"
+    ORDER_VOIDED = "order_voided"  # cancelled or refunded
     BIRTHDAY = "birthday"
     ENGAGEMENT = "engagement"
 

@@ -56,8 +56,10 @@ def _start_time(pid: int) -> str | None:
 def pid_alive(pid: int) -> bool:
     """True if `pid` is a live (non-zombie) process."""
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        # Our own child exited: poll() reaped it.
+    if child is not None:
+        # Our own child: only poll() is reliable (it reaps; /proc would show a zombie).
+        if child.poll() is None:
+            return True
         del _children[pid]
         return False
     if Path("/proc").is_dir():

@@ -1,0 +1,509 @@
+"""HTTP handling of the ingest API, with an in-process fake producer (no Kafka).
+
+The fake only mimics what the app uses of AIOKafkaProducer: start/stop, `send` returning
+a delivery future, and `client.fetch_all_metadata()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
+
+from lifecycle.clock import ManualClock
+from lifecycle.events import Event, EventType
+from lifecycle.settings import Settings
+from lifecycle.tokens import confirm_token, sign, unsubscribe_token
+from services.ingest import app as ingest_app
+from services.ingest.app import create_app
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+SECRET = "test-signing-secret"
+AUTH = {"Authorization": "Bearer key-one"}
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.reachable = True
+
+    async def fetch_all_metadata(self) -> object:
+        if not self.reachable:
+            raise KafkaConnectionError("no broker")
+        return object()
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.started = False
+        self.stopped = False
+        self.start_failures = 0
+        self.send_error: BaseException | None = None  # raised by send itself
+        self.ack_error: BaseException | None = None  # delivered through the future
+        self.hang = False  # the future never resolves
+        self.client = FakeClient()
+
+    async def start(self) -> None:
+        if self.start_failures:
+            self.start_failures -= 1
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 59092)]")
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
+        if self.send_error is not None:
+            raise self.send_error
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.ack_error is not None:
+            future.set_exception(self.ack_error)
+        elif not self.hang:
+            assert value is not None and key is not None
+            self.sent.append((topic, key, value))
+            future.set_result(None)
+        return future
+
+    def events(self) -> list[Event]:
+        return [Event.from_message(value) for _, _, value in self.sent]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_keys": "key-one, sha256:" + hashlib.sha256(b"key-two").hexdigest(),
+        "signing_secret": SECRET,
+        "public_url": "http://test",
+        **overrides,
+    }
+    return Settings(**values)
+
+
+class Harness:
+    def __init__(self, reader: Callable[[str], Any] | None = None, **settings: Any) -> None:
+        self.producer = FakeProducer()
+        self.clock = ManualClock(NOW)
+        self.factory_calls = 0
+
+        def factory() -> Any:
+            self.factory_calls += 1
+            return self.producer
+
+        self.app: FastAPI = create_app(make_settings(**settings), self.clock, factory, reader)
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        # ASGITransport does not run the lifespan: run it by hand around the client.
+        async with self.app.router.lifespan_context(self.app):
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                yield client
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+def event(kind: str = "page_viewed", customer: str = "c1", **extra: Any) -> dict[str, Any]:
+    properties = {"page_viewed": {"url": "https://shop.example/"}}.get(kind, {})
+    return {"type": kind, "customer_id": customer, "properties": properties, **extra}
+
+
+# --- lifespan -------------------------------------------------------------------------------
+
+
+async def test_lifespan_starts_and_stops_the_producer(harness: Harness) -> None:
+    async with harness.client() as client:
+        assert harness.producer.started
+        assert (await client.get("/healthz")).status_code == 200
+    assert harness.producer.stopped
+
+
+async def test_start_up_retries_while_kafka_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest_app, "STARTUP_RETRY_SECONDS", 0.0)
+    harness = Harness()
+    harness.producer.start_failures = 2
+    async with harness.client() as client:
+        assert (await client.post("/v1/events", json=event(), headers=AUTH)).status_code == 202
+    assert harness.factory_calls == 3
+
+
+def test_bad_api_key_configuration_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="sha256:<64 hex digits>"):
+        create_app(make_settings(api_keys="sha256:nothex"), ManualClock(NOW), FakeProducer)
+
+
+# --- auth -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic key-one"},
+        {"Authorization": "Bearer " + hashlib.sha256(b"key-two").hexdigest()},
+    ],
+)
+async def test_missing_or_wrong_key_is_401(harness: Harness, headers: dict[str, str]) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(), headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "API key" in response.json()["detail"]
+        assert (await client.get("/v1/customers/c1", headers=headers)).status_code == 401
+    assert harness.producer.sent == []
+
+
+@pytest.mark.parametrize("key", ["key-one", "key-two"])
+async def test_plain_and_hashed_keys_are_accepted(harness: Harness, key: str) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(), headers={"Authorization": f"bearer {key}"})
+    assert response.status_code == 202
+
+
+# --- accepting events -----------------------------------------------------------------------
+
+
+async def test_batch_is_published_keyed_by_customer_then_202(harness: Harness) -> None:
+    payload = {"events": [event(customer="a"), event("consent_confirmed", customer="b"), event(customer="a")]}
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=payload, headers=AUTH)
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 3}
+    assert [(topic, key) for topic, key, _ in harness.producer.sent] == [
+        ("lifecycle.events", b"a"),
+        ("lifecycle.events", b"b"),
+        ("lifecycle.events", b"a"),
+    ]
+    published = harness.producer.events()
+    assert [e.type for e in published] == [EventType.PAGE_VIEWED, EventType.CONSENT_CONFIRMED, EventType.PAGE_VIEWED]
+    assert all(e.received_at == NOW for e in published)  # from the injected clock
+    assert len({e.event_id for e in published}) == 3
+
+
+async def test_single_event_and_client_event_id(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(event_id="e-1"), headers=AUTH)
+    assert response.json() == {"accepted": 1}
+    assert harness.producer.events()[0].event_id == "e-1"
+
+
+async def test_money_is_read_exactly(harness: Harness) -> None:
+    body = (
+        b'{"type":"order_placed","customer_id":"c1","properties":{"order_id":"o1","currency":"EUR",'
+        b'"value":0.30,"items":[{"product_id":"p","name":"n","quantity":3,"price":0.10}]}}'
+    )
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=body, headers=AUTH)
+    assert response.status_code == 202
+    message = json.loads(harness.producer.sent[0][2])
+    assert message["event"]["properties"]["value"] == "0.30"
+    assert message["event"]["properties"]["items"][0]["price"] == "0.10"
+
+
+async def test_invalid_event_refuses_the_whole_batch(harness: Harness) -> None:
+    payload = {
+        "events": [
+            event(),
+            {"type": "cart_updated", "customer_id": "c1", "properties": {"cart_id": "k", "currency": "EUR",
+             "value": 1, "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": -1}]}},
+            event(),
+            {"type": "nope", "customer_id": "c1"},
+        ]
+    }
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=payload, headers=AUTH)
+    assert response.status_code == 422
+    data = response.json()
+    assert "nothing was accepted" in data["detail"]
+    assert {(e["index"], e["field"]) for e in data["errors"]} == {(1, "properties.items.0.price"), (3, "type")}
+    assert all(isinstance(e["message"], str) and e["message"] for e in data["errors"])
+    assert harness.producer.sent == []
+
+
+async def test_future_event_is_422(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(occurred_at="2026-03-02T09:06:00Z"), headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "occurred_at"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [({"events": []}, "events"), ([], ""), ("hello", ""), ({"events": [event()], "more": 1}, "more")],
+)
+async def test_bad_payload_shapes_are_422(harness: Harness, payload: object, field: str) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=payload, headers=AUTH)
+    assert response.status_code == 422
+    assert [(e["index"], e["field"]) for e in response.json()["errors"]] == [(None, field)]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"{", "not valid JSON"),
+        (b'{"type": "page_viewed",}', "line 1 column"),
+        (b'{"value": NaN}', "NaN"),
+        (b'{"value": Infinity}', "Infinity"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 100_000, "not valid JSON"),
+    ],
+)
+async def test_bad_json_is_400(harness: Harness, body: bytes, message: str) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=body, headers=AUTH)
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert harness.producer.sent == []
+
+
+async def test_byte_order_mark_is_tolerated(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=b"\xef\xbb\xbf" + json.dumps(event()).encode(), headers=AUTH)
+    assert response.status_code == 202
+
+
+async def test_body_over_1_mib_is_413(harness: Harness) -> None:
+    body = json.dumps({"events": [event(properties={"url": "https://x/" + "a" * 2000})] * 600}).encode()
+    assert len(body) > 1024 * 1024
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=body, headers=AUTH)
+    assert response.status_code == 413
+    assert "bytes" in response.json()["detail"]
+    assert harness.producer.sent == []
+
+
+async def test_declared_length_over_1_mib_is_413_without_reading(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post(
+            "/v1/events", content=b"{}", headers={**AUTH, "Content-Length": str(2 * 1024 * 1024)}
+        )
+    assert response.status_code == 413
+
+
+async def test_chunked_body_over_1_mib_is_413(harness: Harness) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 65536
+
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=chunks(), headers=AUTH)
+    assert response.status_code == 413
+
+
+async def test_garbage_content_length_is_400(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=b"{}", headers={**AUTH, "Content-Length": "lots"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "failure",
+    ["send", "ack", "hang"],
+)
+async def test_kafka_failure_is_503_with_retry_after(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    monkeypatch.setattr(ingest_app, "PUBLISH_TIMEOUT_SECONDS", 0.05)
+    if failure == "send":
+        harness.producer.send_error = KafkaTimeoutError()
+    elif failure == "ack":
+        harness.producer.ack_error = KafkaConnectionError("broker went away")
+    else:
+        harness.producer.hang = True
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json={"events": [event(), event()]}, headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "retry" in response.json()["detail"]
+
+
+# --- customers ------------------------------------------------------------------------------
+
+
+async def test_customer_found_and_not_found() -> None:
+    customers: dict[str, dict[str, object]] = {"c1": {"customer_id": "c1", "created_at": NOW, "traits": {"a": 1}}}
+
+    async def reader(customer_id: str) -> dict[str, object] | None:
+        return customers.get(customer_id)
+
+    harness = Harness(reader)
+    async with harness.client() as client:
+        found = await client.get("/v1/customers/c1", headers=AUTH)
+        missing = await client.get("/v1/customers/nobody", headers=AUTH)
+    assert found.status_code == 200
+    assert found.json() == {"customer_id": "c1", "created_at": "2026-03-02T09:00:00+00:00", "traits": {"a": 1}}
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "customer not found"}
+
+
+async def test_customer_store_down_is_503() -> None:
+    async def reader(customer_id: str) -> dict[str, object] | None:
+        raise OperationalError("SELECT", {}, ConnectionRefusedError())
+
+    async with Harness(reader).client() as client:
+        response = await client.get("/v1/customers/c1", headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_customer_lookup_not_configured(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.get("/v1/customers/c1", headers=AUTH)
+    assert response.status_code == 501
+
+
+# --- unsubscribe and confirm links ------------------------------------------------------------
+
+
+async def test_unsubscribe_publishes_one_deterministic_event(harness: Harness) -> None:
+    token = unsubscribe_token(SECRET, "c1", "m1")
+    expected_id = "unsub-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    async with harness.client() as client:
+        first = await client.post(
+            f"/v1/unsubscribe/{token}",
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert first.status_code == 200
+        assert "You are unsubscribed." in first.text
+        assert first.headers["content-type"].startswith("text/html")
+        [published] = harness.producer.events()
+        assert published.type is EventType.UNSUBSCRIBED
+        assert published.customer_id == "c1"
+        assert published.event_id == expected_id
+        assert published.properties.message_id == "m1"  # type: ignore[union-attr]
+        assert harness.producer.sent[0][1] == b"c1"
+        # Clicking again is harmless: the same event id, deduplicated downstream.
+        again = await client.post(f"/v1/unsubscribe/{token}")
+        assert again.status_code == 200
+        assert [e.event_id for e in harness.producer.events()] == [expected_id, expected_id]
+
+
+async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
+    token = unsubscribe_token(SECRET, "c1", "m1")
+    async with harness.client() as client:
+        response = await client.get(f"/v1/unsubscribe/{token}")
+    assert response.status_code == 200
+    assert 'method="post"' in response.text
+    assert f'action="/v1/unsubscribe/{token}"' in response.text
+    assert harness.producer.sent == []
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, method: str) -> None:
+    forged = unsubscribe_token("another-secret", "c1", "m1")
+    wrong_purpose = confirm_token(SECRET, "c1")
+    async with harness.client() as client:
+        assert (await client.request(method, f"/v1/unsubscribe/{forged}")).status_code == 403
+        assert (await client.request(method, f"/v1/unsubscribe/{wrong_purpose}")).status_code == 403
+        assert (await client.request(method, "/v1/unsubscribe/garbage")).status_code == 400
+    assert harness.producer.sent == []
+
+
+async def test_unsubscribe_when_kafka_is_down(harness: Harness) -> None:
+    harness.producer.ack_error = KafkaConnectionError("down")
+    async with harness.client() as client:
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, 'c1', 'm1')}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_signed_token_with_unusable_customer_id_is_400(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, ' bad', 'm1')}")
+    assert response.status_code == 400
+    assert harness.producer.sent == []
+
+
+async def test_confirm_link(harness: Harness) -> None:
+    token = sign(SECRET, {"c": "c7"})  # the bare form is accepted too
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{token}")
+        assert page.status_code == 200
+        assert harness.producer.sent == []
+        response = await client.post(f"/v1/confirm/{token}")
+        assert response.status_code == 200
+        assert (await client.post(f"/v1/confirm/{unsubscribe_token(SECRET, 'c7', 'm')}")).status_code == 403
+    [published] = harness.producer.events()
+    assert published.type is EventType.CONSENT_CONFIRMED
+    assert published.customer_id == "c7"
+    assert published.event_id == "confirm-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+# --- probes, metrics, OpenAPI -----------------------------------------------------------------
+
+
+async def test_readyz_follows_kafka(harness: Harness) -> None:
+    async with harness.client() as client:
+        assert (await client.get("/readyz")).status_code == 200
+        harness.producer.client.reachable = False
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "Kafka" in not_ready.json()["detail"]
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_metrics_use_route_templates(harness: Harness) -> None:
+    async with harness.client() as client:
+        await client.get("/v1/customers/secret-customer-42", headers=AUTH)
+        await client.post("/v1/events", json={"events": [event("consent_confirmed")]}, headers=AUTH)
+        await client.post("/v1/events", json={"type": "nope"}, headers=AUTH)
+        await client.get("/no/such/path")
+        text = (await client.get("/metrics")).text
+    assert "secret-customer-42" not in text
+    assert 'lifecycle_ingest_requests_total{route="/v1/customers/{customer_id}",status="501"}' in text
+    assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in text
+    assert 'lifecycle_ingest_requests_total{route="/v1/events",status="422"}' in text
+    assert 'lifecycle_ingest_requests_total{route="unmatched",status="404"}' in text
+    assert 'lifecycle_ingest_events_accepted_total{type="consent_confirmed"}' in text
+    assert 'lifecycle_ingest_events_refused_total{reason="invalid"}' in text
+    assert "lifecycle_ingest_request_duration_seconds_bucket" in text
+    assert "lifecycle_ingest_produce_duration_seconds_count" in text
+
+
+def _refs(node: object) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        for value in node.values():
+            found |= _refs(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_refs(value) for value in node)) if node else set()
+    return set()
+
+
+async def test_openapi_describes_every_event_type(harness: Harness) -> None:
+    async with harness.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    components = document["components"]["schemas"]
+    mapping = components["AnyEvent"]["discriminator"]["mapping"]
+    assert set(mapping) == {t.value for t in EventType}
+    for kind in EventType:
+        name = mapping[kind.value].rsplit("/", 1)[1]
+        assert components[name]["properties"]["type"]["const"] == kind.value
+    assert set(components["OrderPlacedProperties"]["properties"]) == {
+        "order_id", "currency", "value", "items", "coupon_code",
+    }
+    body = document["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/EventBatch"} in body["oneOf"]
+    # Every reference in the document resolves.
+    for ref in _refs(document):
+        assert ref.startswith("#/components/schemas/")
+        assert ref.rsplit("/", 1)[1] in components, ref
