@@ -103,7 +103,8 @@ class PipelineWatch:
                     and previous.fingerprint == current.fingerprint:
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise NotIdle("pipeline not idle after %.0f s: %s" % (timeout, "; ".join(current.busy) or "moving"))
+                busy = "; ".join(current.busy) or "still moving"
+                raise NotIdle(f"pipeline not idle after {timeout:.0f} s: {busy}")
             previous = current
             await asyncio.sleep(0.05)
 

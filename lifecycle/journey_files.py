@@ -187,7 +187,7 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
         if value not in REENTRY_RULES:
             reader.fail(top["reentry"], "reentry", f"one of {', '.join(REENTRY_RULES)}")
         else:
-            reentry = value  # type: ignore[assignment]
+            reentry = value
     reentry_key = reader.scalar(top["reentry_key"], "reentry_key") if "reentry_key" in top else None
     if reentry == "once_per_key" and not reentry_key:
         reader.fail(top.get("reentry", root), "reentry_key", "required with reentry: once_per_key")

@@ -37,6 +37,6 @@ def start_probe_server(
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(probe_app(ready, clock), host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    # the service handles signals itself
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn captures SIGTERM while it serves and re-raises it once stopped, so the
+    # service's own handler still sees it
     return server, asyncio.create_task(server.serve())

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import Clock, ClockNotSet
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("lifecycle")
 

@@ -47,7 +47,7 @@ _StringTimestamps.yaml_implicit_resolvers = {
 
 def load_scenario(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringTimestamps)  # noqa: S506
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringTimestamps)
     except (OSError, yaml.YAMLError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict) or "start" not in data or not isinstance(data.get("steps"), list):

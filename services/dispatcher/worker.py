@@ -27,8 +27,8 @@ from lifecycle.clock import Clock
 from lifecycle.core.journeys import (
     ExitRun,
     Journey,
-    RecordClick,
     Recipient,
+    RecordClick,
     Run,
     SendNow,
     StartRun,
@@ -255,8 +255,10 @@ class DispatcherStore:
         settings = self.settings
         unsubscribe = unsubscribe_url(settings, customer_id, message_id)
         confirm = f"{settings.public_url}/v1/confirm/{sign(settings.signing_secret, {'c': customer_id})}"
+        customer: dict[str, Any] = {"first_name": None, **profile, "customer_id": customer_id,
+                                    "email": recipient.email}
         context = {
-            "customer": {"customer_id": customer_id, "email": recipient.email, **profile},
+            "customer": customer,
             "shop": {"name": settings.shop_name, "url": settings.shop_url},
             "journey": journey.name,
             "step": step,
@@ -269,7 +271,6 @@ class DispatcherStore:
                 "not_satisfied": f"{settings.shop_url}/feedback?answer=not_satisfied",
             },
         }
-        context["customer"].setdefault("first_name", None)
         rendered = self.templates.render(template, context)
         message = EmailMessage()
         message["From"] = settings.mail_from

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.settings import Settings
-from lifecycle.stack import StackError, down, start_infrastructure
+from lifecycle.stack import StackError, down, start_infrastructure, up
 
 KAFKA_PORT = 59192  # controller on 59193
 POSTGRES_PORT = 55532
@@ -55,3 +55,14 @@ def infra() -> Iterator[Settings]:
             down(settings)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pipeline(infra: Settings) -> Settings:
+    """The whole pipeline on the virtual clock: migrations and the three services on top of `infra`."""
+    settings = infra.model_copy(update={"clock": "virtual"})
+    try:
+        up(settings)
+    except StackError as exc:
+        pytest.fail(f"the pipeline did not start:\n{exc}", pytrace=False)
+    return settings

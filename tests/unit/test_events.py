@@ -59,7 +59,9 @@ VALID: dict[str, dict[str, Any]] = {
     "consent_confirmed": {},
     "unsubscribed": {"properties": {"message_id": "m1"}},
     "page_viewed": {"properties": {"url": "https://shop.example/p/1"}},
-    "product_viewed": {"properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}},
+    "product_viewed": {
+        "properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}
+    },
     "cart_updated": {"properties": {"cart_id": "k1", "currency": "EUR", "value": 39.98, "items": [ITEM]}},
     "checkout_started": {"properties": {"cart_id": "k1"}},
     "order_placed": {
@@ -74,7 +76,9 @@ VALID: dict[str, dict[str, Any]] = {
     "order_cancelled": {"properties": {"order_id": "o1"}},
     "order_refunded": {"properties": {"order_id": "o1"}},
     "email_opened": {"properties": {"journey": "welcome", "step": 1}},
-    "email_clicked": {"properties": {"journey": "welcome", "step": "intro", "link": "https://shop.example/x"}},
+    "email_clicked": {
+        "properties": {"journey": "welcome", "step": "intro", "link": "https://shop.example/x"}
+    },
     "email_bounced": {"properties": {"message_id": "m1", "reason": "550 no such user"}},
     "email_complained": {},
 }
@@ -87,7 +91,7 @@ def body(kind: str, **extra: Any) -> dict[str, Any]:
 def errors_of(obj: object) -> list[dict[str, str]]:
     with pytest.raises(EventInvalid) as caught:
         parse_event(obj, NOW, ids())
-    return [dict(e) for e in caught.value.errors]
+    return [{"field": e["field"], "message": e["message"]} for e in caught.value.errors]
 
 
 def fields_of(obj: object) -> set[str]:
@@ -116,7 +120,9 @@ def test_defaults_filled_by_the_server() -> None:
 
 def test_null_event_id_and_occurred_at_mean_absent() -> None:
     event = parse_event(
-        {"type": "consent_confirmed", "customer_id": "c1", "event_id": None, "occurred_at": None}, NOW, lambda: "x"
+        {"type": "consent_confirmed", "customer_id": "c1", "event_id": None, "occurred_at": None},
+        NOW,
+        lambda: "x",
     )
     assert (event.event_id, event.occurred_at) == ("x", NOW)
 
@@ -153,13 +159,17 @@ def test_currency_is_upper_cased_and_step_kept_as_text() -> None:
 
 def test_empty_cart_is_valid() -> None:
     event = parse_event(
-        body("cart_updated", properties={"cart_id": "k1", "currency": "EUR", "value": 0, "items": []}), NOW, ids()
+        body("cart_updated", properties={"cart_id": "k1", "currency": "EUR", "value": 0, "items": []}),
+        NOW,
+        ids(),
     )
     assert event.properties_as(CartUpdatedProperties).items == ()
 
 
 def test_traits_provided_keeps_absent_apart_from_cleared() -> None:
-    event = parse_event(body("customer_updated", traits={"first_name": None, "consent": "opted_out"}), NOW, ids())
+    event = parse_event(
+        body("customer_updated", traits={"first_name": None, "consent": "opted_out"}), NOW, ids()
+    )
     assert event.traits is not None
     assert event.traits.provided() == {"first_name": None, "consent": Consent.OPTED_OUT}
     again = Event.from_message(event.to_message())
@@ -217,7 +227,10 @@ def test_received_at_cannot_come_from_the_client() -> None:
 
 
 def test_received_at_error_is_reported_with_the_others() -> None:
-    assert fields_of(body("consent_confirmed", received_at="x", customer_id="")) == {"received_at", "customer_id"}
+    assert fields_of(body("consent_confirmed", received_at="x", customer_id="")) == {
+        "received_at",
+        "customer_id",
+    }
 
 
 def test_unknown_top_level_field_lists_the_allowed_ones() -> None:
@@ -240,7 +253,9 @@ def test_naive_datetime_is_refused(value: str) -> None:
     assert "offset" in error["message"]
 
 
-@pytest.mark.parametrize("value", ["2026-03-02", "1772442000", 1772442000, "yesterday", "2026-13-02T09:00:00Z", True])
+@pytest.mark.parametrize(
+    "value", ["2026-03-02", "1772442000", 1772442000, "yesterday", "2026-13-02T09:00:00Z", True]
+)
 def test_malformed_datetime_is_refused(value: object) -> None:
     assert fields_of(body("consent_confirmed", occurred_at=value)) == {"occurred_at"}
 
@@ -255,9 +270,13 @@ def test_naive_received_at_is_a_programming_error() -> None:
 
 
 def test_future_occurred_at() -> None:
-    ok = parse_event(body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5)).isoformat()), NOW, ids())
+    ok = parse_event(
+        body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5)).isoformat()), NOW, ids()
+    )
     assert ok.occurred_at == NOW + timedelta(minutes=5)
-    [error] = errors_of(body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5, seconds=1)).isoformat()))
+    [error] = errors_of(
+        body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5, seconds=1)).isoformat())
+    )
     assert error["field"] == "occurred_at"
     assert "5 minutes" in error["message"]
 
@@ -317,11 +336,31 @@ def test_properties_must_be_an_object() -> None:
         ("product_viewed", {"name": "x"}, {"properties.product_id"}),
         ("product_viewed", {"product_id": "p", "price": -1}, {"properties.price"}),
         ("product_viewed", {"product_id": "p", "currency": "EURO"}, {"properties.currency"}),
-        ("cart_updated", {}, {"properties.cart_id", "properties.currency", "properties.value", "properties.items"}),
-        ("cart_updated", {"cart_id": "k", "currency": "E1R", "value": 1, "items": []}, {"properties.currency"}),
-        ("cart_updated", {"cart_id": "k", "currency": "EUR", "value": "NaN", "items": []}, {"properties.value"}),
-        ("cart_updated", {"cart_id": "k", "currency": "EUR", "value": 1.23456, "items": []}, {"properties.value"}),
-        ("cart_updated", {"cart_id": "k", "currency": "EUR", "value": True, "items": []}, {"properties.value"}),
+        (
+            "cart_updated",
+            {},
+            {"properties.cart_id", "properties.currency", "properties.value", "properties.items"},
+        ),
+        (
+            "cart_updated",
+            {"cart_id": "k", "currency": "E1R", "value": 1, "items": []},
+            {"properties.currency"},
+        ),
+        (
+            "cart_updated",
+            {"cart_id": "k", "currency": "EUR", "value": "NaN", "items": []},
+            {"properties.value"},
+        ),
+        (
+            "cart_updated",
+            {"cart_id": "k", "currency": "EUR", "value": 1.23456, "items": []},
+            {"properties.value"},
+        ),
+        (
+            "cart_updated",
+            {"cart_id": "k", "currency": "EUR", "value": True, "items": []},
+            {"properties.value"},
+        ),
         ("cart_updated", {"cart_id": "k", "currency": "EUR", "value": 1, "items": {}}, {"properties.items"}),
         (
             "cart_updated",
@@ -341,8 +380,12 @@ def test_properties_must_be_an_object() -> None:
         (
             "cart_updated",
             {"cart_id": "k", "currency": "EUR", "value": 1, "items": [ITEM, {"product_id": "p2", "qty": 1}]},
-            {"properties.items.1.name", "properties.items.1.quantity", "properties.items.1.price",
-             "properties.items.1.qty"},
+            {
+                "properties.items.1.name",
+                "properties.items.1.quantity",
+                "properties.items.1.price",
+                "properties.items.1.qty",
+            },
         ),
         ("checkout_started", {"cart": "k1"}, {"properties.cart"}),
         ("order_placed", {"order_id": "o", "currency": "EUR", "value": 1, "items": []}, {"properties.items"}),
@@ -430,7 +473,12 @@ def test_batch_lists_every_bad_event_and_field() -> None:
             {
                 "type": "cart_updated",
                 "customer_id": "",
-                "properties": {"cart_id": "k", "currency": "EUR", "value": 1, "items": [{**ITEM, "price": -1}]},
+                "properties": {
+                    "cart_id": "k",
+                    "currency": "EUR",
+                    "value": 1,
+                    "items": [{**ITEM, "price": -1}],
+                },
             },
             "not an object",
         ]
@@ -468,14 +516,18 @@ def test_bad_payload_shapes(payload: object, field: str) -> None:
 
 
 def test_batch_of_exactly_the_maximum() -> None:
-    assert len(parse_batch({"events": [body("page_viewed")] * MAX_BATCH_EVENTS}, NOW, ids())) == MAX_BATCH_EVENTS
+    assert (
+        len(parse_batch({"events": [body("page_viewed")] * MAX_BATCH_EVENTS}, NOW, ids())) == MAX_BATCH_EVENTS
+    )
 
 
 # --- wire format ----------------------------------------------------------------------------
 
 
 def test_message_shape() -> None:
-    event = parse_event(body("order_placed", event_id="e1", occurred_at="2026-03-02T10:00:00+01:00"), NOW, ids())
+    event = parse_event(
+        body("order_placed", event_id="e1", occurred_at="2026-03-02T10:00:00+01:00"), NOW, ids()
+    )
     message = json.loads(event.to_message())
     assert message["schema_version"] == 1
     assert message["event"]["occurred_at"] == "2026-03-02T09:00:00+00:00"
@@ -530,7 +582,12 @@ def test_json_schema_by_type_covers_every_type() -> None:
     cart = schemas.definitions["CartUpdatedEvent"]
     assert cart["properties"]["type"]["const"] == "cart_updated"
     assert "received_at" not in cart["properties"]
-    assert set(schemas.definitions["CartUpdatedProperties"]["properties"]) == {"cart_id", "currency", "value", "items"}
+    assert set(schemas.definitions["CartUpdatedProperties"]["properties"]) == {
+        "cart_id",
+        "currency",
+        "value",
+        "items",
+    }
     assert "traits" in schemas.definitions["CustomerUpdatedEvent"]["properties"]
     assert "traits" not in schemas.definitions["OrderPlacedEvent"]["properties"]
     one_of = schemas.one_of()
@@ -544,9 +601,7 @@ _text = st.text(
 )
 _money = st.decimals(min_value=0, max_value=10**9, places=2, allow_nan=False, allow_infinity=False)
 _offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
-_moments = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2026, 3, 1), timezones=_offsets
-)
+_moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2026, 3, 1), timezones=_offsets)
 _items = st.lists(
     st.fixed_dictionaries(
         {"product_id": _text, "name": _text, "quantity": st.integers(1, 1000), "price": _money}
@@ -579,7 +634,12 @@ def raw_events(draw: st.DrawFn) -> dict[str, Any]:
     if kind in (EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED):
         raw["traits"] = draw(_traits)
     elif kind is EventType.CART_UPDATED:
-        raw["properties"] = {"cart_id": draw(_text), "currency": "USD", "value": draw(_money), "items": draw(_items)}
+        raw["properties"] = {
+            "cart_id": draw(_text),
+            "currency": "USD",
+            "value": draw(_money),
+            "items": draw(_items),
+        }
     elif kind is EventType.ORDER_PLACED:
         raw["properties"] = {
             "order_id": draw(_text),
@@ -602,4 +662,6 @@ def test_round_trip_property(raw: dict[str, Any], received: datetime) -> None:
     assert again == event
     assert again.to_message() == message
     assert again.traits == event.traits
-    assert (again.traits.provided() if again.traits else None) == (event.traits.provided() if event.traits else None)
+    assert (again.traits.provided() if again.traits else None) == (
+        event.traits.provided() if event.traits else None
+    )

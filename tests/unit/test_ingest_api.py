@@ -62,7 +62,9 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[None]:
         if self.send_error is not None:
             raise self.send_error
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -189,7 +191,11 @@ async def test_batch_is_published_keyed_by_customer_then_202(harness: Harness) -
         ("lifecycle.events", b"a"),
     ]
     published = harness.producer.events()
-    assert [e.type for e in published] == [EventType.PAGE_VIEWED, EventType.CONSENT_CONFIRMED, EventType.PAGE_VIEWED]
+    assert [e.type for e in published] == [
+        EventType.PAGE_VIEWED,
+        EventType.CONSENT_CONFIRMED,
+        EventType.PAGE_VIEWED,
+    ]
     assert all(e.received_at == NOW for e in published)  # from the injected clock
     assert len({e.event_id for e in published}) == 3
 
@@ -218,8 +224,16 @@ async def test_invalid_event_refuses_the_whole_batch(harness: Harness) -> None:
     payload = {
         "events": [
             event(),
-            {"type": "cart_updated", "customer_id": "c1", "properties": {"cart_id": "k", "currency": "EUR",
-             "value": 1, "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": -1}]}},
+            {
+                "type": "cart_updated",
+                "customer_id": "c1",
+                "properties": {
+                    "cart_id": "k",
+                    "currency": "EUR",
+                    "value": 1,
+                    "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": -1}],
+                },
+            },
             event(),
             {"type": "nope", "customer_id": "c1"},
         ]
@@ -229,14 +243,19 @@ async def test_invalid_event_refuses_the_whole_batch(harness: Harness) -> None:
     assert response.status_code == 422
     data = response.json()
     assert "nothing was accepted" in data["detail"]
-    assert {(e["index"], e["field"]) for e in data["errors"]} == {(1, "properties.items.0.price"), (3, "type")}
+    assert {(e["index"], e["field"]) for e in data["errors"]} == {
+        (1, "properties.items.0.price"),
+        (3, "type"),
+    }
     assert all(isinstance(e["message"], str) and e["message"] for e in data["errors"])
     assert harness.producer.sent == []
 
 
 async def test_future_event_is_422(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post("/v1/events", json=event(occurred_at="2026-03-02T09:06:00Z"), headers=AUTH)
+        response = await client.post(
+            "/v1/events", json=event(occurred_at="2026-03-02T09:06:00Z"), headers=AUTH
+        )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "occurred_at"
 
@@ -275,7 +294,9 @@ async def test_bad_json_is_400(harness: Harness, body: bytes, message: str) -> N
 
 async def test_byte_order_mark_is_tolerated(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post("/v1/events", content=b"\xef\xbb\xbf" + json.dumps(event()).encode(), headers=AUTH)
+        response = await client.post(
+            "/v1/events", content=b"\xef\xbb\xbf" + json.dumps(event()).encode(), headers=AUTH
+        )
     assert response.status_code == 202
 
 
@@ -338,7 +359,9 @@ async def test_kafka_failure_is_503_with_retry_after(
 
 
 async def test_customer_found_and_not_found() -> None:
-    customers: dict[str, dict[str, object]] = {"c1": {"customer_id": "c1", "created_at": NOW, "traits": {"a": 1}}}
+    customers: dict[str, dict[str, object]] = {
+        "c1": {"customer_id": "c1", "created_at": NOW, "traits": {"a": 1}}
+    }
 
     async def reader(customer_id: str) -> dict[str, object] | None:
         return customers.get(customer_id)
@@ -348,7 +371,11 @@ async def test_customer_found_and_not_found() -> None:
         found = await client.get("/v1/customers/c1", headers=AUTH)
         missing = await client.get("/v1/customers/nobody", headers=AUTH)
     assert found.status_code == 200
-    assert found.json() == {"customer_id": "c1", "created_at": "2026-03-02T09:00:00+00:00", "traits": {"a": 1}}
+    assert found.json() == {
+        "customer_id": "c1",
+        "created_at": "2026-03-02T09:00:00+00:00",
+        "traits": {"a": 1},
+    }
     assert missing.status_code == 404
     assert missing.json() == {"detail": "customer not found"}
 
@@ -499,7 +526,11 @@ async def test_openapi_describes_every_event_type(harness: Harness) -> None:
         name = mapping[kind.value].rsplit("/", 1)[1]
         assert components[name]["properties"]["type"]["const"] == kind.value
     assert set(components["OrderPlacedProperties"]["properties"]) == {
-        "order_id", "currency", "value", "items", "coupon_code",
+        "order_id",
+        "currency",
+        "value",
+        "items",
+        "coupon_code",
     }
     body = document["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"$ref": "#/components/schemas/EventBatch"} in body["oneOf"]

@@ -11,8 +11,8 @@ import pytest
 from lifecycle.core.journeys import (
     ExitRun,
     Journey,
-    RecordClick,
     Recipient,
+    RecordClick,
     Run,
     SendNow,
     Skip,
