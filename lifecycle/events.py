@@ -99,9 +99,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _check_identifier(value: str) -> str:
     # " 42" and "42" would silently become two customers; refuse rather than strip.
     if value != value.strip() or _CONTROL.search(value):
-        raise PydanticCustomError(
-            "identifier", "must not start or end with whitespace or contain control characters"
-        )
+        raise PydanticCustomError("identifier", "must not start or end with whitespace or contain control characters")
     return value
 
 
@@ -547,9 +545,7 @@ class Event(BaseModel):
     def properties_as(self, model: builtins.type[P]) -> P:
         """`properties` as the model you expect for this type (TypeError otherwise)."""
         if not isinstance(self.properties, model):
-            raise TypeError(
-                f"{self.type} event carries {type(self.properties).__name__}, not {model.__name__}"
-            )
+            raise TypeError(f"{self.type} event carries {type(self.properties).__name__}, not {model.__name__}")
         return self.properties
 
     def to_message(self) -> bytes:
@@ -686,9 +682,7 @@ def parse_batch(payload: object, received_at: datetime, new_id: Callable[[], str
         try:
             events.append(parse_event(item, received_at, new_id))
         except EventInvalid as exc:
-            errors.extend(
-                {"index": index, "field": err["field"], "message": err["message"]} for err in exc.errors
-            )
+            errors.extend({"index": index, "field": err["field"], "message": err["message"]} for err in exc.errors)
     if errors:
         raise BatchInvalid(errors, len(items))
     return events

@@ -68,10 +68,7 @@ async def ensure_topics(settings: Settings) -> None:
             return
         try:
             response = await admin.create_topics(
-                [
-                    NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
-                    for name in missing
-                ]
+                [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1) for name in missing]
             )
         except TopicAlreadyExistsError:
             return
@@ -106,9 +103,7 @@ async def publish_events(producer: AIOKafkaProducer, topic: str, events: Sequenc
     try:
         # Queue everything first so the records share batches, then wait for all acks.
         for event in events:
-            futures.append(
-                await producer.send(topic, value=event.to_message(), key=event.customer_id.encode("utf-8"))
-            )
+            futures.append(await producer.send(topic, value=event.to_message(), key=event.customer_id.encode("utf-8")))
         await asyncio.gather(*futures)
     except BaseException:
         for future in futures:

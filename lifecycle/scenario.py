@@ -6,6 +6,7 @@ only once the pipeline is idle (lifecycle.idle), never after a fixed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from lifecycle.core.durations import parse_duration
 from lifecycle.db.queries import iso
 from lifecycle.idle import PipelineWatch
 from lifecycle.settings import Settings
+from lifecycle.stack import restart_services
 from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
@@ -147,6 +149,7 @@ class ScenarioRunner:
         )
         self._consumed = 0
         self._log: list[Delivered] = []
+        self._overrides: dict[str, Any] = {}
 
     def api_key(self) -> str:
         keys = [k.strip() for k in self.settings.api_keys.split(",") if k.strip()]
@@ -201,6 +204,7 @@ class ScenarioRunner:
     async def play(self, data: dict[str, Any], path: Path, check_end: bool = True) -> Outcome:
         outcome = Outcome(str(data.get("name", path.stem)), path)
         failures = outcome.failures
+        await self.configure(path, data.get("config") or {})
         await self.reset(parse_time(data["start"]))
         steps: list[dict[str, Any]] = list(data["steps"])
         if check_end and (not steps or "expect_emails" not in steps[-1]):
@@ -241,6 +245,24 @@ class ScenarioRunner:
                 await self._unsubscribe(str(step["unsubscribe"]).lower(), where, failures)
                 await self.watch.wait_idle()
         return outcome
+
+    async def configure(self, path: Path, overrides: dict[str, Any]) -> None:
+        """Restart the services with the file's settings when they differ from the running ones."""
+        if not isinstance(overrides, dict):
+            raise ScenarioError(f"{path}: config must be a mapping of setting names to values")
+        unknown = sorted(set(overrides) - set(Settings.model_fields))
+        if unknown:
+            raise ScenarioError(f"{path}: unknown settings in config: {', '.join(unknown)} (see docs/settings.md)")
+        if overrides == self._overrides:
+            return
+        try:
+            configured = Settings.model_validate({**self.settings.model_dump(), **overrides})
+        except ValueError as exc:
+            raise ScenarioError(f"{path}: invalid config: {exc}") from None
+        if await virtual_time_is_set(self.engine):
+            await self.watch.wait_idle()
+        await asyncio.to_thread(restart_services, configured)
+        self._overrides = dict(overrides)
 
     async def _unsubscribe(self, address: str, where: str, failures: list[str]) -> None:
         self.new_emails()

@@ -85,9 +85,7 @@ def verify(secret: str, token: str) -> dict[str, str]:
         payload = json.loads(_b64decode(body))
     except ValueError:
         raise MalformedToken("token payload is not JSON") from None
-    if not isinstance(payload, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in payload.items()
-    ):
+    if not isinstance(payload, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in payload.items()):
         raise MalformedToken("token payload is not a string map")
     return payload
 
@@ -127,16 +125,11 @@ def read_confirm_token(secret: str, token: str) -> str:
     mistaken for an unsubscribe token because those always carry a purpose.
     """
     payload = verify(secret, token)
-    if (
-        set(payload) not in ({"c"}, {PURPOSE_KEY, "c"})
-        or payload.get(PURPOSE_KEY, CONFIRM_PURPOSE) != CONFIRM_PURPOSE
-    ):
+    if set(payload) not in ({"c"}, {PURPOSE_KEY, "c"}) or payload.get(PURPOSE_KEY, CONFIRM_PURPOSE) != CONFIRM_PURPOSE:
         raise InvalidToken("not a confirmation token")
     return payload["c"]
 
 
 def confirm_url(settings: Settings, customer_id: str) -> str:
     """The double opt-in confirmation link for one customer."""
-    return (
-        f"{settings.public_url.rstrip('/')}/v1/confirm/{confirm_token(settings.signing_secret, customer_id)}"
-    )
+    return f"{settings.public_url.rstrip('/')}/v1/confirm/{confirm_token(settings.signing_secret, customer_id)}"

@@ -31,6 +31,7 @@ __all__ = [
     "SERVICES",
     "StackError",
     "down",
+    "restart_services",
     "service_env",
     "start_infrastructure",
     "status",
@@ -153,6 +154,12 @@ def stop_services(settings: Settings) -> None:
     for name in SERVICES:
         if processes.stop(run_dir, name, timeout=20.0):
             say(f"{name}: stopped")
+
+
+def restart_services(settings: Settings) -> None:
+    """Stop the services and start them again with these settings."""
+    stop_services(settings)
+    start_services(settings)
 
 
 def up(settings: Settings, services: bool = True) -> None:

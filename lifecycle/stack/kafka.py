@@ -327,8 +327,7 @@ def wait_ready(settings: Settings, timeout: float = READY_TIMEOUT) -> None:
     def failure(why: str) -> StackError:
         detail = processes.tail(log_path(settings)) or processes.tail(out_path(settings))
         return StackError(
-            f"kafka: {why}; see {log_path(settings)} and {out_path(settings)}"
-            + (f":\n{detail}" if detail else "")
+            f"kafka: {why}; see {log_path(settings)} and {out_path(settings)}" + (f":\n{detail}" if detail else "")
         )
 
     if not processes.wait_port(host, port, timeout, alive=alive):

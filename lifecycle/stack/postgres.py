@@ -107,11 +107,7 @@ def layout(settings: Settings, *, prepare: bool = False) -> Layout:
     fallback = Path("/tmp") / f"lifecycle-pg-{_hash(run_dir)}"
     # The postgres user cannot enter a run dir below a private directory (e.g. /root or
     # pytest's 0700 temp dirs): keep the cluster in /tmp then, keyed by the run dir.
-    if (
-        run_as
-        and not (base / "data").exists()
-        and (fallback.exists() or (prepare and not _reachable_by(run_as, base)))
-    ):
+    if run_as and not (base / "data").exists() and (fallback.exists() or (prepare and not _reachable_by(run_as, base))):
         base = fallback
     if prepare and base == fallback:
         if not base.exists():
@@ -141,9 +137,7 @@ def _as_server_user(lay: Layout, argv: list[str]) -> list[str]:
 
 
 def _run(lay: Layout, argv: list[str], what: str) -> str:
-    result = subprocess.run(
-        _as_server_user(lay, argv), capture_output=True, text=True, cwd=lay.base, check=False
-    )
+    result = subprocess.run(_as_server_user(lay, argv), capture_output=True, text=True, cwd=lay.base, check=False)
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()[-2000:]
         raise StackError(f"postgres: {what} failed (exit {result.returncode}):\n{output}")
@@ -151,9 +145,7 @@ def _run(lay: Layout, argv: list[str], what: str) -> str:
 
 
 def _major(lay: Layout) -> str:
-    out = subprocess.run(
-        [str(lay.bindir / "pg_ctl"), "--version"], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run([str(lay.bindir / "pg_ctl"), "--version"], capture_output=True, text=True, check=False)
     found = re.search(r"\(PostgreSQL\)\s+(\d+)", out.stdout)
     return found.group(1) if found else "?"
 
@@ -304,9 +296,7 @@ def start(settings: Settings) -> None:
         started = time.monotonic()
         # No -l: the server inherits our stdout/stderr, a file we (maybe root) opened, so
         # the server's user needs no write access to the log directory.
-        argv = _as_server_user(
-            lay, [str(lay.bindir / "pg_ctl"), "start", "-D", str(lay.data), "-w", "-t", "60"]
-        )
+        argv = _as_server_user(lay, [str(lay.bindir / "pg_ctl"), "start", "-D", str(lay.data), "-w", "-t", "60"])
         with lay.log.open("ab") as out:
             result = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -47,11 +47,15 @@ def _message_files(directory: Path) -> list[Path]:
 
 
 def read_messages(directory: Path) -> list[EmailMessage]:
-    """All stored messages in arrival order."""
+    """All stored messages in arrival order, parsed with email.policy.default.
+
+    SMTP's CRLF line endings become "\n" first, as Python's email package expects, so
+    get_content() gives the text as it was composed. The files keep the raw bytes.
+    """
     messages: list[EmailMessage] = []
     for path in _message_files(directory):
         with contextlib.suppress(FileNotFoundError):  # cleared meanwhile
-            raw = path.read_bytes()
+            raw = path.read_bytes().replace(b"\r\n", b"\n")
             message = email.message_from_bytes(raw, policy=email.policy.default)
             assert isinstance(message, EmailMessage)
             messages.append(message)
@@ -76,9 +80,7 @@ async def wait_for_messages(directory: Path, count: int, timeout: float = 10.0) 
         if len(messages) >= count:
             return messages
         if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"expected {count} messages in {directory}, got {len(messages)} in {timeout} s"
-            )
+            raise TimeoutError(f"expected {count} messages in {directory}, got {len(messages)} in {timeout} s")
         await asyncio.sleep(0.05)
 
 

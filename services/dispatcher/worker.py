@@ -39,7 +39,7 @@ from lifecycle.core.triggers import Trigger
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
-from lifecycle.tokens import sign, unsubscribe_url
+from lifecycle.tokens import confirm_url, unsubscribe_url
 from services.dispatcher import metrics
 
 log = logging.getLogger("lifecycle.dispatcher")
@@ -254,7 +254,7 @@ class DispatcherStore:
                  recipient: Recipient, template: str, step: int, message_id: str, now: datetime) -> EmailMessage:
         settings = self.settings
         unsubscribe = unsubscribe_url(settings, customer_id, message_id)
-        confirm = f"{settings.public_url}/v1/confirm/{sign(settings.signing_secret, {'c': customer_id})}"
+        confirm = confirm_url(settings, customer_id)
         customer: dict[str, Any] = {"first_name": None, **profile, "customer_id": customer_id,
                                     "email": recipient.email}
         context = {

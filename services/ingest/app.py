@@ -378,9 +378,7 @@ def create_app(
         except BatchInvalid as exc:
             # Every event of the batch is refused, the valid ones too.
             metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_INVALID).inc(max(exc.total, 1))
-            return JSONResponse(
-                {"detail": f"{exc}; nothing was accepted", "errors": exc.errors}, status_code=422
-            )
+            return JSONResponse({"detail": f"{exc}; nothing was accepted", "errors": exc.errors}, status_code=422)
         try:
             await publish(events)
         except _Unavailable:
@@ -419,9 +417,7 @@ def create_app(
             return _html(400, "Invalid link", "This link is incomplete or damaged.")
         return _html(403, "Invalid link", "This link is not valid.")
 
-    def confirmation_form(
-        path: str, title: str, question: str, button: str, hidden: str = ""
-    ) -> HTMLResponse:
+    def confirmation_form(path: str, title: str, question: str, button: str, hidden: str = "") -> HTMLResponse:
         # A GET must never act: link scanners and mail previews follow links. The form POSTs.
         action = html.escape(path, quote=True)
         form = (
@@ -500,9 +496,7 @@ def create_app(
             "customer_id": claim.customer_id,
             "properties": {"message_id": claim.message_id},
         }
-        return await publish_link_event(
-            raw, "You are unsubscribed.", "You will not receive these emails any more."
-        )
+        return await publish_link_event(raw, "You are unsubscribed.", "You will not receive these emails any more.")
 
     @app.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
     async def confirm_page(token: str) -> HTMLResponse:
@@ -560,9 +554,7 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         # The events body is read by hand (size limit, all-errors report), so FastAPI
         # cannot see its schema: add every event type's model here.
         event_schemas = Event.json_schema_by_type(ref_template="#/components/schemas/{model}")

@@ -15,15 +15,11 @@ REQUESTS = Counter(
     "HTTP requests answered, by route template and status",
     ["route", "status"],
 )
-REQUEST_DURATION = Histogram(
-    "lifecycle_ingest_request_duration_seconds", "Time to answer an HTTP request", ["route"]
-)
+REQUEST_DURATION = Histogram("lifecycle_ingest_request_duration_seconds", "Time to answer an HTTP request", ["route"])
 EVENTS_ACCEPTED = Counter(
     "lifecycle_ingest_events_accepted_total", "Events acknowledged by Kafka, by event type", ["type"]
 )
-EVENTS_REFUSED = Counter(
-    "lifecycle_ingest_events_refused_total", "Events not accepted, by reason", ["reason"]
-)
+EVENTS_REFUSED = Counter("lifecycle_ingest_events_refused_total", "Events not accepted, by reason", ["reason"])
 PRODUCE_DURATION = Histogram(
     "lifecycle_ingest_produce_duration_seconds", "Time from handing a batch to Kafka to all acknowledgements"
 )

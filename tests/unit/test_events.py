@@ -59,9 +59,7 @@ VALID: dict[str, dict[str, Any]] = {
     "consent_confirmed": {},
     "unsubscribed": {"properties": {"message_id": "m1"}},
     "page_viewed": {"properties": {"url": "https://shop.example/p/1"}},
-    "product_viewed": {
-        "properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}
-    },
+    "product_viewed": {"properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}},
     "cart_updated": {"properties": {"cart_id": "k1", "currency": "EUR", "value": 39.98, "items": [ITEM]}},
     "checkout_started": {"properties": {"cart_id": "k1"}},
     "order_placed": {
@@ -76,9 +74,7 @@ VALID: dict[str, dict[str, Any]] = {
     "order_cancelled": {"properties": {"order_id": "o1"}},
     "order_refunded": {"properties": {"order_id": "o1"}},
     "email_opened": {"properties": {"journey": "welcome", "step": 1}},
-    "email_clicked": {
-        "properties": {"journey": "welcome", "step": "intro", "link": "https://shop.example/x"}
-    },
+    "email_clicked": {"properties": {"journey": "welcome", "step": "intro", "link": "https://shop.example/x"}},
     "email_bounced": {"properties": {"message_id": "m1", "reason": "550 no such user"}},
     "email_complained": {},
 }
@@ -167,9 +163,7 @@ def test_empty_cart_is_valid() -> None:
 
 
 def test_traits_provided_keeps_absent_apart_from_cleared() -> None:
-    event = parse_event(
-        body("customer_updated", traits={"first_name": None, "consent": "opted_out"}), NOW, ids()
-    )
+    event = parse_event(body("customer_updated", traits={"first_name": None, "consent": "opted_out"}), NOW, ids())
     assert event.traits is not None
     assert event.traits.provided() == {"first_name": None, "consent": Consent.OPTED_OUT}
     again = Event.from_message(event.to_message())
@@ -253,9 +247,7 @@ def test_naive_datetime_is_refused(value: str) -> None:
     assert "offset" in error["message"]
 
 
-@pytest.mark.parametrize(
-    "value", ["2026-03-02", "1772442000", 1772442000, "yesterday", "2026-13-02T09:00:00Z", True]
-)
+@pytest.mark.parametrize("value", ["2026-03-02", "1772442000", 1772442000, "yesterday", "2026-13-02T09:00:00Z", True])
 def test_malformed_datetime_is_refused(value: object) -> None:
     assert fields_of(body("consent_confirmed", occurred_at=value)) == {"occurred_at"}
 
@@ -270,13 +262,9 @@ def test_naive_received_at_is_a_programming_error() -> None:
 
 
 def test_future_occurred_at() -> None:
-    ok = parse_event(
-        body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5)).isoformat()), NOW, ids()
-    )
+    ok = parse_event(body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5)).isoformat()), NOW, ids())
     assert ok.occurred_at == NOW + timedelta(minutes=5)
-    [error] = errors_of(
-        body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5, seconds=1)).isoformat())
-    )
+    [error] = errors_of(body("consent_confirmed", occurred_at=(NOW + timedelta(minutes=5, seconds=1)).isoformat()))
     assert error["field"] == "occurred_at"
     assert "5 minutes" in error["message"]
 
@@ -516,18 +504,14 @@ def test_bad_payload_shapes(payload: object, field: str) -> None:
 
 
 def test_batch_of_exactly_the_maximum() -> None:
-    assert (
-        len(parse_batch({"events": [body("page_viewed")] * MAX_BATCH_EVENTS}, NOW, ids())) == MAX_BATCH_EVENTS
-    )
+    assert len(parse_batch({"events": [body("page_viewed")] * MAX_BATCH_EVENTS}, NOW, ids())) == MAX_BATCH_EVENTS
 
 
 # --- wire format ----------------------------------------------------------------------------
 
 
 def test_message_shape() -> None:
-    event = parse_event(
-        body("order_placed", event_id="e1", occurred_at="2026-03-02T10:00:00+01:00"), NOW, ids()
-    )
+    event = parse_event(body("order_placed", event_id="e1", occurred_at="2026-03-02T10:00:00+01:00"), NOW, ids())
     message = json.loads(event.to_message())
     assert message["schema_version"] == 1
     assert message["event"]["occurred_at"] == "2026-03-02T09:00:00+00:00"
@@ -596,16 +580,12 @@ def test_json_schema_by_type_covers_every_type() -> None:
 
 # --- property test: the wire format round trip ----------------------------------------------
 
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=20
-)
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=20)
 _money = st.decimals(min_value=0, max_value=10**9, places=2, allow_nan=False, allow_infinity=False)
 _offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 _moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2026, 3, 1), timezones=_offsets)
 _items = st.lists(
-    st.fixed_dictionaries(
-        {"product_id": _text, "name": _text, "quantity": st.integers(1, 1000), "price": _money}
-    ),
+    st.fixed_dictionaries({"product_id": _text, "name": _text, "quantity": st.integers(1, 1000), "price": _money}),
     max_size=5,
 )
 _traits = st.fixed_dictionaries(
@@ -662,6 +642,4 @@ def test_round_trip_property(raw: dict[str, Any], received: datetime) -> None:
     assert again == event
     assert again.to_message() == message
     assert again.traits == event.traits
-    assert (again.traits.provided() if again.traits else None) == (
-        event.traits.provided() if event.traits else None
-    )
+    assert (again.traits.provided() if again.traits else None) == (event.traits.provided() if event.traits else None)

@@ -62,9 +62,7 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
-    ) -> asyncio.Future[None]:
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
         if self.send_error is not None:
             raise self.send_error
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -253,9 +251,7 @@ async def test_invalid_event_refuses_the_whole_batch(harness: Harness) -> None:
 
 async def test_future_event_is_422(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post(
-            "/v1/events", json=event(occurred_at="2026-03-02T09:06:00Z"), headers=AUTH
-        )
+        response = await client.post("/v1/events", json=event(occurred_at="2026-03-02T09:06:00Z"), headers=AUTH)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "occurred_at"
 
@@ -294,9 +290,7 @@ async def test_bad_json_is_400(harness: Harness, body: bytes, message: str) -> N
 
 async def test_byte_order_mark_is_tolerated(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post(
-            "/v1/events", content=b"\xef\xbb\xbf" + json.dumps(event()).encode(), headers=AUTH
-        )
+        response = await client.post("/v1/events", content=b"\xef\xbb\xbf" + json.dumps(event()).encode(), headers=AUTH)
     assert response.status_code == 202
 
 
@@ -359,9 +353,7 @@ async def test_kafka_failure_is_503_with_retry_after(
 
 
 async def test_customer_found_and_not_found() -> None:
-    customers: dict[str, dict[str, object]] = {
-        "c1": {"customer_id": "c1", "created_at": NOW, "traits": {"a": 1}}
-    }
+    customers: dict[str, dict[str, object]] = {"c1": {"customer_id": "c1", "created_at": NOW, "traits": {"a": 1}}}
 
     async def reader(customer_id: str) -> dict[str, object] | None:
         return customers.get(customer_id)

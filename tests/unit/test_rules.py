@@ -168,7 +168,7 @@ def test_engagement_is_recorded_and_forwarded() -> None:
     decision = apply_event(state, event("email_clicked", T0, properties={
         "journey": "post_purchase", "step": 1, "link": "satisfied"}), T0, CONFIG)
     assert state.last_engagement_at == T0 and state.last_click_at == T0
-    [trigger] = decision.triggers
+    [trigger] = [t for t in decision.triggers if t.type is TriggerType.ENGAGEMENT]
     assert trigger.data == {"kind": "clicked", "journey": "post_purchase", "step": "1", "link": "satisfied"}
 
 
@@ -189,7 +189,7 @@ STORY = [
     order("o1", T0 + timedelta(minutes=10), 25),
     order("o2", T0 + timedelta(minutes=20), 40),
     event("order_refunded", T0 + timedelta(minutes=30), event_id="s4", properties={"order_id": "o1"}),
-    event("email_opened", T0 + timedelta(minutes=40), event_id="s5", properties={}),
+    event("email_opened", T0 + timedelta(minutes=40), event_id="s5"),
 ]
 
 
