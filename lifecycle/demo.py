@@ -7,6 +7,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lifecycle.idle import PipelineWatch
@@ -75,7 +76,11 @@ def demo_steps() -> list[dict[str, Any]]:
         {"unsubscribe": "gina@example.com"},
         {"advance": "60d"},
         _order("demo-ben", "o-1004", [SOCKS, MUG]),
-        {"advance": "120d"},
+        {"advance": "20d"},
+        # Ana reads the win-back email: engaged customers stay out of the sunset
+        {"event": {"type": "email_clicked", "customer_id": "demo-ana",
+                   "properties": {"journey": "win_back", "step": 1, "link": "shop"}}},
+        {"advance": "100d"},
         {"advance": "250d"},
     ]
 
@@ -90,6 +95,15 @@ async def run_demo(settings: Settings) -> int:
         outcome = await runner.play({"name": "demo", "start": START, "steps": demo_steps()}, Path("demo"),
                                     check_end=False)
         delivered = runner.delivered
+        async with engine.connect() as conn:
+            skipped = (
+                await conn.execute(
+                    text(
+                        "SELECT s.journey, s.step, s.reason, c.email FROM sends s"
+                        " JOIN customers c USING (customer_id) WHERE s.status = 'skipped' ORDER BY s.due_at"
+                    )
+                )
+            ).all()
     finally:
         await runner.close()
         await watch.stop()
@@ -111,4 +125,8 @@ async def run_demo(settings: Settings) -> int:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     print(f"\n{len(rows)} emails sent")
+    if skipped:
+        print("\nSteps skipped, with the reason recorded:")
+        for journey, step, reason, email in skipped:
+            print(f"  {email:<20} {journey} step {step}: {reason}")
     return 0
