@@ -246,7 +246,7 @@ class ScenarioRunner:
                 await self.watch.wait_idle()
         return outcome
 
-    async def configure(self, path: Path, overrides: dict[str, Any]) -> None:
+    async def configure(self, path: Path, overrides: dict[str, Any], drain: bool = True) -> None:
         """Restart the services with the file's settings when they differ from the running ones."""
         if not isinstance(overrides, dict):
             raise ScenarioError(f"{path}: config must be a mapping of setting names to values")
@@ -259,7 +259,7 @@ class ScenarioRunner:
             configured = Settings.model_validate({**self.settings.model_dump(), **overrides})
         except ValueError as exc:
             raise ScenarioError(f"{path}: invalid config: {exc}") from None
-        if await virtual_time_is_set(self.engine):
+        if drain and await virtual_time_is_set(self.engine):
             await self.watch.wait_idle()
         await asyncio.to_thread(restart_services, configured)
         self._overrides = dict(overrides)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from lifecycle.idle import PipelineWatch
+from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
 from lifecycle.stack import StackError, down, start_infrastructure, up
 
@@ -66,3 +69,16 @@ def pipeline(infra: Settings) -> Settings:
     except StackError as exc:
         pytest.fail(f"the pipeline did not start:\n{exc}", pytrace=False)
     return settings
+
+
+@pytest.fixture(scope="session")
+async def runner(pipeline: Settings) -> AsyncIterator[ScenarioRunner]:
+    """The scenario runner on the pipeline: also the tests' way to reset state and wait until idle."""
+    engine = create_async_engine(pipeline.database_url)
+    watch = PipelineWatch(pipeline, engine)
+    await watch.start()
+    scenario_runner = ScenarioRunner(pipeline, engine, watch)
+    yield scenario_runner
+    await scenario_runner.close()
+    await watch.stop()
+    await engine.dispose()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from lifecycle.idle import PipelineWatch
 from lifecycle.scenario import ScenarioRunner
-from lifecycle.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = sorted((ROOT.parent / "shared" / "scenarios").glob("*.yaml"))
@@ -20,18 +16,6 @@ OWN = sorted((ROOT / "tests" / "scenarios").glob("*.yaml"))
 def test_the_shared_scenarios_are_there() -> None:
     # a missing ../shared must fail the run, not shrink it
     assert len(SHARED) >= 6, f"expected the shared scenarios in {ROOT.parent / 'shared' / 'scenarios'}"
-
-
-@pytest.fixture(scope="session")
-async def runner(pipeline: Settings) -> AsyncIterator[ScenarioRunner]:
-    engine = create_async_engine(pipeline.database_url)
-    watch = PipelineWatch(pipeline, engine)
-    await watch.start()
-    scenario_runner = ScenarioRunner(pipeline, engine, watch)
-    yield scenario_runner
-    await scenario_runner.close()
-    await watch.stop()
-    await engine.dispose()
 
 
 @pytest.mark.parametrize("path", SHARED + OWN, ids=lambda p: f"{p.parent.name}/{p.stem}")
