@@ -93,11 +93,12 @@ async def test_redelivery_after_a_stager_crash_changes_nothing_twice(pipeline: S
     await asyncio.to_thread(start_services, pipeline)
     await fresh.watch.wait_idle()
     async with fresh.engine.connect() as conn:
-        outbox_signups = (await conn.execute(text(
+        handled_triggers = (await conn.execute(text(
             "SELECT count(*) FROM processed_triggers WHERE trigger_id LIKE 'crash-1:%'"))).scalar()
-        applied = (await conn.execute(text("SELECT count(*) FROM processed_events WHERE event_id = 'crash-1'"))).scalar()
+        applied = (await conn.execute(text(
+            "SELECT count(*) FROM processed_events WHERE event_id = 'crash-1'"))).scalar()
     assert applied == 1
-    assert outbox_signups == 3  # signed_up, consent_changed, stage_changed: once each
+    assert handled_triggers == 3  # signed_up, consent_changed, stage_changed: once each
     delivered = _emails_to(pipeline, "crash@example.com")
     assert [(m["X-Lifecycle-Journey"], m["X-Lifecycle-Step"]) for m in delivered] == [("prospect_welcome", "1")]
 
