@@ -54,10 +54,10 @@ def cmd_migrate() -> int:
     return 0
 
 
-def cmd_stack(action: str) -> int:
+def cmd_stack(action: str, clock: str = "virtual") -> int:
     from lifecycle import stack
 
-    settings = _virtual_settings()
+    settings = _settings(clock=clock)
     if action == "up":
         stack.up(settings)
         print(f"stack up: API on http://127.0.0.1:{settings.ingest_port}, logs in {settings.run_dir}/logs")
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations (Alembic)")
     stack_parser = sub.add_parser("stack", help="the local stack: Kafka, PostgreSQL, SMTP sink, services")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
+    stack_parser.add_argument("--clock", choices=["virtual", "system"], default="virtual",
+                              help="clock of the services started by `up` (default: virtual, which the demo, "
+                              "the scenario runner and the tests need)")
     sub.add_parser("demo", help="play a shop's traffic on the virtual clock and show every email sent")
     scenario = sub.add_parser("scenario", help="play scenario files through the real pipeline")
     scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True)
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return cmd_migrate()
         if args.command == "stack":
-            return cmd_stack(args.action)
+            return cmd_stack(args.action, args.clock)
         if args.command == "demo":
             return cmd_demo()
         if args.command == "scenario":
