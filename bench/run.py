@@ -146,7 +146,7 @@ async def measure(settings: Settings, customers: int, views: int) -> None:
         t0 = time.perf_counter()
         post_seconds = await post_all(settings, events)
         applied_at = await wait_count(engine, "SELECT count(*) FROM processed_events", len(events), "stager")
-        sent_at = await wait_count(engine, "SELECT count(*) FROM sends WHERE status = 'sent'", customers,
+        await wait_count(engine, "SELECT count(*) FROM sends WHERE status = 'sent'", customers,
                                    "dispatcher")
         async with engine.connect() as conn:
             dues = {row.message_id: row.due_at for row in
@@ -154,24 +154,27 @@ async def measure(settings: Settings, customers: int, views: int) -> None:
     finally:
         await engine.dispose()
     delays: list[float] = []
+    delivered_at: list[float] = []
     for path in sorted(mail_dir(settings).glob("*.eml")):
         message = read_messages_one(path)
         due = dues.get(str(message["Message-ID"]))
         if due is not None:
-            delays.append(path.stat().st_mtime - due.timestamp())
+            delivered_at.append(path.stat().st_mtime)
+            delays.append(delivered_at[-1] - due.timestamp())
     delays.sort()
     p50 = statistics.median(delays)
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
     ingest_rate = len(events) / post_seconds
     stager_rate = len(events) / (applied_at - t0)
-    email_rate = customers / (sent_at - t0)
+    # from the first delivery to the last: the dispatcher's own pace once work reaches it
+    email_rate = len(delivered_at) / max(max(delivered_at) - min(delivered_at), 0.001)
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'figure':<48}{'value':>12}{'raw baseline':>16}{'ratio':>8}")
     print(f"{'POST /v1/events, events/s (batches of 100)':<48}{ingest_rate:>12.0f}{kafka_raw:>16.0f}"
           f"{ingest_rate / kafka_raw:>8.2f}")
     print(f"{'stager, events applied/s (from first POST)':<48}{stager_rate:>12.0f}{'':>16}{'':>8}")
-    print(f"{'dispatcher, emails delivered/s (from first POST)':<48}{email_rate:>12.1f}{smtp_raw:>16.0f}"
+    print(f"{'dispatcher, emails delivered/s':<48}{email_rate:>12.1f}{smtp_raw:>16.0f}"
           f"{email_rate / smtp_raw:>8.2f}")
     print(f"{'delay due -> delivered, p50 (s)':<48}{p50:>12.2f}")
     print(f"{'delay due -> delivered, p99 (s)':<48}{p99:>12.2f}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -50,6 +50,8 @@ class Templates:
     def __init__(self, extra_dir: Path | None = None) -> None:
         self._dirs = ([extra_dir / "templates"] if extra_dir is not None else []) + [BUILTIN_DIR]
         self._env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        # compiled once per process: compiling is most of the cost of a render
+        self._compiled: dict[str, tuple[Path, Template, Template]] = {}
 
     def path(self, name: str) -> Path | None:
         for directory in self._dirs:
@@ -61,7 +63,10 @@ class Templates:
     def exists(self, name: str) -> bool:
         return self.path(name) is not None
 
-    def render(self, name: str, context: dict[str, Any]) -> Rendered:
+    def _compile(self, name: str) -> tuple[Path, Template, Template]:
+        cached = self._compiled.get(name)
+        if cached is not None:
+            return cached
         path = self.path(name)
         if path is None:
             raise TemplateError(Path(f"{name}.txt"), 1, "template not found")
@@ -69,20 +74,32 @@ class Templates:
         head, sep, body = source.partition("\n\n")
         if not sep or not head.startswith("Subject:"):
             raise TemplateError(path, 1, "a template starts with a 'Subject:' line and a blank line")
-        subject = self._render_part(path, head.removeprefix("Subject:").strip(), 0, context)
-        text = self._render_part(path, body, 2, context)
-        return Rendered(subject=" ".join(subject.split()), body=text)
+        subject = self._compile_part(path, head.removeprefix("Subject:").strip(), 0)
+        compiled = (path, subject, self._compile_part(path, body, 2))
+        self._compiled[name] = compiled
+        return compiled
 
-    def _render_part(self, path: Path, source: str, line_offset: int, context: dict[str, Any]) -> str:
+    def _compile_part(self, path: Path, source: str, line_offset: int) -> Template:
         try:
-            return self._env.from_string(source).render(context)
+            return self._env.from_string(source)
         except TemplateSyntaxError as exc:
             raise TemplateError(path, (exc.lineno or 1) + line_offset, exc.message or str(exc)) from None
-        except JinjaTemplateError as exc:
-            raise TemplateError(path, _line_of(exc) + line_offset, str(exc)) from None
+
+    def render(self, name: str, context: dict[str, Any]) -> Rendered:
+        path, subject_template, body_template = self._compile(name)
+        subject = _render_part(path, subject_template, 0, context)
+        text = _render_part(path, body_template, 2, context)
+        return Rendered(subject=" ".join(subject.split()), body=text)
 
     def check(self, name: str) -> None:
         self.render(name, SAMPLE_CONTEXT)
+
+
+def _render_part(path: Path, template: Template, line_offset: int, context: dict[str, Any]) -> str:
+    try:
+        return template.render(context)
+    except JinjaTemplateError as exc:
+        raise TemplateError(path, _line_of(exc) + line_offset, str(exc)) from None
 
 
 def _line_of(exc: BaseException) -> int:
