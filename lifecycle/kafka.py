@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from prometheus_client import Counter
 
 from lifecycle.events import Event
 from lifecycle.settings import Settings
@@ -109,3 +110,32 @@ async def publish_events(producer: AIOKafkaProducer, topic: str, events: Sequenc
         for future in futures:
             future.add_done_callback(_retrieve)
         raise
+
+
+T = TypeVar("T")
+
+
+async def poll_decoded(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    decode: Callable[[bytes], T],
+    consumed: Counter,
+    unreadable: Counter,
+) -> tuple[bool, list[T]]:
+    """One consumer batch, decoded: (anything read, the readable messages).
+
+    A message that cannot be decoded is logged and counted, never retried: a poison
+    message must not stop the stream behind it.
+    """
+    batch = await consumer.getmany(timeout_ms=int(settings.poll_interval_seconds * 1000),
+                                   max_records=settings.batch_size)
+    decoded: list[T] = []
+    for partition, messages in batch.items():
+        consumed.inc(len(messages))
+        for message in messages:
+            try:
+                decoded.append(decode(message.value))
+            except Exception as exc:
+                unreadable.inc()
+                log.error("unreadable message at %s offset %d: %s", partition, message.offset, exc)
+    return bool(batch), decoded

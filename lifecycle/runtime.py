@@ -64,6 +64,17 @@ async def wait_for_clock(clock: Clock, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.1)
 
 
+async def dependencies_ready(engine: AsyncEngine, kafka_check: Callable[[], Awaitable[object]]) -> bool:
+    """Readiness: PostgreSQL answers and Kafka's metadata can be fetched, each within two seconds."""
+    try:
+        async with engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
+        await asyncio.wait_for(kafka_check(), 2)
+        return True
+    except Exception:
+        return False
+
+
 def stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

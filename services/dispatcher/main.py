@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from lifecycle.clock import Clock, make_clock
 from lifecycle.core.triggers import Trigger
 from lifecycle.journey_files import load_journeys
-from lifecycle.kafka import ensure_topics, make_consumer
+from lifecycle.kafka import ensure_topics, make_consumer, poll_decoded
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import retry_until, stop_on_signals, wait_for_clock, wait_for_database
+from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.dispatcher import metrics
@@ -94,12 +94,7 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka consumer", consumer.start)
 
     async def ready() -> bool:
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            return True
-        except Exception:
-            return False
+        return await dependencies_ready(engine, consumer.topics)
 
     server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
     stop = stop_on_signals()
@@ -108,17 +103,9 @@ async def serve(settings: Settings) -> None:
     last_gauges = 0.0
     try:
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=int(settings.poll_interval_seconds * 1000),
-                                           max_records=settings.batch_size)
-            triggers: list[Trigger] = []
-            for partition, messages in batch.items():
-                metrics.TRIGGERS.inc(len(messages))
-                for message in messages:
-                    try:
-                        triggers.append(Trigger.from_message(message.value))
-                    except Exception as exc:  # a poison message must not stop the stream
-                        log.error("unreadable trigger at %s offset %d: %s", partition, message.offset, exc)
-            if batch:
+            read, triggers = await poll_decoded(consumer, settings, Trigger.from_message, metrics.TRIGGERS,
+                                                metrics.UNREADABLE)
+            if read:
                 await store.handle_triggers(triggers)
                 await consumer.commit()
             # sends in flight finish before the loop looks at `stop` again

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 TRIGGERS = Counter("lifecycle_dispatcher_triggers_consumed_total", "Triggers read from Kafka.")
+UNREADABLE = Counter("lifecycle_dispatcher_triggers_unreadable_total", "Trigger messages that could not be decoded.")
 RUNS_STARTED = Counter("lifecycle_dispatcher_runs_started_total", "Journey runs started.", ["journey"])
 RUNS_ENDED = Counter("lifecycle_dispatcher_runs_ended_total", "Journey runs ended.", ["journey", "outcome"])
 RUNS_ACTIVE = Gauge("lifecycle_dispatcher_runs_active", "Journey runs in progress.", ["journey"])

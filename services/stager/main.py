@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.clock import make_clock
 from lifecycle.events import Event
-from lifecycle.kafka import ensure_topics, make_consumer, make_producer
+from lifecycle.kafka import ensure_topics, make_consumer, make_producer, poll_decoded
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import retry_until, stop_on_signals, wait_for_clock, wait_for_database
+from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
 from services.stager import metrics
 from services.stager.worker import StagerStore, rule_config
@@ -47,13 +47,7 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka producer", producer.start)
 
     async def ready() -> bool:
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), 2)
-            return True
-        except Exception:
-            return False
+        return await dependencies_ready(engine, producer.client.fetch_all_metadata)
 
     server, server_task = start_probe_server(settings.ingest_host, settings.stager_port, ready, settings.clock)
     stop = stop_on_signals()
@@ -63,18 +57,9 @@ async def serve(settings: Settings) -> None:
     last_gauges = 0.0
     try:
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=int(settings.poll_interval_seconds * 1000),
-                                           max_records=settings.batch_size)
-            events: list[Event] = []
-            for partition, messages in batch.items():
-                metrics.CONSUMED.inc(len(messages))
-                for message in messages:
-                    try:
-                        events.append(Event.from_message(message.value))
-                    except Exception as exc:  # a poison message must not stop the stream
-                        metrics.UNREADABLE.inc()
-                        log.error("unreadable event at %s offset %d: %s", partition, message.offset, exc)
-            if batch:
+            read, events = await poll_decoded(consumer, settings, Event.from_message, metrics.CONSUMED,
+                                              metrics.UNREADABLE)
+            if read:
                 started = time.perf_counter()
                 await store.apply_events(events)
                 metrics.BATCH_SIZE.observe(len(events))
