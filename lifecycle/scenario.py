@@ -29,7 +29,8 @@ from lifecycle.stack import restart_services
 from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
-                "customers")
+                "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",
+                "customer_products", "product_sales", "co_purchases")
 STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe")
 
 

@@ -105,4 +105,91 @@ sends = Table(
     Column("sent_at", TS),
     Column("lease_until", TS),
     Column("attempts", Integer, nullable=False),
+    Column("variant", Text),
+    Column("links", JSONB, nullable=False),
+    Column("category", Text),
+    Column("delivered_at", TS),
+    Column("next_attempt_at", TS),
+)
+
+email_events = Table(
+    "email_events", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("customer_id", Text, nullable=False),
+    Column("message_id", Text),
+    Column("journey", Text),
+    Column("step", Integer),
+    Column("variant", Text),
+    Column("kind", Text, nullable=False),
+    Column("link", Text),
+    Column("occurred_at", TS, nullable=False),
+)
+
+suppressions = Table(
+    "suppressions", metadata,
+    Column("address", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("suppressed_at", TS, nullable=False),
+)
+
+coupons = Table(
+    "coupons", metadata,
+    Column("code", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("run_id", BigInteger, nullable=False),
+    Column("journey", Text, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("amount", Numeric(12, 2), nullable=False),
+    Column("currency", Text),
+    Column("issued_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Column("redeemed_at", TS),
+    Column("redeemed_order_id", Text),
+)
+
+coupon_attempts = Table(
+    "coupon_attempts", metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("code", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+)
+
+orders = Table(
+    "orders", metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("value", Numeric(14, 2), nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("coupon_code", Text),
+    Column("voided", Boolean, nullable=False),
+    Column("attributed_send_id", BigInteger),
+    Column("attributed_journey", Text),
+    Column("attributed_step", Integer),
+    Column("attributed_variant", Text),
+)
+
+customer_products = Table(
+    "customer_products", metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("product_id", Text, primary_key=True),
+)
+
+product_sales = Table(
+    "product_sales", metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("price", Numeric(14, 2)),
+    Column("orders", Integer, nullable=False),
+)
+
+co_purchases = Table(
+    "co_purchases", metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("other_id", Text, primary_key=True),
+    Column("orders", Integer, nullable=False),
 )

@@ -15,8 +15,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import format_datetime
 from typing import Any
 
 from sqlalchemy import func, text, update
@@ -39,8 +37,8 @@ from lifecycle.core.triggers import Trigger
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
-from lifecycle.tokens import confirm_url, unsubscribe_url
 from services.dispatcher import metrics
+from services.dispatcher.compose import MessageSpec, compose_email
 
 log = logging.getLogger("lifecycle.dispatcher")
 
@@ -188,8 +186,12 @@ class DispatcherStore:
                     "due_at": run.due_at, "created_at": now, "attempts": 0,
                 }
                 if isinstance(decision, SendNow):
-                    message = self._compose(journey, run, row.customer_id, profile, recipient, step.template,
-                                            step.number, message_id, now)
+                    assert recipient.email is not None
+                    message = compose_email(self.settings, self.templates, MessageSpec(
+                        journey=journey.name, step=step.number, template=step.template, message_id=message_id,
+                        to_address=recipient.email, customer={**profile, "customer_id": row.customer_id},
+                        context=run.context, extras={}, date=now,
+                    ))
                     values.update(status="sending", to_address=recipient.email, subject=message["Subject"],
                                   message=bytes(message), sent_at=now,
                                   lease_until=func.now() + lease)
@@ -249,41 +251,6 @@ class DispatcherStore:
         digest = hashlib.sha256(f"{self.settings.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
         domain = self.settings.mail_from.rsplit("@", 1)[-1].strip(">") or "lifecycle.local"
         return f"<{run_id}.{step}.{digest}@{domain}>"
-
-    def _compose(self, journey: Journey, run: Run, customer_id: str, profile: dict[str, Any],
-                 recipient: Recipient, template: str, step: int, message_id: str, now: datetime) -> EmailMessage:
-        settings = self.settings
-        unsubscribe = unsubscribe_url(settings, customer_id, message_id)
-        confirm = confirm_url(settings, customer_id)
-        customer: dict[str, Any] = {"first_name": None, **profile, "customer_id": customer_id,
-                                    "email": recipient.email}
-        context = {
-            "customer": customer,
-            "shop": {"name": settings.shop_name, "url": settings.shop_url},
-            "journey": journey.name,
-            "step": step,
-            "context": run.context,
-            "links": {
-                "unsubscribe": unsubscribe,
-                "confirm": confirm,
-                "cart": f"{settings.shop_url}/cart",
-                "satisfied": f"{settings.shop_url}/feedback?answer=satisfied",
-                "not_satisfied": f"{settings.shop_url}/feedback?answer=not_satisfied",
-            },
-        }
-        rendered = self.templates.render(template, context)
-        message = EmailMessage()
-        message["From"] = settings.mail_from
-        message["To"] = recipient.email or ""
-        message["Subject"] = rendered.subject
-        message["Date"] = format_datetime(now)
-        message["Message-ID"] = message_id
-        message["X-Lifecycle-Journey"] = journey.name
-        message["X-Lifecycle-Step"] = str(step)
-        message["List-Unsubscribe"] = f"<{unsubscribe}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(rendered.body + f"\n--\nUnsubscribe: {unsubscribe}\n")
-        return message
 
     async def mark_sent(self, send_id: int) -> None:
         async with self.engine.begin() as conn:
