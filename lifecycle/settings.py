@@ -60,8 +60,36 @@ class Settings(BaseSettings):
     birthday_hour: int = 9
     sunset_days: int = 365
 
-    # Journeys
+    # Journeys and templates
     journeys_dir: Path | None = None
+    default_locale: str = "fr"
+    shop_logo_url: str = "https://shop.example/logo.png"
+
+    # Offers and attribution
+    attribution_days: int = Field(default=5, ge=0)
+    # customer value tiers: total spent (and orders) from which a customer is silver / gold
+    tier_silver_spent: float = 150.0
+    tier_silver_orders: int = 3
+    tier_gold_spent: float = 500.0
+    tier_gold_orders: int = 6
+
+    # Sending policy (both off by default)
+    frequency_cap_count: int = Field(default=0, ge=0)  # 0: no cap
+    frequency_cap_hours: int = Field(default=168, ge=1)
+    quiet_hours_start: str | None = None  # "21:00", customer's local time
+    quiet_hours_end: str | None = None  # "08:00"
+
+    # SMTP beyond host and port
+    smtp_tls: Literal["none", "starttls", "implicit"] = "none"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_pool_size: int = Field(default=2, ge=1)
+    smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
+    smtp_domain_rate_per_second: float = Field(default=0.0, ge=0)
+    smtp_max_attempts: int = Field(default=8, ge=1)
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key_file: Path | None = None
 
     # Work loops
     batch_size: int = Field(default=500, ge=1)
