@@ -10,12 +10,15 @@ import yaml
 
 from lifecycle.core.durations import parse_duration
 from lifecycle.core.journeys import (
+    Branch,
     ClickCondition,
+    CouponSpec,
     Journey,
     Reentry,
     SendStep,
     Step,
     TriggerMatch,
+    Variant,
     WaitStep,
 )
 from lifecycle.core.triggers import TriggerType
@@ -127,24 +130,133 @@ def _steps(reader: _Reader, node: yaml.Node, name: str, templates: Templates | N
         send = reader.mapping(mapping["send"], f"{field}.send")
         if send is None:
             continue
-        for key in sorted(set(send) - {"template", "if_clicked", "unless_clicked"}):
-            reader.fail(send[key], f"{field}.send.{key}", "unknown field")
         sends += 1
-        template = f"{name}_{sends}"
-        if "template" in send:
-            template = reader.scalar(send["template"], f"{field}.send.template") or template
-        if templates is not None and not templates.exists(template):
-            reader.fail(mapping["send"], f"{field}.send.template", f"no template named {template!r}")
-        if_clicked = _click(reader, send["if_clicked"], f"{field}.send.if_clicked") if "if_clicked" in send else None
-        unless_clicked = (
-            _click(reader, send["unless_clicked"], f"{field}.send.unless_clicked")
-            if "unless_clicked" in send
-            else None
-        )
-        steps.append(SendStep(template, sends, if_clicked, unless_clicked))
+        step = _send_step(reader, send, mapping["send"], f"{field}.send", f"{name}_{sends}", sends, templates)
+        if step is not None:
+            steps.append(step)
     if sends == 0:
         reader.fail(node, "steps", "a journey needs at least one send step")
     return steps
+
+
+SEND_FIELDS = {"template", "if_clicked", "unless_clicked", "branches", "coupon", "offer", "recommendations",
+               "variants"}
+TIERS = ("bronze", "silver", "gold")
+CATEGORIES = ("cart_reminders", "offers", "news")
+
+
+def _template(reader: _Reader, node: yaml.Node, field: str, templates: Templates | None) -> str | None:
+    name = reader.scalar(node, field)
+    if name and templates is not None and not templates.exists(name):
+        reader.fail(node, field, f"no template named {name!r}")
+    return name
+
+
+def _conditions(reader: _Reader, spec: dict[str, yaml.Node],
+                field: str) -> tuple[ClickCondition | None, ClickCondition | None]:
+    if_clicked = _click(reader, spec["if_clicked"], f"{field}.if_clicked") if "if_clicked" in spec else None
+    unless = _click(reader, spec["unless_clicked"], f"{field}.unless_clicked") if "unless_clicked" in spec else None
+    return if_clicked, unless
+
+
+def _coupon(reader: _Reader, node: yaml.Node, field: str, tiered: bool) -> CouponSpec | None:
+    raw = reader.plain(node)
+    if not isinstance(raw, dict):
+        reader.fail(node, field, "expected a mapping")
+        return None
+    allowed = {"valid"} | (set(TIERS) if tiered else {"kind", "amount", "reuse_step"})
+    for key in sorted(set(raw) - allowed):
+        reader.fail(node, f"{field}.{key}", f"unknown field; one of {', '.join(sorted(allowed))}")
+    try:
+        valid = parse_duration(str(raw.get("valid", "3d")))
+    except ValueError as exc:
+        reader.fail(node, f"{field}.valid", str(exc))
+        return None
+    if tiered:
+        amounts = {t: raw.get(t) for t in TIERS}
+        if not all(isinstance(v, int | float) and v > 0 for v in amounts.values()):
+            reader.fail(node, field, "an offer gives a positive percent for each tier: bronze, silver, gold")
+            return None
+        by_tier = tuple((t, float(v)) for t, v in amounts.items() if v is not None)
+        return CouponSpec(kind="percent", amount=float(amounts["bronze"] or 0), valid=valid, by_tier=by_tier)
+    if "reuse_step" in raw:
+        if not isinstance(raw["reuse_step"], int):
+            reader.fail(node, f"{field}.reuse_step", "expected the number of an earlier send step")
+            return None
+        return CouponSpec(reuse_step=raw["reuse_step"], valid=valid)
+    kind, amount = raw.get("kind", "percent"), raw.get("amount")
+    if kind not in ("percent", "fixed") or not isinstance(amount, int | float) or amount <= 0:
+        reader.fail(node, field, "expected {kind: percent|fixed, amount: <positive number>, valid: <duration>}")
+        return None
+    return CouponSpec(kind=str(kind), amount=float(amount), valid=valid)
+
+
+def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, field: str, default_template: str,
+               number: int, templates: Templates | None) -> SendStep | None:
+    for key in sorted(set(send) - SEND_FIELDS):
+        reader.fail(send[key], f"{field}.{key}", "unknown field")
+    template = default_template
+    if "template" in send:
+        template = _template(reader, send["template"], f"{field}.template", templates) or template
+    elif "branches" not in send and templates is not None and not templates.exists(template):
+        reader.fail(node, f"{field}.template", f"no template named {template!r}")
+    if_clicked, unless_clicked = _conditions(reader, send, field)
+    branches: list[Branch] = []
+    if "branches" in send:
+        items = send["branches"]
+        if not isinstance(items, yaml.SequenceNode) or not items.value:
+            reader.fail(items, f"{field}.branches", "expected a list of {template, if_clicked|unless_clicked}")
+        else:
+            for i, item in enumerate(items.value):
+                branch = reader.mapping(item, f"{field}.branches[{i}]")
+                if branch is None or "template" not in branch:
+                    reader.fail(item, f"{field}.branches[{i}].template", "required")
+                    continue
+                name = _template(reader, branch["template"], f"{field}.branches[{i}].template", templates)
+                cond_if, cond_unless = _conditions(reader, branch, f"{field}.branches[{i}]")
+                if name:
+                    branches.append(Branch(name, cond_if, cond_unless))
+            if branches and "template" not in send:
+                template = branches[0].template
+    coupon = None
+    if "coupon" in send and "offer" in send:
+        reader.fail(send["offer"], f"{field}.offer", "a step has a coupon or an offer, not both")
+    elif "coupon" in send:
+        coupon = _coupon(reader, send["coupon"], f"{field}.coupon", tiered=False)
+        if coupon is not None and coupon.reuse_step is not None and not 0 < coupon.reuse_step < number:
+            reader.fail(send["coupon"], f"{field}.coupon.reuse_step", "must name an earlier send step")
+    elif "offer" in send:
+        coupon = _coupon(reader, send["offer"], f"{field}.offer", tiered=True)
+    recommendations = 0
+    if "recommendations" in send:
+        raw = reader.plain(send["recommendations"])
+        if not isinstance(raw, int) or not 0 < raw <= 12:
+            reader.fail(send["recommendations"], f"{field}.recommendations", "how many products: 1 to 12")
+        else:
+            recommendations = raw
+    variants: list[Variant] = []
+    if "variants" in send:
+        raw_variants = reader.plain(send["variants"])
+        if not isinstance(raw_variants, list) or len(raw_variants) < 2:
+            reader.fail(send["variants"], f"{field}.variants", "expected two or more variants")
+        else:
+            for i, raw in enumerate(raw_variants):
+                ok = isinstance(raw, dict) and isinstance(raw.get("name"), str) and \
+                    isinstance(raw.get("weight", 1), int) and raw.get("weight", 1) > 0 and \
+                    set(raw) <= {"name", "weight", "template", "subject"}
+                if not ok:
+                    reader.fail(send["variants"], f"{field}.variants[{i}]",
+                                "expected {name, weight: positive integer, template?, subject?}")
+                    continue
+                variant_template = str(raw.get("template", template))
+                if templates is not None and not templates.exists(variant_template):
+                    reader.fail(send["variants"], f"{field}.variants[{i}].template",
+                                f"no template named {variant_template!r}")
+                variants.append(Variant(raw["name"], int(raw.get("weight", 1)), variant_template, raw.get("subject")))
+            if len({v.name for v in variants}) != len(variants):
+                reader.fail(send["variants"], f"{field}.variants", "variant names must differ")
+    return SendStep(template, number, if_clicked, unless_clicked, tuple(branches), coupon, recommendations,
+                    tuple(variants))
 
 
 def parse_journey(path: Path, text: str, templates: Templates | None = None) -> tuple[Journey | None, list[Problem]]:
@@ -160,7 +272,8 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
     top = reader.mapping(root, "(file)")
     if top is None:
         return None, reader.problems
-    allowed = {"name", "description", "entry", "steps", "exit", "reentry", "reentry_key", "consent", "marketing"}
+    allowed = {"name", "description", "entry", "steps", "exit", "reentry", "reentry_key", "consent", "marketing",
+               "category"}
     for key in sorted(set(top) - allowed):
         reader.fail(top[key], key, "unknown field")
     for required in ("name", "entry", "steps"):
@@ -207,9 +320,17 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
         else:
             marketing = raw_marketing
     description = str(reader.plain(top["description"])) if "description" in top else ""
+    category = "news"
+    if "category" in top:
+        value = reader.scalar(top["category"], "category")
+        if value not in CATEGORIES:
+            reader.fail(top["category"], "category", f"one of {', '.join(CATEGORIES)}")
+        else:
+            category = value
     if reader.problems or entry is None:
         return None, reader.problems
-    journey = Journey(name, entry, tuple(steps), tuple(exits), reentry, reentry_key, consent, marketing, description)
+    journey = Journey(name, entry, tuple(steps), tuple(exits), reentry, reentry_key, consent, marketing, description,
+                      category)
     return journey, []
 
 
@@ -230,11 +351,13 @@ def load_journeys(extra_dir: Path | None = None, templates: Templates | None = N
                 by_name[journey.name] = journey
     for journey in by_name.values():
         for step in journey.steps:
-            if isinstance(step, SendStep):
+            if not isinstance(step, SendStep):
+                continue
+            for template in step.templates():
                 try:
-                    templates.check(step.template)
+                    templates.check(template)
                 except TemplateError as exc:
-                    problems.append(Problem(exc.path, exc.line, step.template, exc.message))
+                    problems.append(Problem(exc.path, exc.line, template, exc.message))
     if problems:
         raise JourneyError(problems)
     return list(by_name.values())

@@ -5,12 +5,13 @@ Every field is documented in docs/settings.md; keep the two in step.
 
 from __future__ import annotations
 
+from datetime import time
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,6 +96,17 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1)
     poll_interval_seconds: float = 0.05
     send_lease_seconds: int = 60
+
+    @field_validator("quiet_hours_start", "quiet_hours_end")
+    @classmethod
+    def _clock_time(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            time.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
+        return value
 
     @property
     def mail_from_address(self) -> str:

@@ -7,9 +7,11 @@ into actions; the dispatcher executes them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from lifecycle.core.triggers import Trigger, TriggerType
 
@@ -39,11 +41,50 @@ class WaitStep:
 
 
 @dataclass(frozen=True)
+class CouponSpec:
+    """A unique code issued at send time, or the one an earlier step of the run issued."""
+
+    kind: str = "percent"  # percent | fixed
+    amount: float = 0.0
+    valid: timedelta = timedelta(days=3)
+    by_tier: tuple[tuple[str, float], ...] = ()  # (tier, amount): the offer grows with the customer's value
+    reuse_step: int | None = None  # remind of the coupon of that send step instead of issuing one
+
+    def amount_for(self, tier: str) -> float:
+        return dict(self.by_tier).get(tier, self.amount)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    weight: int
+    template: str
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One way a send step can go: the first branch whose condition holds picks the template."""
+
+    template: str
+    if_clicked: ClickCondition | None = None
+    unless_clicked: ClickCondition | None = None
+
+
+@dataclass(frozen=True)
 class SendStep:
     template: str
     number: int  # counted over send steps, from 1
     if_clicked: ClickCondition | None = None
     unless_clicked: ClickCondition | None = None
+    branches: tuple[Branch, ...] = ()
+    coupon: CouponSpec | None = None
+    recommendations: int = 0
+    variants: tuple[Variant, ...] = ()
+
+    def templates(self) -> tuple[str, ...]:
+        names = [self.template, *(b.template for b in self.branches), *(v.template for v in self.variants)]
+        return tuple(dict.fromkeys(names))
 
 
 Step = WaitStep | SendStep
@@ -60,6 +101,7 @@ class Journey:
     consent: tuple[str, ...] = ("opted_in",)
     marketing: bool = True
     description: str = ""
+    category: str = "news"  # cart_reminders | offers | news: what a customer can leave on the preference page
 
     def first_send(self, start: datetime) -> tuple[int, datetime] | None:
         return self._next_send(-1, start)
@@ -189,11 +231,26 @@ class Recipient:
     suppressed: str | None
     first_marketing_sent_at: datetime | None
     last_engagement_at: datetime | None
+    unsubscribed_categories: tuple[str, ...] = ()
+    timezone: str | None = None
+    recent_marketing_sends: int = 0  # within the frequency cap's window
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    sunset_days: int = 365
+    frequency_cap_count: int = 0  # 0: no cap
+    frequency_cap_hours: int = 168
+    quiet_start: time | None = None
+    quiet_end: time | None = None
 
 
 @dataclass(frozen=True)
 class SendNow:
     step: SendStep
+    template: str
+    variant: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,10 +259,18 @@ class Skip:
     reason: str
 
 
+@dataclass(frozen=True)
+class Defer:
+    """Not now (quiet hours): the step falls due again at `until`."""
+
+    step: SendStep
+    until: datetime
+
+
 def decide_step(
-    journey: Journey, run: Run, recipient: Recipient, now: datetime, sunset_days: int
-) -> SendNow | Skip:
-    """Whether the due send step goes out, or is skipped with a recorded reason."""
+    journey: Journey, run: Run, recipient: Recipient, customer_id: str, now: datetime, policy: SendPolicy
+) -> SendNow | Skip | Defer:
+    """Whether the due send step goes out, waits, or is skipped with a recorded reason."""
     assert run.step_index is not None
     step = journey.send_step(run.step_index)
     if recipient.consent not in journey.consent:
@@ -214,13 +279,58 @@ def decide_step(
         return Skip(step, "no_email")
     if recipient.suppressed:
         return Skip(step, f"suppressed:{recipient.suppressed}")
-    if journey.marketing and is_sunset(recipient, now, sunset_days):
-        return Skip(step, "sunset")
+    if journey.marketing:
+        if journey.category in recipient.unsubscribed_categories:
+            return Skip(step, f"preference:{journey.category}")
+        if is_sunset(recipient, now, policy.sunset_days):
+            return Skip(step, "sunset")
     if step.if_clicked is not None and not _clicked(run, step.if_clicked):
         return Skip(step, "condition:not_clicked")
     if step.unless_clicked is not None and _clicked(run, step.unless_clicked):
         return Skip(step, "condition:clicked")
-    return SendNow(step)
+    template = step.template
+    if step.branches:
+        chosen = next((b for b in step.branches if _branch_holds(run, b)), None)
+        if chosen is None:
+            return Skip(step, "condition:no_branch")
+        template = chosen.template
+    if journey.marketing:
+        quiet_until = quiet_hours_end(now, recipient.timezone, policy)
+        if quiet_until is not None:
+            return Defer(step, quiet_until)
+        if policy.frequency_cap_count and recipient.recent_marketing_sends >= policy.frequency_cap_count:
+            return Skip(step, "frequency_cap")
+    variant = assign_variant(customer_id, journey.name, step) if step.variants else None
+    if variant is not None:
+        return SendNow(step, variant.template, variant.name, variant.subject)
+    return SendNow(step, template)
+
+
+def assign_variant(customer_id: str, journey: str, step: SendStep) -> Variant:
+    """Deterministic per customer, journey and step: the same customer always sees the same variant."""
+    total = sum(v.weight for v in step.variants)
+    digest = hashlib.sha256(f"{journey}:{step.number}:{customer_id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % total
+    for variant in step.variants:
+        if point < variant.weight:
+            return variant
+        point -= variant.weight
+    return step.variants[-1]
+
+
+def quiet_hours_end(now: datetime, timezone: str | None, policy: SendPolicy) -> datetime | None:
+    """The end of the quiet hours if `now` falls inside them in the customer's zone, else None."""
+    start, end = policy.quiet_start, policy.quiet_end
+    if start is None or end is None or start == end:
+        return None
+    zone = ZoneInfo(timezone or "UTC")
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    inside = start <= clock < end if start < end else (clock >= start or clock < end)
+    if not inside:
+        return None
+    day = local.date() if clock < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone).astimezone(now.tzinfo)
 
 
 def is_sunset(recipient: Recipient, now: datetime, sunset_days: int) -> bool:
@@ -231,6 +341,12 @@ def is_sunset(recipient: Recipient, now: datetime, sunset_days: int) -> bool:
         return False
     engaged = recipient.last_engagement_at
     return engaged is None or now - engaged >= window
+
+
+def _branch_holds(run: Run, branch: Branch) -> bool:
+    if branch.if_clicked is not None and not _clicked(run, branch.if_clicked):
+        return False
+    return branch.unless_clicked is None or not _clicked(run, branch.unless_clicked)
 
 
 def _clicked(run: Run, condition: ClickCondition) -> bool:

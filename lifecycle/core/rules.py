@@ -165,7 +165,14 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         for name in PROFILE_TRAITS:
             if name in traits:
                 value = traits[name]
+                previous = state.traits.get(name)
                 state.set_trait(name, None if value is None else str(value), at)
+                if name == "email" and state.traits.get(name) != previous:
+                    state.suppressed = None  # a suppression belongs to the address it was earned by
+        if "unsubscribed_categories" in traits:
+            categories = traits["unsubscribed_categories"]
+            chosen = sorted({str(c) for c in categories}) if isinstance(categories, list | tuple) else []
+            state.set_trait("unsubscribed_categories", chosen, at)
         if traits.get("consent") is not None:
             state.set_consent(str(traits["consent"]), at)
         if kind is EventType.CUSTOMER_SIGNED_UP:

@@ -64,7 +64,7 @@ class CartState:
 @dataclass
 class CustomerState:
     customer_id: str
-    traits: dict[str, str] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
     # per trait (and "consent"), the occurred_at of the value we hold: last writer by event time wins
     trait_times: dict[str, datetime] = field(default_factory=dict)
     consent: str | None = None
@@ -78,7 +78,7 @@ class CustomerState:
     last_click_at: datetime | None = None
     suppressed: str | None = None
 
-    def set_trait(self, name: str, value: str | None, at: datetime) -> None:
+    def set_trait(self, name: str, value: str | list[str] | None, at: datetime) -> None:
         """Last writer by event time wins; None clears the trait."""
         held = self.trait_times.get(name)
         if held is None or at >= held:

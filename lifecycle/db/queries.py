@@ -51,6 +51,7 @@ def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) 
             "stage": row.stage,
             "consent": row.consent,
             "suppressed": row.suppressed,
+            "unsubscribed_categories": traits.get("unsubscribed_categories") or [],
             "orders_count": row.orders_count,
             "total_spent": float(row.total_spent),
             "first_order_at": iso(row.first_order_at),

@@ -184,6 +184,7 @@ product_sales = Table(
     Column("product_id", Text, primary_key=True),
     Column("name", Text, nullable=False),
     Column("price", Numeric(14, 2)),
+    Column("currency", Text),
     Column("orders", Integer, nullable=False),
 )
 

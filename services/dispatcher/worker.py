@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, text, update
@@ -23,12 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lifecycle.clock import Clock
 from lifecycle.core.journeys import (
+    Defer,
     ExitRun,
     Journey,
     Recipient,
     RecordClick,
     Run,
     SendNow,
+    SendPolicy,
+    SendStep,
     StartRun,
     decide_step,
     on_trigger,
@@ -37,7 +40,7 @@ from lifecycle.core.triggers import Trigger
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
-from services.dispatcher import metrics
+from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec, compose_email
 
 log = logging.getLogger("lifecycle.dispatcher")
@@ -74,6 +77,7 @@ class DispatcherStore:
         self.clock = clock
         self.journeys = {j.name: j for j in journeys}
         self.templates = templates
+        self.policy = send_policy(settings)
 
     async def handle_triggers(self, triggers: list[Trigger]) -> int:
         unique: dict[str, Trigger] = {}
@@ -166,7 +170,7 @@ class DispatcherStore:
             ).all()
             if not rows:
                 return []
-            recipients = await self._recipients(conn, sorted({r.customer_id for r in rows}))
+            recipients = await self._recipients(conn, sorted({r.customer_id for r in rows}), now)
             # leases are about process liveness: wall time from the database, even on the virtual clock
             lease = timedelta(seconds=self.settings.send_lease_seconds)
             for row in rows:
@@ -176,8 +180,14 @@ class DispatcherStore:
                     await self._end_run(conn, run, "exited", "journey_removed", now)
                     continue
                 profile, recipient = recipients.get(row.customer_id, ({}, _NOBODY))
-                decision = decide_step(journey, run, recipient, now, self.settings.sunset_days)
+                decision = decide_step(journey, run, recipient, row.customer_id, now, self.policy)
                 step = journey.send_step(run.step_index)
+                if isinstance(decision, Defer):
+                    # quiet hours: the same step falls due again when they end; nothing is recorded as sent
+                    await conn.execute(update(journey_runs).where(journey_runs.c.run_id == run.run_id)
+                                       .values(due_at=decision.until))
+                    metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="deferred").inc()
+                    continue
                 message_id = self._message_id(run.run_id, step.number)
                 assert run.due_at is not None
                 values: dict[str, Any] = {
@@ -187,14 +197,16 @@ class DispatcherStore:
                 }
                 if isinstance(decision, SendNow):
                     assert recipient.email is not None
+                    extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now)
                     message = compose_email(self.settings, self.templates, MessageSpec(
-                        journey=journey.name, step=step.number, template=step.template, message_id=message_id,
+                        journey=journey.name, step=step.number, template=decision.template, message_id=message_id,
                         to_address=recipient.email, customer={**profile, "customer_id": row.customer_id},
-                        context=run.context, extras={}, date=now,
+                        context=run.context, extras=extras, date=now,
                     ))
                     values.update(status="sending", to_address=recipient.email, subject=message["Subject"],
                                   message=bytes(message), sent_at=now,
                                   lease_until=func.now() + lease)
+                    values.update(variant=decision.variant, category=journey.category)
                 else:
                     values.update(status="skipped", reason=decision.reason)
                     metrics.SENDS.labels(journey=journey.name, step=str(step.number),
@@ -226,26 +238,52 @@ class DispatcherStore:
         )
         metrics.RUNS_ENDED.labels(journey=run.journey, outcome=status).inc()
 
-    async def _recipients(self, conn: AsyncConnection,
-                          customer_ids: list[str]) -> dict[str, tuple[dict[str, Any], Recipient]]:
+    async def _extras(self, conn: AsyncConnection, journey: Journey, run: Run, step: SendStep, customer_id: str,
+                      decision: SendNow, now: datetime) -> dict[str, Any]:
+        """Per-send additions to the template context: tier, offer, coupon, recommendations, variant."""
+        extras: dict[str, Any] = {}
+        if decision.variant is not None:
+            extras["variant"] = {"name": decision.variant, "subject": decision.subject}
+        if step.coupon is not None:
+            tier = await offers.customer_tier(conn, customer_id, self.settings)
+            extras["tier"] = tier
+            coupon = await offers.coupon_for(conn, journey, run, step, customer_id, tier, now)
+            if coupon is not None:
+                extras["coupon"] = coupon
+                if coupon["kind"] == "percent":
+                    extras["offer"] = {"percent": coupon["amount"]}
+        if step.recommendations:
+            extras["recommendations"] = await offers.recommendations(conn, customer_id, step.recommendations,
+                                                                     self.settings)
+        return extras
+
+    async def _recipients(self, conn: AsyncConnection, customer_ids: list[str],
+                          now: datetime) -> dict[str, tuple[dict[str, Any], Recipient]]:
         rows = (
             await conn.execute(
                 text(
-                    "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email, c.suppressed,"
-                    " c.last_engagement_at, (SELECT min(s.sent_at) FROM sends s WHERE s.customer_id = c.customer_id"
-                    " AND s.marketing AND s.status = 'sent') AS first_marketing"
+                    "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email,"
+                    " coalesce(c.suppressed, (SELECT x.reason FROM suppressions x WHERE x.address = lower(c.email)))"
+                    " AS suppressed, c.last_engagement_at,"
+                    " (SELECT min(s.sent_at) FROM sends s WHERE s.customer_id = c.customer_id"
+                    "  AND s.marketing AND s.status = 'sent') AS first_marketing,"
+                    " (SELECT count(*) FROM sends s WHERE s.customer_id = c.customer_id AND s.marketing"
+                    "  AND s.status IN ('sent', 'sending') AND s.sent_at > :since) AS recent"
                     " FROM customers c WHERE c.customer_id = ANY(:ids)"
                 ),
-                {"ids": customer_ids},
+                {"ids": customer_ids, "since": now - timedelta(hours=self.settings.frequency_cap_hours)},
             )
         ).all()
-        return {
-            row.customer_id: (
-                dict(row.traits or {}),
-                Recipient(row.email, row.consent, row.suppressed, row.first_marketing, row.last_engagement_at),
+        found: dict[str, tuple[dict[str, Any], Recipient]] = {}
+        for row in rows:
+            traits: dict[str, Any] = dict(row.traits or {})
+            categories = traits.pop("unsubscribed_categories", None) or []
+            found[row.customer_id] = (
+                traits,
+                Recipient(row.email, row.consent, row.suppressed, row.first_marketing, row.last_engagement_at,
+                          tuple(categories), traits.get("timezone"), int(row.recent)),
             )
-            for row in rows
-        }
+        return found
 
     def _message_id(self, run_id: int, step: int) -> str:
         digest = hashlib.sha256(f"{self.settings.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
@@ -300,5 +338,19 @@ class DispatcherStore:
 
 
 _NOBODY = Recipient(None, None, None, None, None)
+
+
+def _clock_time(value: str | None) -> time | None:
+    return time.fromisoformat(value) if value else None
+
+
+def send_policy(settings: Settings) -> SendPolicy:
+    return SendPolicy(
+        sunset_days=settings.sunset_days,
+        frequency_cap_count=settings.frequency_cap_count,
+        frequency_cap_hours=settings.frequency_cap_hours,
+        quiet_start=_clock_time(settings.quiet_hours_start),
+        quiet_end=_clock_time(settings.quiet_hours_end),
+    )
 
 

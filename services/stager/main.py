@@ -40,7 +40,7 @@ async def serve(settings: Settings) -> None:
     clock = make_clock(settings.clock, engine)
     await wait_for_database(engine)
     await retry_until("Kafka", lambda: ensure_topics(settings))
-    store = StagerStore(engine, clock, rule_config(settings))
+    store = StagerStore(engine, clock, rule_config(settings), settings.attribution_days)
     consumer = make_consumer(settings, settings.events_topic, settings.stager_group)
     producer = make_producer(settings)
     await retry_until("Kafka consumer", consumer.start)

@@ -26,6 +26,7 @@ from lifecycle.core.state import CustomerState
 from lifecycle.db.schema import customers, due_changes, outbox, processed_events
 from lifecycle.events import Event
 from services.stager import metrics
+from services.stager.facts import record_facts
 
 log = logging.getLogger("lifecycle.stager")
 
@@ -45,10 +46,11 @@ def rule_config(settings: Any) -> RuleConfig:
 class StagerStore:
     """The stager's PostgreSQL work, one method per transaction."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, config: RuleConfig) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, config: RuleConfig, attribution_days: int = 5) -> None:
         self.engine = engine
         self.clock = clock
         self.config = config
+        self.attribution_days = attribution_days
 
     async def apply_events(self, events: list[Event]) -> int:
         """Apply a batch; returns how many events were new."""
@@ -73,6 +75,8 @@ class StagerStore:
                 changes.add(decision)
                 metrics.record_transition(before, state.stage)
             await changes.save(conn, now)
+            emails = {cid: state.traits.get("email") for cid, state in states.items()}
+            await record_facts(conn, new_events, emails, self.attribution_days)
         metrics.APPLIED.inc(len(new_events))
         return len(new_events)
 

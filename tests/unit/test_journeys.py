@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lifecycle.core.journeys import (
+    Defer,
     ExitRun,
     Journey,
     Recipient,
     RecordClick,
     Run,
     SendNow,
+    SendPolicy,
     Skip,
     StartRun,
+    assign_variant,
     decide_step,
     on_trigger,
 )
@@ -26,6 +29,7 @@ from lifecycle.journey_files import JourneyError, load_journeys, parse_journey
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 JOURNEYS = {j.name: j for j in load_journeys()}
 OK = Recipient("a@example.com", "opted_in", None, None, None)
+POLICY = SendPolicy()
 
 
 def trig(trigger_type: TriggerType, at: datetime = T0, backfill: bool = False, tid: str = "t1",
@@ -123,15 +127,15 @@ def test_send_decisions() -> None:
     journey = JOURNEYS["prospect_welcome"]
     run = run_of(started(on_trigger([journey], [], trig(TriggerType.CONSENT_CHANGED, to="opted_in",
                                                           orders_count=0)))["prospect_welcome"])
-    assert isinstance(decide_step(journey, run, OK, T0, 365), SendNow)
+    assert isinstance(decide_step(journey, run, OK, "c1", T0, POLICY), SendNow)
     opted_out = Recipient("a@example.com", "opted_out", None, None, None)
-    assert decide_step(journey, run, opted_out, T0, 365) == Skip(journey.send_step(0), "consent:opted_out")
+    assert decide_step(journey, run, opted_out, "c1", T0, POLICY) == Skip(journey.send_step(0), "consent:opted_out")
     no_email = Recipient(None, "opted_in", None, None, None)
-    assert isinstance(decide_step(journey, run, no_email, T0, 365), Skip)
+    assert isinstance(decide_step(journey, run, no_email, "c1", T0, POLICY), Skip)
     doi = JOURNEYS["double_opt_in"]
     doi_run = run_of(started(on_trigger([doi], [], trig(TriggerType.SIGNED_UP, consent="pending")))["double_opt_in"])
     pending = Recipient("a@example.com", "pending", None, None, None)
-    assert isinstance(decide_step(doi, doi_run, pending, T0, 365), SendNow)
+    assert isinstance(decide_step(doi, doi_run, pending, "c1", T0, POLICY), SendNow)
 
 
 def test_sunset_stops_marketing_after_a_silent_year() -> None:
@@ -139,11 +143,11 @@ def test_sunset_stops_marketing_after_a_silent_year() -> None:
     run = run_of(started(on_trigger([journey], [], trig(TriggerType.STAGE_CHANGED, to="at_risk")))["win_back"])
     year_ago = T0 - timedelta(days=365)
     silent = Recipient("a@example.com", "opted_in", None, year_ago, None)
-    assert decide_step(journey, run, silent, T0, 365) == Skip(journey.send_step(0), "sunset")
+    assert decide_step(journey, run, silent, "c1", T0, POLICY) == Skip(journey.send_step(0), "sunset")
     engaged = Recipient("a@example.com", "opted_in", None, year_ago, T0 - timedelta(days=10))
-    assert isinstance(decide_step(journey, run, engaged, T0, 365), SendNow)
+    assert isinstance(decide_step(journey, run, engaged, "c1", T0, POLICY), SendNow)
     recent = Recipient("a@example.com", "opted_in", None, T0 - timedelta(days=364), None)
-    assert isinstance(decide_step(journey, run, recent, T0, 365), SendNow)
+    assert isinstance(decide_step(journey, run, recent, "c1", T0, POLICY), SendNow)
 
 
 def test_review_request_only_after_satisfied_click() -> None:
@@ -153,12 +157,16 @@ def test_review_request_only_after_satisfied_click() -> None:
     second = journey.next_send(run.step_index or 0, start.due_at)
     assert second is not None
     run.step_index, run.due_at = second
-    assert decide_step(journey, run, OK, T0, 365) == Skip(journey.send_step(second[0]), "condition:not_clicked")
+    assert decide_step(journey, run, OK, "c1", T0, POLICY) == Skip(journey.send_step(second[0]), "condition:no_branch")
     click = on_trigger([journey], [run], trig(TriggerType.ENGAGEMENT, kind="clicked", journey="post_purchase",
                                               step="1", link="satisfied"))
     assert click == [RecordClick(5, 1, "satisfied")]
     run.clicks.append({"step": 1, "link": "satisfied"})
-    assert isinstance(decide_step(journey, run, OK, T0, 365), SendNow)
+    decision = decide_step(journey, run, OK, "c1", T0, POLICY)
+    assert isinstance(decision, SendNow) and decision.template == "post_purchase_2"
+    run.clicks[:] = [{"step": 1, "link": "not_satisfied"}]
+    decision = decide_step(journey, run, OK, "c1", T0, POLICY)
+    assert isinstance(decision, SendNow) and decision.template == "post_purchase_4"
 
 
 def test_validation_names_file_line_and_field(tmp_path: Path) -> None:
@@ -180,3 +188,77 @@ def test_extra_directory_overrides_a_journey(tmp_path: Path) -> None:
     journeys = {j.name: j for j in load_journeys(tmp_path)}
     assert isinstance(journeys["birthday"], Journey)
     assert journeys["birthday"].first_send(T0) == (1, T0 + timedelta(hours=1))
+
+
+def _due_run(journey_name: str, trigger: Trigger) -> tuple[Journey, Run]:
+    journey = JOURNEYS[journey_name]
+    return journey, run_of(started(on_trigger([journey], [], trigger))[journey_name])
+
+
+def test_preference_category_skips_marketing() -> None:
+    journey, run = _due_run("abandoned_cart", trig(TriggerType.CART_ABANDONED))
+    left = Recipient("a@example.com", "opted_in", None, None, None, ("cart_reminders",))
+    assert decide_step(journey, run, left, "c1", T0, POLICY) == Skip(journey.send_step(0), "preference:cart_reminders")
+    other = Recipient("a@example.com", "opted_in", None, None, None, ("news",))
+    assert isinstance(decide_step(journey, run, other, "c1", T0, POLICY), SendNow)
+
+
+def test_quiet_hours_defer_to_their_end_in_the_customers_zone() -> None:
+    journey, run = _due_run("abandoned_cart", trig(TriggerType.CART_ABANDONED))
+    policy = SendPolicy(quiet_start=time(21, 0), quiet_end=time(8, 0))
+    paris = Recipient("a@example.com", "opted_in", None, None, None, (), "Europe/Paris")
+    late = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 23:30 in Paris
+    assert decide_step(journey, run, paris, "c1", late, policy) == Defer(
+        journey.send_step(0), datetime(2026, 3, 3, 7, 0, tzinfo=UTC))
+    early = datetime(2026, 3, 3, 5, 0, tzinfo=UTC)  # 06:00 in Paris
+    assert decide_step(journey, run, paris, "c1", early, policy) == Defer(
+        journey.send_step(0), datetime(2026, 3, 3, 7, 0, tzinfo=UTC))
+    assert isinstance(decide_step(journey, run, paris, "c1", datetime(2026, 3, 3, 7, 0, tzinfo=UTC), policy), SendNow)
+    # transactional mail is not held back
+    doi, doi_run = _due_run("double_opt_in", trig(TriggerType.SIGNED_UP, consent="pending"))
+    pending = Recipient("a@example.com", "pending", None, None, None, (), "Europe/Paris")
+    assert isinstance(decide_step(doi, doi_run, pending, "c1", late, policy), SendNow)
+
+
+def test_frequency_cap_skips_marketing_beyond_the_cap() -> None:
+    journey, run = _due_run("win_back", trig(TriggerType.STAGE_CHANGED, to="at_risk"))
+    policy = SendPolicy(frequency_cap_count=2, frequency_cap_hours=24)
+    busy = Recipient("a@example.com", "opted_in", None, None, None, (), None, 2)
+    assert decide_step(journey, run, busy, "c1", T0, policy) == Skip(journey.send_step(0), "frequency_cap")
+    calm = Recipient("a@example.com", "opted_in", None, None, None, (), None, 1)
+    assert isinstance(decide_step(journey, run, calm, "c1", T0, policy), SendNow)
+
+
+def test_variant_assignment_is_stable_and_follows_weights(tmp_path: Path) -> None:
+    (tmp_path / "ab.yaml").write_text(
+        "name: ab_test\nentry: {trigger: birthday}\nsteps:\n  - send:\n      template: birthday_1\n"
+        "      variants:\n        - {name: a, weight: 3}\n        - {name: b, weight: 1, subject: Hi}\n")
+    journey = {j.name: j for j in load_journeys(tmp_path)}["ab_test"]
+    step = journey.send_step(0)
+    first = [assign_variant(f"c{i}", journey.name, step).name for i in range(2000)]
+    again = [assign_variant(f"c{i}", journey.name, step).name for i in range(2000)]
+    assert first == again
+    share = first.count("a") / len(first)
+    assert 0.70 < share < 0.80
+    run = run_of(started(on_trigger([journey], [], trig(TriggerType.BIRTHDAY, year=2026)))["ab_test"])
+    decision = decide_step(journey, run, OK, "c7", T0, POLICY)
+    assert isinstance(decision, SendNow) and decision.variant == assign_variant("c7", journey.name, step).name
+
+
+def test_offers_and_coupons_are_parsed() -> None:
+    cart = JOURNEYS["abandoned_cart"]
+    second, third = cart.send_step(2), cart.send_step(4)
+    assert second.coupon is not None and second.coupon.amount == 10 and second.coupon.valid == timedelta(days=3)
+    assert third.coupon is not None and third.coupon.reuse_step == 2
+    win_back = JOURNEYS["win_back"].send_step(0)
+    assert win_back.coupon is not None
+    assert [win_back.coupon.amount_for(t) for t in ("bronze", "silver", "gold")] == [10, 15, 20]
+    assert JOURNEYS["win_back"].send_step(2).recommendations == 3
+
+
+def test_invalid_offer_fields_are_named(tmp_path: Path) -> None:
+    text = ("name: x\nentry: {trigger: birthday}\nsteps:\n  - send:\n      template: birthday_1\n"
+            "      offer: {bronze: 10}\n      recommendations: 40\n")
+    _, problems = parse_journey(tmp_path / "x.yaml", text, None)
+    fields = {p.field for p in problems}
+    assert "steps[0].send.offer" in fields and "steps[0].send.recommendations" in fields

@@ -87,6 +87,7 @@ STATEMENTS = [
         product_id text PRIMARY KEY,
         name text NOT NULL,
         price numeric(14, 2),
+        currency text,
         orders integer NOT NULL
     )""",
     """CREATE TABLE co_purchases (
