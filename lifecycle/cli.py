@@ -8,6 +8,7 @@ import json
 import sys
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lifecycle.settings import Settings
@@ -151,6 +152,37 @@ def cmd_journeys_validate(directory: str | None) -> int:
     return 0
 
 
+async def _report(settings: Settings, since_text: str, journey: str | None, fmt: str) -> int:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from lifecycle.clock import make_clock
+    from lifecycle.core.durations import parse_duration
+    from lifecycle.report import build_report, render
+
+    engine = create_async_engine(settings.database_url)
+    try:
+        try:
+            since = datetime.fromisoformat(since_text.replace("Z", "+00:00"))
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        except ValueError:
+            try:
+                since = await make_clock(settings.clock, engine).now() - parse_duration(since_text)
+            except ValueError:
+                print(f"--since: expected a date (2026-01-31) or a duration (30d), got {since_text!r}",
+                      file=sys.stderr)
+                return 2
+        rows = await build_report(engine, since, journey)
+    finally:
+        await engine.dispose()
+    print(render(rows, fmt))
+    return 0
+
+
+def cmd_report(since: str, journey: str | None, fmt: str) -> int:
+    return asyncio.run(_report(_settings(), since, journey, fmt))
+
+
 def cmd_demo() -> int:
     from lifecycle.demo import run_demo
 
@@ -175,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True)
     scenario_run = scenario_sub.add_parser("run", help="run scenario files; exits non-zero on any failure")
     scenario_run.add_argument("files", nargs="+")
+    report = sub.add_parser("report", help="sends, engagement, conversions and revenue per journey, step, variant")
+    report.add_argument("--since", default="30d", help="a date (2026-01-31) or a duration back from now (30d)")
+    report.add_argument("--journey", help="only this journey")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     journeys = sub.add_parser("journeys", help="journey definitions")
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
@@ -183,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from lifecycle.stack import StackError
 
     args = build_parser().parse_args(argv)
@@ -197,9 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo()
         if args.command == "scenario":
             return cmd_scenario(args.files)
+        if args.command == "report":
+            return cmd_report(args.since, args.journey, args.format)
         return cmd_journeys_validate(args.dir)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"error: database: {detail} (is PostgreSQL up and migrated? `lifecycle stack status`, "
+              "`lifecycle migrate`)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
