@@ -89,6 +89,12 @@ class Consent(StrEnum):
     OPTED_OUT = "opted_out"
 
 
+# The kinds of marketing email a customer can leave one by one on the preference page;
+# every journey belongs to one of them (its `category`).
+EmailCategory = Literal["cart_reminders", "offers", "news"]
+EMAIL_CATEGORIES: Final[tuple[EmailCategory, ...]] = ("cart_reminders", "offers", "news")
+
+
 # ---------------------------------------------------------------------------
 # Field types
 
@@ -190,6 +196,11 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _sorted_unique(values: list[EmailCategory]) -> list[EmailCategory]:
+    # One spelling per choice, so equal preferences compare and hash equal everywhere.
+    return sorted(set(values))
+
+
 def _coerce_step(value: object) -> object:
     # Journey steps may be named or numbered by the sender; keep them as text.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -221,6 +232,11 @@ Birthday = Annotated[
     AfterValidator(_check_birthday),
 ]
 Code = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_identifier)]
+UnsubscribedCategories = Annotated[
+    list[EmailCategory],
+    Field(description="Kinds of email the customer left; sorted, without duplicates; empty: receives everything"),
+    AfterValidator(_sorted_unique),
+]
 Step = Annotated[str, BeforeValidator(_coerce_step), Field(min_length=1, max_length=128)]
 UtcDatetime = Annotated[
     AwareDatetime,
@@ -250,6 +266,7 @@ class Traits(_Strict):
     timezone: TimeZoneName | None = None
     birthday: Birthday | None = None
     consent: Consent | None = None
+    unsubscribed_categories: UnsubscribedCategories | None = None
 
     def provided(self) -> dict[str, object]:
         """The traits the sender actually gave (including explicit nulls)."""

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.db.schema import customers, journey_runs
@@ -50,7 +50,7 @@ def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) 
             "birthday": traits.get("birthday"),
             "stage": row.stage,
             "consent": row.consent,
-            "suppressed": row.suppressed,
+            "suppressed": row.suppressed or await _address_suppression(engine, traits.get("email")),
             "unsubscribed_categories": traits.get("unsubscribed_categories") or [],
             "orders_count": row.orders_count,
             "total_spent": float(row.total_spent),
@@ -62,6 +62,15 @@ def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) 
         return view
 
     return read
+
+
+async def _address_suppression(engine: AsyncEngine, email: str | None) -> str | None:
+    if not email:
+        return None
+    async with engine.connect() as conn:
+        reason = (await conn.execute(text("SELECT reason FROM suppressions WHERE address = lower(:a)"),
+                                     {"a": email})).scalar()
+    return str(reason) if reason is not None else None
 
 
 def _run_view(run: Any, journeys: dict[str, Any]) -> dict[str, object]:
