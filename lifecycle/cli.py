@@ -24,6 +24,7 @@ def _virtual_settings() -> Settings:
 
 
 def cmd_service(name: str) -> int:
+    from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
 
     setup_logging()
@@ -43,6 +44,9 @@ def cmd_service(name: str) -> int:
             run_dispatcher(settings)
     except StartupError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except JourneyError as exc:
+        print(f"{name}: invalid journeys, not starting:\n{exc}", file=sys.stderr)
         return 1
     return 0
 

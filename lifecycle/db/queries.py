@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lifecycle.db.schema import customers, journey_runs
+from lifecycle.db.schema import customers, journey_runs, sends
 from lifecycle.journey_files import load_journeys
 from lifecycle.settings import Settings
 
 CustomerReader = Callable[[str], Awaitable[dict[str, object] | None]]
+
+
+class SentMessage(TypedDict):
+    """What the click redirect and the open pixel need to know about one email."""
+
+    customer_id: str
+    journey: str
+    step: int
+    variant: str | None
+    links: list[dict[str, str]]  # {"name", "url"} in link-index order: the only redirect targets
+
+
+MessageReader = Callable[[str], Awaitable[SentMessage | None]]
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -87,3 +100,28 @@ def _run_view(run: Any, journeys: dict[str, Any]) -> dict[str, object]:
         "ended_at": iso(run.ended_at),
         "exit_reason": run.exit_reason,
     }
+
+
+def make_message_reader(engine: AsyncEngine) -> MessageReader:
+    """Looks an email up by its Message-ID (unique in `sends`); None when unknown."""
+
+    async def read(message_id: str) -> SentMessage | None:
+        query = select(
+            sends.c.customer_id, sends.c.journey, sends.c.step, sends.c.variant, sends.c.links
+        ).where(sends.c.message_id == message_id)
+        async with engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        links: list[dict[str, str]] = []
+        # Keep the positions even for an odd entry: the index in a click token is positional.
+        for link in row.links if isinstance(row.links, list) else []:
+            if isinstance(link, dict):
+                links.append({str(k): str(v) for k, v in link.items() if isinstance(v, str)})
+            else:
+                links.append({})
+        return SentMessage(
+            customer_id=row.customer_id, journey=row.journey, step=row.step, variant=row.variant, links=links
+        )
+
+    return read

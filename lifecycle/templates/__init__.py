@@ -91,6 +91,11 @@ class Templates:
         text = _render_part(path, body_template, 2, context)
         return Rendered(subject=" ".join(subject.split()), body=text)
 
+    def render_string(self, source: str, context: dict[str, Any]) -> str:
+        """A one-line template given inline (an A/B subject line)."""
+        path = Path("<inline>")
+        return " ".join(_render_part(path, self._compile_part(path, source, 0), 0, context).split())
+
     def check(self, name: str) -> None:
         self.render(name, SAMPLE_CONTEXT)
 

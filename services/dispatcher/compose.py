@@ -51,7 +51,10 @@ def compose_email(settings: Settings, templates: Templates, spec: MessageSpec) -
     message = EmailMessage()
     message["From"] = settings.mail_from
     message["To"] = spec.to_address
-    message["Subject"] = rendered.subject
+    # an A/B variant may try another subject line (a Jinja string, same context)
+    variant_subject = (spec.extras.get("variant") or {}).get("subject")
+    subject = templates.render_string(variant_subject, context) if variant_subject else rendered.subject
+    message["Subject"] = subject
     message["Date"] = format_datetime(spec.date)
     message["Message-ID"] = spec.message_id
     message["X-Lifecycle-Journey"] = spec.journey

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,8 +27,14 @@ async def customer_tier(conn: AsyncConnection, customer_id: str, settings: Setti
     return tier_of(float(row.total_spent), int(row.orders_count), thresholds(settings))
 
 
+def end_of_day(moment: datetime, timezone: str | None) -> datetime:
+    """23:59:59 of that day in the customer's zone: "valid 3 days" runs to the end of the third day."""
+    local = moment.astimezone(ZoneInfo(timezone or "UTC"))
+    return local.replace(hour=23, minute=59, second=59, microsecond=0).astimezone(moment.tzinfo)
+
+
 async def coupon_for(conn: AsyncConnection, journey: Journey, run: Run, step: SendStep, customer_id: str,
-                     tier: str, now: datetime) -> dict[str, Any] | None:
+                     tier: str, now: datetime, timezone: str | None) -> dict[str, Any] | None:
     """Issue the step's coupon (once per run and step), or find the one an earlier step issued."""
     spec = step.coupon
     if spec is None:
@@ -43,7 +50,7 @@ async def coupon_for(conn: AsyncConnection, journey: Journey, run: Run, step: Se
             ),
             {"code": new_coupon_code(prefix), "c": customer_id, "r": run.run_id, "j": journey.name, "s": step.number,
              "k": spec.kind, "a": amount, "cur": run.context.get("currency") or "EUR", "now": now,
-             "exp": now + spec.valid},
+             "exp": end_of_day(now + spec.valid, timezone)},
         )
         source_step = step.number
     else:

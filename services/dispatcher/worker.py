@@ -197,7 +197,8 @@ class DispatcherStore:
                 }
                 if isinstance(decision, SendNow):
                     assert recipient.email is not None
-                    extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now)
+                    extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now,
+                                                recipient.timezone)
                     message = compose_email(self.settings, self.templates, MessageSpec(
                         journey=journey.name, step=step.number, template=decision.template, message_id=message_id,
                         to_address=recipient.email, customer={**profile, "customer_id": row.customer_id},
@@ -239,7 +240,7 @@ class DispatcherStore:
         metrics.RUNS_ENDED.labels(journey=run.journey, outcome=status).inc()
 
     async def _extras(self, conn: AsyncConnection, journey: Journey, run: Run, step: SendStep, customer_id: str,
-                      decision: SendNow, now: datetime) -> dict[str, Any]:
+                      decision: SendNow, now: datetime, timezone: str | None) -> dict[str, Any]:
         """Per-send additions to the template context: tier, offer, coupon, recommendations, variant."""
         extras: dict[str, Any] = {}
         if decision.variant is not None:
@@ -247,7 +248,7 @@ class DispatcherStore:
         if step.coupon is not None:
             tier = await offers.customer_tier(conn, customer_id, self.settings)
             extras["tier"] = tier
-            coupon = await offers.coupon_for(conn, journey, run, step, customer_id, tier, now)
+            coupon = await offers.coupon_for(conn, journey, run, step, customer_id, tier, now, timezone)
             if coupon is not None:
                 extras["coupon"] = coupon
                 if coupon["kind"] == "percent":

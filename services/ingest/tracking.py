@@ -1,0 +1,209 @@
+"""Open pixel and click redirect: `GET /t/o/{token}.gif` and `GET /t/c/{token}`.
+
+* The pixel is always the same 1x1 transparent GIF, whatever the token: a scanner cannot
+  learn which tokens are valid. Only a valid open token publishes `email_opened`, after
+  the answer is sent (nobody waits for Kafka to see an image).
+* The click redirect goes only to `links[index].url` of the message the token names, as
+  stored in `sends` when the email was composed; nothing in the request can choose the
+  target, so this is no open redirect. `email_clicked` is published before the 302; if
+  Kafka fails the shopper is still sent on (the click is lost, logged and counted).
+* Opens are a weak signal (mail privacy proxies fetch images unread); clicks are the
+  strong one. See docs/tracking.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import Final, Protocol
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.background import BackgroundTask
+
+from lifecycle.clock import Clock
+from lifecycle.events import Event, EventInvalid, EventType, parse_event
+from lifecycle.settings import Settings
+from lifecycle.tokens import InvalidToken, MalformedToken
+from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
+from services.ingest import metrics
+from services.ingest.pages import Publish, PublishFailed, message_page
+
+log = logging.getLogger(__name__)
+
+# The classic 43-byte transparent 1x1 GIF.
+PIXEL_GIF: Final = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00"
+    b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+# Every fetch must reach us (each is an open), and nothing may keep or share the answer.
+NO_CACHE: Final[Mapping[str, str]] = {
+    "Cache-Control": "no-store, no-cache, must-revalidate, private, max-age=0",
+    "Pragma": "no-cache",
+    "Expires": "0",
+}
+# The shopper waits on a click: past this, the click is dropped and they go on anyway.
+CLICK_PUBLISH_TIMEOUT_SECONDS: Final = 3.0
+LOOKUP_TIMEOUT_SECONDS: Final = 5.0
+# Only web links are followed, whatever a template stored.
+_WEB_SCHEMES: Final = ("https://", "http://")
+
+
+class MessageReader(Protocol):
+    """Looks an email up by Message-ID: {customer_id, journey, step, variant, links}; None when unknown."""
+
+    def __call__(self, message_id: str, /) -> Awaitable[Mapping[str, object] | None]: ...
+
+
+class _LookupFailed(Exception):
+    """The message store did not answer."""
+
+
+def pixel(background: BackgroundTask | None = None) -> Response:
+    return Response(PIXEL_GIF, media_type="image/gif", headers=dict(NO_CACHE), background=background)
+
+
+def tracking_router(
+    settings: Settings,
+    clock: Clock,
+    publish: Publish,
+    message_reader: MessageReader | None,
+) -> APIRouter:
+    """The open pixel and the click redirect, publishing through `publish`."""
+    router = APIRouter(tags=["tracking"])
+    shop = settings.shop_name
+
+    async def message(message_id: str) -> Mapping[str, object] | None:
+        if message_reader is None:
+            raise _LookupFailed("no message store configured")
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
+                return await message_reader(message_id)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise _LookupFailed(str(exc) or type(exc).__name__) from exc
+
+    async def record(kind: str, raw: dict[str, object], timeout: float | None) -> bool:
+        try:
+            event = parse_event(raw, await clock.now(), lambda: str(uuid.uuid4()))
+        except EventInvalid as exc:
+            # Only possible if we signed or stored bad data; never worth failing the shopper.
+            log.warning("%s event for message %r is invalid: %s", kind, raw.get("properties"), exc)
+            metrics.TRACKING.labels(kind=kind, outcome=metrics.TRACKING_NOT_RECORDED).inc()
+            return False
+        try:
+            await publish([event], timeout=timeout)
+        except PublishFailed as exc:
+            log.warning("%s of %s not recorded: Kafka did not acknowledge (%s)", kind, event.customer_id, exc)
+            metrics.TRACKING.labels(kind=kind, outcome=metrics.TRACKING_NOT_RECORDED).inc()
+            return False
+        metrics.TRACKING.labels(kind=kind, outcome=metrics.TRACKING_RECORDED).inc()
+        return True
+
+    async def record_open(claim: TrackingClaim) -> None:
+        properties: dict[str, object] = {"message_id": claim.message_id}
+        try:
+            found = await message(claim.message_id)
+        except _LookupFailed as exc:
+            # The token alone proves who opened what; journey and step are a nicety.
+            log.warning("message lookup for an open failed: %s", exc)
+            found = None
+        if found is not None:
+            if found.get("customer_id") != claim.customer_id:
+                log.warning("open token for message %s names another customer; ignored", claim.message_id)
+                metrics.TRACKING.labels(kind="open", outcome=metrics.TRACKING_UNKNOWN_MESSAGE).inc()
+                return
+            properties.update(journey=found.get("journey"), step=found.get("step"))
+        raw: dict[str, object] = {
+            "type": EventType.EMAIL_OPENED.value,
+            "customer_id": claim.customer_id,
+            "properties": properties,
+        }
+        await record("open", raw, None)
+
+    @router.get(
+        "/t/o/{token}.gif",
+        response_class=Response,
+        responses={200: {"content": {"image/gif": {}}, "description": "A 1x1 transparent GIF, always"}},
+        summary="Open-tracking pixel (an unreliable signal: privacy proxies prefetch images)",
+    )
+    async def open_pixel(token: str) -> Response:
+        try:
+            claim = read_open_token(settings, token)
+        except InvalidToken:
+            metrics.TRACKING.labels(kind="open", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
+            return pixel()
+        # Recorded after the image is sent: the mail client never waits on Kafka.
+        return pixel(BackgroundTask(record_open, claim))
+
+    def not_found() -> HTMLResponse:
+        return message_page(None, 404, "invalid_title", "invalid_forged", shop=shop)
+
+    @router.get(
+        "/t/c/{token}",
+        response_class=RedirectResponse,
+        status_code=302,
+        responses={
+            302: {"description": "To the link stored with the email, and nowhere else"},
+            400: {"description": "Garbled link"},
+            404: {"description": "Forged link, unknown email or link"},
+            503: {"description": "The email store is unavailable"},
+        },
+        summary="Click redirect: records email_clicked, then goes to the email's stored link",
+    )
+    async def click(token: str) -> Response:
+        try:
+            claim = read_click_token(settings, token)
+        except InvalidToken as exc:
+            metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
+            if isinstance(exc, MalformedToken):
+                return message_page(None, 400, "invalid_title", "invalid_damaged", shop=shop)
+            return not_found()
+        try:
+            found = await message(claim.message_id)
+        except _LookupFailed as exc:
+            log.warning("message lookup for a click failed: %s", exc)
+            metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_LOOKUP_FAILED).inc()
+            return message_page(None, 503, "retry_title", "retry", shop=shop, headers={"Retry-After": "5"})
+        target = _target(found, claim)
+        if found is None or target is None:
+            metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_UNKNOWN_MESSAGE).inc()
+            return not_found()
+        name, url = target
+        raw: dict[str, object] = {
+            "type": EventType.EMAIL_CLICKED.value,
+            "customer_id": claim.customer_id,
+            "properties": {
+                "journey": found.get("journey"),
+                "step": found.get("step"),
+                "link": name,
+                "message_id": claim.message_id,
+            },
+        }
+        # Before the redirect: once the browser has left, nothing more reaches us.
+        await record("click", raw, CLICK_PUBLISH_TIMEOUT_SECONDS)
+        return RedirectResponse(url, status_code=302, headers={**NO_CACHE, "Referrer-Policy": "no-referrer"})
+
+    return router
+
+
+def _target(found: Mapping[str, object] | None, claim: TrackingClaim) -> tuple[str, str] | None:
+    """(link name, url) the click token points at, or None if it points at nothing we sent."""
+    if found is None or found.get("customer_id") != claim.customer_id or claim.link_index is None:
+        return None
+    links = found.get("links")
+    if not isinstance(links, list) or not 0 <= claim.link_index < len(links):
+        return None
+    link = links[claim.link_index]
+    if not isinstance(link, Mapping):
+        return None
+    url = link.get("url")
+    if not isinstance(url, str) or not url.lower().startswith(_WEB_SCHEMES) or any(c in url for c in "\r\n"):
+        return None
+    name = link.get("name")
+    return (name if isinstance(name, str) and name.strip() else str(claim.link_index)), url
+
+
+__all__ = ["PIXEL_GIF", "Event", "MessageReader", "pixel", "tracking_router"]
