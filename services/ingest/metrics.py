@@ -1,7 +1,8 @@
 """Prometheus metrics of the ingest API (default registry, served on /metrics).
 
 Labels are bounded: `route` is the route template (never a customer id or token),
-`type` an EventType, `reason` one of the REFUSED_* constants.
+`type` an EventType, `reason` one of the REFUSED_* constants, `kind` open or click and
+`outcome` one of the TRACKING_* constants.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ EVENTS_REFUSED = Counter("lifecycle_ingest_events_refused_total", "Events not ac
 PRODUCE_DURATION = Histogram(
     "lifecycle_ingest_produce_duration_seconds", "Time from handing a batch to Kafka to all acknowledgements"
 )
+TRACKING = Counter(
+    "lifecycle_ingest_tracking_total",
+    "Open-pixel and click-redirect hits, by kind (open, click) and outcome",
+    ["kind", "outcome"],
+)
 
 # Every event of a batch with any invalid event is refused (nothing is published).
 REFUSED_INVALID: Final = "invalid"
@@ -31,3 +37,13 @@ REFUSED_UNAVAILABLE: Final = "unavailable"
 
 # Label for requests that matched no route, so scanners cannot inflate label cardinality.
 UNMATCHED_ROUTE: Final = "unmatched"
+
+# Tracking outcomes. recorded: the event is in Kafka. not_recorded: a valid hit whose event
+# Kafka did not take (the pixel or redirect was still answered). invalid_token: forged,
+# altered or garbled. unknown_message: no such email, link or customer for a valid token.
+# lookup_failed: the email store did not answer (a click cannot be redirected then).
+TRACKING_RECORDED: Final = "recorded"
+TRACKING_NOT_RECORDED: Final = "not_recorded"
+TRACKING_INVALID_TOKEN: Final = "invalid_token"
+TRACKING_UNKNOWN_MESSAGE: Final = "unknown_message"
+TRACKING_LOOKUP_FAILED: Final = "lookup_failed"

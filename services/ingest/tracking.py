@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 
 from lifecycle.clock import Clock
-from lifecycle.events import Event, EventInvalid, EventType, parse_event
+from lifecycle.events import EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
 from lifecycle.tokens import InvalidToken, MalformedToken
 from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
@@ -203,7 +203,5 @@ def _target(found: Mapping[str, object] | None, claim: TrackingClaim) -> tuple[s
     if not isinstance(url, str) or not url.lower().startswith(_WEB_SCHEMES) or any(c in url for c in "\r\n"):
         return None
     name = link.get("name")
-    return (name if isinstance(name, str) and name.strip() else str(claim.link_index)), url
+    return (name.strip() if isinstance(name, str) and name.strip() else str(claim.link_index)), url
 
-
-__all__ = ["PIXEL_GIF", "Event", "MessageReader", "pixel", "tracking_router"]

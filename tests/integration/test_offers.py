@@ -155,7 +155,8 @@ async def test_ab_assignment_is_stable_and_reported(fresh: ScenarioRunner, tmp_p
     (journeys / "birthday.yaml").write_text(
         "name: birthday\ncategory: offers\nreentry: once_per_key\nreentry_key: year\nentry: {trigger: birthday}\n"
         "steps:\n  - send:\n      template: birthday_1\n      coupon: {kind: percent, amount: 15, valid: 7d}\n"
-        "      variants:\n        - {name: warm, weight: 1}\n        - {name: short, weight: 1, subject: \"Cake, {{ customer.first_name or 'friend' }}?\"}\n")
+        "      variants:\n        - {name: warm, weight: 1}\n"
+        "        - {name: short, weight: 1, subject: \"Cake, {{ customer.first_name or 'friend' }}?\"}\n")
     await fresh.configure(HERE, {"journeys_dir": str(journeys)})
     try:
         customers = [f"c-ab-{i}" for i in range(12)]
