@@ -11,42 +11,34 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import html
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
-from lifecycle.events import (
-    MAX_BATCH_EVENTS,
-    BatchInvalid,
-    Event,
-    EventInvalid,
-    EventType,
-    parse_batch,
-    parse_event,
-)
+from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, parse_batch
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
-from lifecycle.tokens import InvalidToken, MalformedToken, read_confirm_token, read_unsubscribe_token
 from services.ingest import metrics
+from services.ingest.pages import CustomerReader, PublishFailed, pages_router
+from services.ingest.tracking import MessageReader, tracking_router
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +50,6 @@ RETRY_AFTER_SECONDS: Final = 5
 STARTUP_ATTEMPTS: Final = 30
 STARTUP_RETRY_SECONDS: float = 2.0  # not Final: tests shorten it
 STARTUP_ATTEMPT_TIMEOUT_SECONDS: Final = 30.0
-
-
-class CustomerReader(Protocol):
-    """Looks a customer up for `GET /v1/customers/{id}`; None when unknown."""
-
-    # A plain (not async) signature so both `async def` readers and
-    # `Callable[[str], Awaitable[...]]` values satisfy it.
-    def __call__(self, customer_id: str, /) -> Awaitable[dict[str, object] | None]: ...
 
 
 # --- response models (documentation of the answers in the OpenAPI document) ---
@@ -159,10 +143,6 @@ class _MetricsMiddleware:
 # --- helpers ---
 
 
-class _Unavailable(Exception):
-    """Kafka did not acknowledge in time."""
-
-
 def _reject_constant(name: str) -> object:
     # Python's json would otherwise accept NaN and Infinity, which are not JSON.
     raise ValueError(f"{name} is not valid JSON")
@@ -204,20 +184,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _page(title: str, body_html: str) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title></head>"
-        f'<body style="font-family:sans-serif;max-width:32em;margin:3em auto">{body_html}</body></html>'
-    )
-
-
-def _html(status: int, title: str, message: str, headers: dict[str, str] | None = None) -> HTMLResponse:
-    content = _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>")
-    return HTMLResponse(content, status_code=status, headers=headers)
-
-
 @dataclass
 class _Runtime:
     producer: AIOKafkaProducer | None = None
@@ -233,12 +199,15 @@ def create_app(
     customer_reader: CustomerReader | None = None,
     *,
     manage_topics: bool | None = None,
+    message_reader: MessageReader | None = None,
 ) -> FastAPI:
     """Build the ingest API.
 
     `producer_factory` defaults to `make_producer(settings)`; it is called inside the
     lifespan (aiokafka needs the running loop). `manage_topics` (default: only when the
-    real producer is used) runs `ensure_topics` at start-up.
+    real producer is used) runs `ensure_topics` at start-up. `customer_reader` serves
+    `GET /v1/customers/{id}` and picks the language of the link pages; `message_reader`
+    finds an email's stored links for the click redirect.
     """
     keys = ApiKeys(settings.api_keys)
     runtime = _Runtime()
@@ -313,18 +282,19 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def publish(events: Sequence[Event]) -> None:
+    async def publish(events: Sequence[Event], *, timeout: float | None = None) -> None:
+        """The one way events reach Kafka (API, link pages, tracking); PublishFailed if not acknowledged."""
         producer = runtime.producer
         if producer is None:
-            raise _Unavailable("the Kafka producer is not running")
+            raise PublishFailed("the Kafka producer is not running")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS if timeout is None else timeout):
                 await publish_events(producer, settings.events_topic, events)
         except (KafkaError, OSError, TimeoutError) as exc:
             metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_UNAVAILABLE).inc(len(events))
             log.warning("publishing %d events failed: %s", len(events), str(exc) or type(exc).__name__)
-            raise _Unavailable(str(exc)) from exc
+            raise PublishFailed(str(exc) or type(exc).__name__) from exc
         finally:
             metrics.PRODUCE_DURATION.observe(time.perf_counter() - started)
         for event in events:
@@ -381,7 +351,7 @@ def create_app(
             return JSONResponse({"detail": f"{exc}; nothing was accepted", "errors": exc.errors}, status_code=422)
         try:
             await publish(events)
-        except _Unavailable:
+        except PublishFailed:
             return unavailable_json()
         return JSONResponse({"accepted": len(events)}, status_code=202)
 
@@ -412,121 +382,9 @@ def create_app(
             return JSONResponse({"detail": "customer not found"}, status_code=404)
         return JSONResponse(jsonable_encoder(found))
 
-    def token_refusal(exc: InvalidToken) -> HTMLResponse:
-        if isinstance(exc, MalformedToken):
-            return _html(400, "Invalid link", "This link is incomplete or damaged.")
-        return _html(403, "Invalid link", "This link is not valid.")
-
-    def confirmation_form(path: str, title: str, question: str, button: str, hidden: str = "") -> HTMLResponse:
-        # A GET must never act: link scanners and mail previews follow links. The form POSTs.
-        action = html.escape(path, quote=True)
-        form = (
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(question)}</p>"
-            f'<form method="post" action="{action}">'
-            f"{hidden}"
-            f'<button type="submit">{html.escape(button)}</button></form>'
-        )
-        return HTMLResponse(_page(title, form))
-
-    async def publish_link_event(raw: dict[str, object], done_title: str, done_message: str) -> HTMLResponse:
-        event_id = str(raw["event_id"])
-        try:
-            event = parse_event(raw, await clock.now(), lambda: event_id)
-        except EventInvalid as exc:
-            log.warning("a validly signed token carries bad data: %s", exc)
-            return _html(400, "Invalid link", "This link is not valid.")
-        try:
-            await publish([event])
-        except _Unavailable:
-            return _html(
-                503,
-                "Please try again",
-                "We could not process your request right now. Please try again in a minute.",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        return _html(200, done_title, done_message)
-
-    def link_event_id(prefix: str, token: str) -> str:
-        # Same token -> same event_id, so a repeated click is deduplicated downstream.
-        return prefix + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
-
-    form_body_doc: dict[str, Any] = {
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
-                    }
-                }
-            },
-        }
-    }
-
-    @app.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
-    async def unsubscribe_page(token: str) -> HTMLResponse:
-        try:
-            read_unsubscribe_token(settings.signing_secret, token)
-        except InvalidToken as exc:
-            return token_refusal(exc)
-        return confirmation_form(
-            f"/v1/unsubscribe/{token}",
-            "Unsubscribe",
-            "Stop receiving these emails?",
-            "Unsubscribe",
-            hidden='<input type="hidden" name="List-Unsubscribe" value="One-Click">',
-        )
-
-    @app.post(
-        "/v1/unsubscribe/{token}",
-        response_class=HTMLResponse,
-        summary="One-click unsubscribe (RFC 8058); the token is the authorisation",
-        openapi_extra=form_body_doc,
-    )
-    async def unsubscribe(token: str) -> HTMLResponse:
-        # The body (List-Unsubscribe=One-Click) carries no information: the token says it all.
-        try:
-            claim = read_unsubscribe_token(settings.signing_secret, token)
-        except InvalidToken as exc:
-            return token_refusal(exc)
-        raw: dict[str, object] = {
-            "event_id": link_event_id("unsub-", token),
-            "type": EventType.UNSUBSCRIBED.value,
-            "customer_id": claim.customer_id,
-            "properties": {"message_id": claim.message_id},
-        }
-        return await publish_link_event(raw, "You are unsubscribed.", "You will not receive these emails any more.")
-
-    @app.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
-    async def confirm_page(token: str) -> HTMLResponse:
-        try:
-            read_confirm_token(settings.signing_secret, token)
-        except InvalidToken as exc:
-            return token_refusal(exc)
-        return confirmation_form(
-            f"/v1/confirm/{token}",
-            "Confirm your subscription",
-            "Do you want to receive our emails?",
-            "Yes, confirm",
-        )
-
-    @app.post(
-        "/v1/confirm/{token}",
-        response_class=HTMLResponse,
-        summary="Confirm a subscription (double opt-in); the token is the authorisation",
-    )
-    async def confirm(token: str) -> HTMLResponse:
-        try:
-            customer_id = read_confirm_token(settings.signing_secret, token)
-        except InvalidToken as exc:
-            return token_refusal(exc)
-        raw: dict[str, object] = {
-            "event_id": link_event_id("confirm-", token),
-            "type": EventType.CONSENT_CONFIRMED.value,
-            "customer_id": customer_id,
-        }
-        return await publish_link_event(raw, "Your subscription is confirmed.", "Thank you!")
+    # The pages behind the links in emails, and open/click tracking.
+    app.include_router(pages_router(settings, clock, publish, customer_reader))
+    app.include_router(tracking_router(settings, clock, publish, message_reader))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
