@@ -18,7 +18,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 async def _serve(settings: Settings) -> None:
     # Imported here: the db layer is only needed when actually serving.
-    from lifecycle.db.queries import make_customer_reader
+    from lifecycle.db.queries import make_customer_reader, make_message_reader
 
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     try:
@@ -32,6 +32,7 @@ async def _serve(settings: Settings) -> None:
             make_clock(settings.clock, engine),
             customer_reader=make_customer_reader(engine, settings),
             manage_topics=False,
+            message_reader=make_message_reader(engine),
         )
         config = uvicorn.Config(
             app,
