@@ -3,6 +3,8 @@
 #
 #   - PostgreSQL server binaries (Debian's `postgresql` package) if no initdb is found
 #   - checks that Java 17+ and Maven are there (Kafka runs from Maven Central jars)
+#   - Chromium (Debian's `chromium` package) if /usr/bin/chromium is missing: the browser tests
+#     drive it with Playwright (never `playwright install`, which downloads its own browser)
 #   - pip install -e '.[dev]'
 #   - fetches the Kafka jars into the cache (~43 MB, once)
 #
@@ -55,6 +57,16 @@ if [ -n "$java_major" ] && [ "$java_major" -lt 17 ]; then
     die "Java $java_major found, Kafka 4 needs 17+: apt-get install -y openjdk-17-jre-headless"
 fi
 say "java ${java_major:-?} and maven found"
+
+# --- Chromium --------------------------------------------------------------------------
+if [ -x /usr/bin/chromium ]; then
+    say "chromium found"
+else
+    say "installing Chromium (apt-get install chromium)"
+    as_root apt-get update -q
+    as_root apt-get install -y -q --no-install-recommends chromium
+    [ -x /usr/bin/chromium ] || die "chromium installed but /usr/bin/chromium is still missing"
+fi
 
 # --- Python package --------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set PYTHON=/path/to/python3.11+)"

@@ -4,6 +4,10 @@ An event batch is all-or-nothing at validation time: one bad event refuses the w
 request and nothing is published. `202` is only answered once Kafka acknowledged every
 event (acks=all), so an accepted event is durable. A retry after a 503 may publish some
 events twice; that is harmless because the stager deduplicates on event_id.
+
+The pages behind the links in emails (unsubscribe, preferences, confirmation) live in
+`pages.py`, the open pixel and click redirect in `tracking.py`; both publish through
+this module's one publish path.
 """
 
 from __future__ import annotations

@@ -89,37 +89,38 @@ class CustomerReader(Protocol):
 
 # --- words --------------------------------------------------------------------------------
 
+# French "e-mail" uses a non-breaking hyphen (\u2011) so a narrow screen never splits it.
 TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
     "fr": {
         "switch": "English",
         "invalid_title": "Lien invalide",
-        "invalid_damaged": "Ce lien est incomplet ou abîmé. Copiez-le en entier depuis l’e-mail.",
+        "invalid_damaged": "Ce lien est incomplet ou abîmé. Copiez-le en entier depuis l’e\u2011mail.",
         "invalid_forged": "Ce lien n’est pas valide.",
         "retry_title": "Veuillez réessayer",
         "retry": "Votre demande n’a pas pu être enregistrée pour le moment. Réessayez dans une minute.",
         "bad_form_title": "Formulaire incomplet",
         "bad_form": "Ce formulaire n’a pas pu être lu. Revenez à la page des préférences et réessayez.",
         "unsub_title": "Se désinscrire",
-        "unsub_question": "Vous ne recevrez plus aucun e-mail marketing de {shop}.",
-        "unsub_note": "Les e-mails liés à vos commandes (confirmation, livraison) continuent d’arriver.",
+        "unsub_question": "Vous ne recevrez plus aucun e\u2011mail marketing de {shop}.",
+        "unsub_note": "Les e\u2011mails liés à vos commandes (confirmation, livraison) continuent d’arriver.",
         "unsub_button": "Me désinscrire",
         "unsub_fewer": "Vous préférez en recevoir moins ?",
-        "unsub_fewer_link": "Choisir les e-mails que je reçois",
+        "unsub_fewer_link": "Choisir les e\u2011mails que je reçois",
         "unsub_done_title": "Vous êtes désinscrit(e).",
-        "unsub_done": "Vous ne recevrez plus ces e-mails.",
+        "unsub_done": "Vous ne recevrez plus ces e\u2011mails.",
         "back_to_shop": "Retour sur {shop}",
-        "prefs_title": "Vos préférences e-mail",
-        "prefs_intro": "Choisissez les e-mails que vous souhaitez recevoir de {shop}.",
+        "prefs_title": "Vos préférences e\u2011mail",
+        "prefs_intro": "Choisissez les e\u2011mails que vous souhaitez recevoir de {shop}.",
         "prefs_legend": "Je souhaite recevoir :",
-        "prefs_opted_out": "Vous êtes actuellement désinscrit(e) de tous nos e-mails marketing.",
+        "prefs_opted_out": "Vous êtes actuellement désinscrit(e) de tous nos e\u2011mails marketing.",
         "prefs_save": "Enregistrer mes préférences",
         "prefs_all_title": "Ne plus rien recevoir",
-        "prefs_all": "Vous pouvez aussi vous désinscrire de tous nos e-mails marketing.",
+        "prefs_all": "Vous pouvez aussi vous désinscrire de tous nos e\u2011mails marketing.",
         "prefs_all_button": "Me désinscrire de tout",
         "prefs_done_title": "Vos préférences sont enregistrées.",
         "prefs_done_left": "Vous ne recevrez plus : {categories}.",
-        "prefs_done_all": "Vous recevez tous nos e-mails.",
-        "prefs_done_none": "Vous ne recevrez plus aucun de ces e-mails.",
+        "prefs_done_all": "Vous recevez tous nos e\u2011mails.",
+        "prefs_done_none": "Vous ne recevrez plus aucun de ces e\u2011mails.",
         "prefs_change": "Modifier mes préférences",
         "cat_cart_reminders": "Rappels de panier",
         "cat_cart_reminders_hint": "Quand des articles attendent dans votre panier.",
@@ -128,7 +129,7 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "cat_news": "Nouveautés et conseils",
         "cat_news_hint": "Bienvenue, conseils après un achat, nouveautés.",
         "confirm_title": "Confirmez votre inscription",
-        "confirm_question": "Souhaitez-vous recevoir les e-mails de {shop} ?",
+        "confirm_question": "Souhaitez-vous recevoir les e\u2011mails de {shop} ?",
         "confirm_button": "Oui, je confirme",
         "confirm_done_title": "Votre inscription est confirmée.",
         "confirm_done": "Merci !",
@@ -199,7 +200,8 @@ body{margin:0;background:#f4f4f6;color:#1d1d24;font:16px/1.5 system-ui,-apple-sy
 "Helvetica Neue",Arial,sans-serif}
 main{max-width:34rem;margin:0 auto;padding:1rem}
 .card{background:#fff;border-radius:12px;padding:1.5rem;margin:1rem 0;box-shadow:0 1px 3px rgba(0,0,0,.12)}
-.shop{margin:1rem 0 0;font-weight:600;color:#4a4a55}
+header{display:flex;justify-content:space-between;align-items:baseline;gap:1rem;margin:1rem 0 0}
+.shop{margin:0;font-weight:600;color:#4a4a55}
 h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}
 h2{font-size:1.125rem;margin:0 0 .5rem}
 p{margin:0 0 1rem}
@@ -218,13 +220,13 @@ button.quiet{background:#fff;color:#b3261e;border:2px solid #b3261e}
 a{color:#2746b8}
 a:focus-visible,button:focus-visible,.choice:focus-within{outline:3px solid #f0a500;outline-offset:2px}
 .notice{background:#fff4d6;border-radius:8px;padding:.75rem;margin-bottom:1rem}
-.switch{text-align:right;margin:0;font-size:.875rem}
-section+section{border-top:1px solid #e2e2e8;margin-top:1.25rem;padding-top:1.25rem}
+.switch{margin:0;font-size:.875rem}
+form+section,section+section{border-top:1px solid #e2e2e8;margin-top:1.5rem;padding-top:1.25rem}
 @media (prefers-color-scheme:dark){
 body{background:#17171c;color:#ececf1}.card{background:#23232b;box-shadow:none}
 .shop,.muted,.choice .hint{color:#b9b9c6}.choice{border-color:#45454f}a{color:#9db1ff}
 .notice{background:#4a3d12}button.quiet{background:transparent;color:#ff8a80;border-color:#ff8a80}
-section+section{border-top-color:#3a3a44}}
+form+section,section+section{border-top-color:#3a3a44}}
 """
 
 
@@ -269,7 +271,11 @@ def message_page(
         for one in langs
     )
     title = " · ".join(_say(one, title_key) for one in langs)
-    return page(lang, title, f'<div class="card">{sections}</div>', status, headers)
+    return page(lang, title, f'{shop_header(shop)}<div class="card">{sections}</div>', status, headers)
+
+
+def shop_header(shop: str, extra: str = "") -> str:
+    return f'<header><p class="shop">{esc(shop)}</p>{extra}</header>'
 
 
 def refusal(exc: InvalidToken, shop: str) -> HTMLResponse:
@@ -342,15 +348,14 @@ def pages_router(
         found = await customer(customer_id)
         return lang_of(found.get("locale")) if found is not None else None
 
-    def switch(lang: Lang) -> str:
+    def header(lang: Lang) -> str:
+        # The shop's name, and a link to the same page in the other language.
         other: Lang = "en" if lang == "fr" else "fr"
-        return (
+        switch = (
             f'<p class="switch"><a href="?lang={other}" hreflang="{other}" lang="{other}">'
             f"{esc(_say(lang, 'switch'))}</a></p>"
         )
-
-    def shop_line() -> str:
-        return f'<p class="shop">{esc(shop)}</p>'
+        return shop_header(shop, switch)
 
     def back_to_shop(lang: Lang) -> str:
         words = _say(lang, "back_to_shop", shop=shop)
@@ -384,7 +389,7 @@ def pages_router(
         except InvalidToken as exc:
             return refusal(exc, shop)
 
-    async def unsubscribe_now(token: str, claim: UnsubscribeClaim, event_id: str, lang: Lang | None) -> HTMLResponse:
+    async def unsubscribe_now(claim: UnsubscribeClaim, event_id: str, lang: Lang | None) -> HTMLResponse:
         raw: dict[str, object] = {
             "event_id": event_id,
             "type": EventType.UNSUBSCRIBED.value,
@@ -404,7 +409,7 @@ def pages_router(
         shown = await lang_for(lang, claim.customer_id) or default_lang
         # A GET must never act: link scanners and mail previews follow links. The form POSTs.
         body = (
-            f"{switch(shown)}{shop_line()}"
+            f"{header(shown)}"
             f'<div class="card"><h1>{esc(_say(shown, "unsub_title"))}</h1>'
             f"<p>{esc(_say(shown, 'unsub_question', shop=shop))}</p>"
             f'<p class="muted">{esc(_say(shown, "unsub_note"))}</p>'
@@ -448,7 +453,7 @@ def pages_router(
             return claim
         form = await read_form(request) or {}
         lang = await lang_for(_field(form, "lang"), claim.customer_id)
-        return await unsubscribe_now(token, claim, link_event_id("unsub-", token), lang)
+        return await unsubscribe_now(claim, link_event_id("unsub-", token), lang)
 
     # --- preferences ---
 
@@ -481,7 +486,7 @@ def pages_router(
         )
         notice = f'<p class="notice" role="status">{esc(_say(shown, "prefs_opted_out"))}</p>' if opted_out else ""
         body = (
-            f"{switch(shown)}{shop_line()}"
+            f"{header(shown)}"
             f'<div class="card"><h1>{esc(_say(shown, "prefs_title"))}</h1>{notice}'
             f"<p>{esc(_say(shown, 'prefs_intro', shop=shop))}</p>"
             f'<form method="post" action="{action}">{hidden}'
@@ -544,7 +549,7 @@ def pages_router(
         nonce = _field(form, "form") if form else None
         nonce = nonce if nonce is not None and _FORM_NONCE.fullmatch(nonce) else ""
         if action == "all":
-            return await unsubscribe_now(token, claim, link_event_id("unsub-", token, "all", nonce), lang)
+            return await unsubscribe_now(claim, link_event_id("unsub-", token, "all", nonce), lang)
         left = sorted(set(EMAIL_CATEGORIES) - set(receive))
         raw: dict[str, object] = {
             "event_id": link_event_id("prefs-", token, ",".join(left), nonce),
@@ -564,7 +569,7 @@ def pages_router(
             names = ", ".join(_say(shown, f"cat_{category}").lower() for category in left)
             summary = _say(shown, "prefs_done_left", categories=names)
         body = (
-            f"{shop_line()}"
+            f"{shop_header(shop)}"
             f'<div class="card" role="status"><h1>{esc(_say(shown, "prefs_done_title"))}</h1>'
             f"<p>{esc(summary)}</p>"
             f'<p><a href="{esc(f"{prefix}/v1/preferences/{token}?lang={shown}")}">'
@@ -582,7 +587,7 @@ def pages_router(
             return refusal(exc, shop)
         shown = await lang_for(lang, customer_id) or default_lang
         body = (
-            f"{switch(shown)}{shop_line()}"
+            f"{header(shown)}"
             f'<div class="card"><h1>{esc(_say(shown, "confirm_title"))}</h1>'
             f"<p>{esc(_say(shown, 'confirm_question', shop=shop))}</p>"
             f'<form method="post" action="{esc(f"{prefix}/v1/confirm/{token}")}">'

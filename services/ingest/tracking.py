@@ -30,7 +30,7 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import InvalidToken, MalformedToken
 from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
 from services.ingest import metrics
-from services.ingest.pages import Publish, PublishFailed, message_page
+from services.ingest.pages import RETRY_AFTER_SECONDS, Publish, PublishFailed, message_page
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ def tracking_router(
         except _LookupFailed as exc:
             log.warning("message lookup for a click failed: %s", exc)
             metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_LOOKUP_FAILED).inc()
-            return message_page(None, 503, "retry_title", "retry", shop=shop, headers={"Retry-After": "5"})
+            retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            return message_page(None, 503, "retry_title", "retry", shop=shop, headers=retry)
         target = _target(found, claim)
         if found is None or target is None:
             metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_UNKNOWN_MESSAGE).inc()

@@ -1,0 +1,468 @@
+"""Unsubscribe and preference pages, and the `unsubscribed_categories` trait they set.
+
+The app runs in-process (httpx + ASGITransport) with a fake Kafka producer that records
+what would be published and an in-memory customer store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
+
+from lifecycle.clock import ManualClock
+from lifecycle.events import (
+    EMAIL_CATEGORIES,
+    Event,
+    EventInvalid,
+    EventType,
+    Traits,
+    UnsubscribedProperties,
+    parse_event,
+)
+from lifecycle.settings import Settings
+from lifecycle.tokens import confirm_token, unsubscribe_token
+from lifecycle.tracking import preferences_url
+from services.ingest.app import create_app
+from services.ingest.pages import lang_of
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+SECRET = "test-signing-secret"
+TOKEN = unsubscribe_token(SECRET, "c1", "m1")
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+NONCE = "0123456789abcdef0123456789abcdef"
+
+
+class FakeClient:
+    async def fetch_all_metadata(self) -> object:
+        return object()
+
+
+class FakeProducer:
+    """Just what the app uses of AIOKafkaProducer; records what would be published."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.ack_error: BaseException | None = None
+        self.client = FakeClient()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.ack_error is not None:
+            future.set_exception(self.ack_error)
+        else:
+            assert value is not None
+            self.sent.append(value)
+            future.set_result(None)
+        return future
+
+    def events(self) -> list[Event]:
+        return [Event.from_message(value) for value in self.sent]
+
+
+class Customers:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, object]] = {}
+        self.error: Exception | None = None
+
+    async def __call__(self, customer_id: str) -> dict[str, object] | None:
+        if self.error is not None:
+            raise self.error
+        return self.rows.get(customer_id)
+
+
+class Harness:
+    def __init__(self, with_reader: bool = True, **settings: Any) -> None:
+        self.producer = FakeProducer()
+        self.customers = Customers()
+        values: dict[str, Any] = {"signing_secret": SECRET, "public_url": "http://test", "api_keys": "k", **settings}
+        self.app: FastAPI = create_app(
+            Settings(**values), ManualClock(NOW), lambda: self.producer, self.customers if with_reader else None
+        )
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        # ASGITransport does not run the lifespan: run it by hand around the client.
+        async with self.app.router.lifespan_context(self.app):
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                yield client
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+def html_lang(response: httpx.Response) -> str:
+    match = re.search(r'<html lang="(\w+)"', response.text)
+    assert match is not None
+    return match.group(1)
+
+
+def hidden(response: httpx.Response, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', response.text)
+    assert match is not None, name
+    return match.group(1)
+
+
+def assert_safe_page(response: httpx.Response) -> None:
+    """Self-contained, never framed, cached or leaking its URL through a Referer."""
+    assert response.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    text = response.text
+    assert "<script" not in text and "<link" not in text and "<img" not in text
+    assert 'name="viewport"' in text
+
+
+# --- the trait --------------------------------------------------------------------------------
+
+
+def customer_updated(traits: dict[str, object]) -> Event:
+    return parse_event({"type": "customer_updated", "customer_id": "c1", "traits": traits}, NOW, lambda: "e1")
+
+
+def test_trait_is_sorted_and_deduplicated() -> None:
+    event = customer_updated({"unsubscribed_categories": ["offers", "cart_reminders", "offers"]})
+    assert event.traits is not None
+    assert event.traits.provided() == {"unsubscribed_categories": ["cart_reminders", "offers"]}
+
+
+def test_trait_empty_list_and_null_differ() -> None:
+    empty = customer_updated({"unsubscribed_categories": []})
+    cleared = customer_updated({"unsubscribed_categories": None})
+    absent = customer_updated({"first_name": "Ana"})
+    assert empty.traits is not None and cleared.traits is not None and absent.traits is not None
+    assert empty.traits.provided() == {"unsubscribed_categories": []}
+    assert cleared.traits.provided() == {"unsubscribed_categories": None}
+    assert "unsubscribed_categories" not in absent.traits.provided()
+
+
+@pytest.mark.parametrize("value", [["spam"], "offers", [1], [None], {"offers": True}])
+def test_trait_refuses_unknown_categories(value: object) -> None:
+    with pytest.raises(EventInvalid) as caught:
+        customer_updated({"unsubscribed_categories": value})
+    assert all(e["field"].startswith("traits.unsubscribed_categories") for e in caught.value.errors)
+
+
+def test_trait_survives_the_wire_format() -> None:
+    event = customer_updated({"unsubscribed_categories": ["news", "cart_reminders"]})
+    again = Event.from_message(event.to_message())
+    assert again == event
+    assert again.traits is not None
+    assert again.traits.provided() == {"unsubscribed_categories": ["cart_reminders", "news"]}
+
+
+def test_trait_only_on_customer_events() -> None:
+    with pytest.raises(EventInvalid):
+        parse_event(
+            {"type": "page_viewed", "customer_id": "c1", "properties": {"url": "https://s.example"},
+             "traits": {"unsubscribed_categories": ["news"]}},
+            NOW,
+            lambda: "e1",
+        )
+
+
+def test_categories_are_the_journey_categories() -> None:
+    from lifecycle.journey_files import CATEGORIES
+
+    assert set(EMAIL_CATEGORIES) == set(CATEGORIES)
+    assert Traits.model_fields["unsubscribed_categories"].default is None
+
+
+async def test_openapi_documents_the_trait(harness: Harness) -> None:
+    async with harness.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    trait = document["components"]["schemas"]["Traits"]["properties"]["unsubscribed_categories"]
+    [as_list] = [option for option in trait["anyOf"] if option.get("type") == "array"]
+    assert as_list["items"]["enum"] == list(EMAIL_CATEGORIES)
+    assert "/v1/preferences/{token}" in document["paths"]
+    assert "/t/c/{token}" in document["paths"]
+
+
+def test_lang_of() -> None:
+    assert [lang_of(x) for x in ("fr", "fr-CA", "EN_gb", "en", "de", "", None, 3)] == [
+        "fr", "fr", "en", "en", None, None, None, None,
+    ]
+
+
+# --- the unsubscribe page ---------------------------------------------------------------------
+
+
+async def test_unsubscribe_page_is_french_by_default_and_changes_nothing(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.get(f"/v1/unsubscribe/{TOKEN}")
+    assert response.status_code == 200
+    assert_safe_page(response)
+    assert html_lang(response) == "fr"
+    assert "Me désinscrire" in response.text
+    assert f'action="/v1/unsubscribe/{TOKEN}"' in response.text
+    assert hidden(response, "List-Unsubscribe") == "One-Click"
+    assert f'href="/v1/preferences/{TOKEN}?lang=fr"' in response.text
+    assert harness.producer.sent == []
+
+
+@pytest.mark.parametrize(
+    ("locale", "query", "expected"),
+    [("en-GB", "", "en"), ("fr", "", "fr"), ("de", "", "fr"), (None, "", "fr"), ("fr", "?lang=en", "en"),
+     ("en", "?lang=xx", "en")],
+)
+async def test_unsubscribe_page_speaks_the_customers_language(
+    harness: Harness, locale: str | None, query: str, expected: str
+) -> None:
+    harness.customers.rows["c1"] = {"locale": locale, "consent": "opted_in"}
+    async with harness.client() as client:
+        response = await client.get(f"/v1/unsubscribe/{TOKEN}{query}")
+    assert html_lang(response) == expected
+    assert hidden(response, "lang") == expected
+    assert ("<h1>Unsubscribe</h1>" if expected == "en" else "<h1>Se désinscrire</h1>") in response.text
+
+
+async def test_pages_still_show_when_the_customer_store_is_down(harness: Harness) -> None:
+    harness.customers.error = OperationalError("SELECT", {}, ConnectionRefusedError("no database"))
+    async with harness.client() as client:
+        page = await client.get(f"/v1/unsubscribe/{TOKEN}")
+        prefs = await client.get(f"/v1/preferences/{TOKEN}")
+    assert page.status_code == prefs.status_code == 200
+    assert html_lang(page) == html_lang(prefs) == "fr"
+
+
+async def test_the_shop_name_is_escaped() -> None:
+    harness = Harness(shop_name='<script>alert("x")</script>')
+    async with harness.client() as client:
+        response = await client.get(f"/v1/unsubscribe/{TOKEN}")
+    assert "<script>" not in response.text
+    assert "&lt;script&gt;" in response.text
+
+
+async def test_forms_post_under_the_public_path() -> None:
+    harness = Harness(public_url="https://mail.shop.example/lifecycle/")
+    async with harness.client() as client:
+        response = await client.get(f"/v1/preferences/{TOKEN}")
+    assert f'action="/lifecycle/v1/preferences/{TOKEN}"' in response.text
+
+
+# --- one-click unsubscribe --------------------------------------------------------------------
+
+
+async def test_the_pages_button_unsubscribes_once_whatever_the_repeats(harness: Harness) -> None:
+    expected_id = "unsub-" + hashlib.sha256(TOKEN.encode()).hexdigest()[:32]
+    async with harness.client() as client:
+        page = await client.get(f"/v1/unsubscribe/{TOKEN}")
+        body = {"List-Unsubscribe": hidden(page, "List-Unsubscribe"), "lang": hidden(page, "lang")}
+        first = await client.post(f"/v1/unsubscribe/{TOKEN}", data=body)
+        again = await client.post(f"/v1/unsubscribe/{TOKEN}", data=body)
+        mail_client = await client.post(f"/v1/unsubscribe/{TOKEN}", content=b"List-Unsubscribe=One-Click",
+                                        headers=FORM)
+    assert first.status_code == again.status_code == mail_client.status_code == 200
+    assert_safe_page(first)
+    assert html_lang(first) == "fr"
+    assert "Vous êtes désinscrit(e)." in first.text
+    events = harness.producer.events()
+    assert [e.event_id for e in events] == [expected_id] * 3  # one event downstream
+    assert {e.type for e in events} == {EventType.UNSUBSCRIBED}
+    assert events[0].properties_as(UnsubscribedProperties).message_id == "m1"
+
+
+async def test_one_click_answers_in_the_customers_language_or_in_both(harness: Harness) -> None:
+    async with harness.client() as client:
+        unknown = await client.post(f"/v1/unsubscribe/{TOKEN}", content=b"List-Unsubscribe=One-Click", headers=FORM)
+        harness.customers.rows["c1"] = {"locale": "en"}
+        known = await client.post(f"/v1/unsubscribe/{TOKEN}", content=b"List-Unsubscribe=One-Click", headers=FORM)
+        multipart = await client.post(f"/v1/unsubscribe/{TOKEN}", files={"List-Unsubscribe": (None, "One-Click")})
+    assert "You are unsubscribed." in unknown.text and "Vous êtes désinscrit(e)." in unknown.text
+    assert "You are unsubscribed." in known.text and "Vous êtes" not in known.text
+    assert multipart.status_code == 200  # RFC 8058 allows multipart bodies too
+    assert len(harness.producer.sent) == 3
+
+
+# --- preferences ------------------------------------------------------------------------------
+
+
+async def test_preference_page_shows_what_the_customer_receives(harness: Harness) -> None:
+    harness.customers.rows["c1"] = {"locale": "en", "consent": "opted_in", "unsubscribed_categories": ["offers"]}
+    async with harness.client() as client:
+        response = await client.get(f"/v1/preferences/{TOKEN}")
+    assert response.status_code == 200
+    assert_safe_page(response)
+    assert html_lang(response) == "en"
+    for category in EMAIL_CATEGORIES:
+        assert f'id="receive-{category}"' in response.text and f'for="receive-{category}"' in response.text
+    assert re.search(r'value="cart_reminders" checked', response.text)
+    assert re.search(r'value="news" checked', response.text)
+    assert not re.search(r'value="offers" checked', response.text)
+    assert "currently unsubscribed" not in response.text
+    assert re.fullmatch(r"[0-9a-f]{32}", hidden(response, "form"))
+    assert harness.producer.sent == []
+
+
+async def test_preference_page_tells_an_opted_out_customer(harness: Harness) -> None:
+    harness.customers.rows["c1"] = {"locale": "fr", "consent": "opted_out"}
+    async with harness.client() as client:
+        response = await client.get(f"/v1/preferences/{TOKEN}")
+    assert "actuellement désinscrit(e)" in response.text
+
+
+async def test_saving_preferences_publishes_the_trait(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post(
+            f"/v1/preferences/{TOKEN}",
+            data={"action": "save", "receive": ["offers", "news"], "form": NONCE, "lang": "en"},
+        )
+    assert response.status_code == 200
+    assert_safe_page(response)
+    assert "Your preferences are saved." in response.text
+    assert "You will no longer receive: cart reminders." in response.text
+    [event] = harness.producer.events()
+    assert event.type is EventType.CUSTOMER_UPDATED
+    assert event.customer_id == "c1"
+    assert event.traits is not None
+    assert event.traits.provided() == {"unsubscribed_categories": ["cart_reminders"]}
+    assert event.event_id == "prefs-" + hashlib.sha256(f"{TOKEN}|cart_reminders|{NONCE}".encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize(
+    ("receive", "left", "summary"),
+    [
+        (list(EMAIL_CATEGORIES), [], "Vous recevez tous nos e\u2011mails."),
+        ([], ["cart_reminders", "news", "offers"], "Vous ne recevrez plus aucun de ces e\u2011mails."),
+        (
+            ["cart_reminders"],
+            ["news", "offers"],
+            "Vous ne recevrez plus : nouveautés et conseils, offres et promotions.",
+        ),
+    ],
+)
+async def test_saved_choices(harness: Harness, receive: list[str], left: list[str], summary: str) -> None:
+    async with harness.client() as client:
+        response = await client.post(f"/v1/preferences/{TOKEN}", data={"action": "save", "receive": receive})
+    assert summary in response.text
+    [event] = harness.producer.events()
+    assert event.traits is not None
+    assert event.traits.provided() == {"unsubscribed_categories": left}
+
+
+async def test_repeating_a_save_is_harmless_and_a_new_choice_is_a_new_event(harness: Harness) -> None:
+    async with harness.client() as client:
+        page = await client.get(f"/v1/preferences/{TOKEN}")
+        form = {"action": "save", "receive": ["offers", "news"], "form": hidden(page, "form"), "lang": "fr"}
+        await client.post(f"/v1/preferences/{TOKEN}", data=form)
+        await client.post(f"/v1/preferences/{TOKEN}", data=form)  # a double click
+        await client.post(f"/v1/preferences/{TOKEN}", data={**form, "receive": ["news"]})
+        later = await client.get(f"/v1/preferences/{TOKEN}")  # a later visit, back to the first choice
+        await client.post(f"/v1/preferences/{TOKEN}", data={**form, "form": hidden(later, "form")})
+    first, double, other, back = (e.event_id for e in harness.producer.events())
+    assert first == double
+    assert len({first, other, back}) == 3  # changing back later is not swallowed as a duplicate
+
+
+async def test_leaving_all_marketing_unsubscribes(harness: Harness) -> None:
+    async with harness.client() as client:
+        page = await client.get(f"/v1/preferences/{TOKEN}")
+        form = {"action": "all", "form": hidden(page, "form"), "lang": "fr"}
+        response = await client.post(f"/v1/preferences/{TOKEN}", data=form)
+        await client.post(f"/v1/preferences/{TOKEN}", data=form)
+    assert response.status_code == 200
+    assert "Vous êtes désinscrit(e)." in response.text
+    first, again = harness.producer.events()
+    assert first.type is EventType.UNSUBSCRIBED
+    assert first.customer_id == "c1"
+    assert first.properties_as(UnsubscribedProperties).message_id == "m1"
+    assert first.event_id == again.event_id
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "save", "receive": ["spam"]},
+        {"action": "delete"},
+        {"receive": ["news"]},
+        {},
+    ],
+)
+async def test_tampered_preference_forms_change_nothing(harness: Harness, body: dict[str, Any]) -> None:
+    async with harness.client() as client:
+        response = await client.post(f"/v1/preferences/{TOKEN}", data=body)
+    assert response.status_code == 400
+    assert_safe_page(response)
+    assert harness.producer.sent == []
+
+
+async def test_oversized_or_foreign_bodies_change_nothing(harness: Harness) -> None:
+    async with harness.client() as client:
+        big = await client.post(f"/v1/preferences/{TOKEN}", content=b"action=save&x=" + b"a" * 20_000, headers=FORM)
+        json_body = await client.post(f"/v1/preferences/{TOKEN}", json={"action": "save"})
+        bad_bytes = await client.post(f"/v1/preferences/{TOKEN}", content=b"action=save&\xff", headers=FORM)
+    assert big.status_code == json_body.status_code == bad_bytes.status_code == 400
+    assert harness.producer.sent == []
+
+
+# --- refused tokens ---------------------------------------------------------------------------
+
+FORGED = unsubscribe_token("another-secret", "c1", "m1")
+
+
+@pytest.mark.parametrize("path", ["/v1/unsubscribe/{}", "/v1/preferences/{}", "/v1/confirm/{}"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_forged_altered_or_foreign_tokens_are_refused(harness: Harness, path: str, method: str) -> None:
+    foreign = confirm_token(SECRET, "c1") if "confirm" not in path else TOKEN
+    altered = TOKEN[:5] + ("A" if TOKEN[5] != "A" else "B") + TOKEN[6:]
+    body = {"action": "all", "List-Unsubscribe": "One-Click"}
+    async with harness.client() as client:
+        for token, status in ((FORGED, 403), (foreign, 403), (altered, 403), ("garbage", 400)):
+            response = await client.request(method, path.format(token), data=body if method == "POST" else None)
+            assert response.status_code == status, (token, response.text)
+            assert_safe_page(response)
+            assert "Lien invalide" in response.text and "Invalid link" in response.text
+    assert harness.producer.sent == []
+
+
+async def test_kafka_down_asks_to_retry(harness: Harness) -> None:
+    harness.producer.ack_error = KafkaConnectionError("down")
+    async with harness.client() as client:
+        save = await client.post(f"/v1/preferences/{TOKEN}", data={"action": "save", "lang": "en"})
+        unsubscribe = await client.post(f"/v1/unsubscribe/{TOKEN}", data={"lang": "fr"})
+    assert save.status_code == unsubscribe.status_code == 503
+    assert save.headers["retry-after"] == "5"
+    assert "Please try again" in save.text
+    assert "Veuillez réessayer" in unsubscribe.text
+
+
+# --- double opt-in ----------------------------------------------------------------------------
+
+
+async def test_confirm_page_in_the_customers_language(harness: Harness) -> None:
+    token = confirm_token(SECRET, "c1")
+    harness.customers.rows["c1"] = {"locale": "en"}
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{token}")
+        assert harness.producer.sent == []
+        done = await client.post(f"/v1/confirm/{token}", data={"lang": hidden(page, "lang")})
+    assert "Yes, confirm" in page.text
+    assert "Your subscription is confirmed." in done.text
+    [event] = harness.producer.events()
+    assert event.type is EventType.CONSENT_CONFIRMED
+
+
+def test_preferences_url_uses_the_unsubscribe_token() -> None:
+    settings = Settings(signing_secret=SECRET, public_url="http://test")
+    assert preferences_url(settings, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"
