@@ -173,7 +173,10 @@ def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger) -> li
     active = {r.journey: r for r in runs if r.status == "active"}
 
     if trigger.type is TriggerType.ENGAGEMENT and trigger.data.get("kind") == "clicked":
-        target = _latest_run(runs, str(trigger.data.get("journey")))
+        # the run of the clicked email when the dispatcher could tell it, else the journey's latest run
+        run_id = trigger.data.get("run_id")
+        target = next((r for r in runs if r.run_id == run_id), None) if run_id is not None else None
+        target = target or _latest_run(runs, str(trigger.data.get("journey")))
         if target is not None and trigger.data.get("step") is not None:
             actions.append(RecordClick(target.run_id, int(trigger.data["step"]), str(trigger.data.get("link"))))
 

@@ -205,6 +205,7 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
                 "journey": _prop(event, "journey"),
                 "step": _prop(event, "step"),
                 "link": _prop(event, "link"),
+                "message_id": _prop(event, "message_id"),
             },
         )
     elif kind in (EventType.EMAIL_BOUNCED, EventType.EMAIL_COMPLAINED):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ from lifecycle.core.journeys import (
     decide_step,
     on_trigger,
 )
-from lifecycle.core.triggers import Trigger
+from lifecycle.core.triggers import Trigger, TriggerType
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
@@ -111,6 +111,7 @@ class DispatcherStore:
             for row in rows:
                 runs.setdefault(row.customer_id, []).append(_run_from_row(row))
             journeys = list(self.journeys.values())
+            fresh = [await _with_run_of_message(conn, t) for t in fresh]
             for trigger in fresh:
                 customer_runs = runs.setdefault(trigger.customer_id, [])
                 for action in on_trigger(journeys, customer_runs, trigger):
@@ -339,6 +340,17 @@ class DispatcherStore:
 
 
 _NOBODY = Recipient(None, None, None, None, None)
+
+
+async def _with_run_of_message(conn: AsyncConnection, trigger: Trigger) -> Trigger:
+    """An engagement trigger names the email; the journey engine wants the run it belongs to."""
+    message_id = trigger.data.get("message_id")
+    if trigger.type is not TriggerType.ENGAGEMENT or not message_id:
+        return trigger
+    run_id = (await conn.execute(text("SELECT run_id FROM sends WHERE message_id = :m"), {"m": message_id})).scalar()
+    if run_id is None:
+        return trigger
+    return replace(trigger, data={**trigger.data, "run_id": run_id})
 
 
 def _clock_time(value: str | None) -> time | None:

@@ -262,3 +262,16 @@ def test_invalid_offer_fields_are_named(tmp_path: Path) -> None:
     _, problems = parse_journey(tmp_path / "x.yaml", text, None)
     fields = {p.field for p in problems}
     assert "steps[0].send.offer" in fields and "steps[0].send.recommendations" in fields
+
+
+def test_a_click_lands_on_the_run_of_the_clicked_email() -> None:
+    journey = JOURNEYS["post_purchase"]
+    first = run_of(started(on_trigger([journey], [], trig(TriggerType.ORDER_PLACED, order_id="o1")))["post_purchase"],
+                   1, status="exited")
+    second = run_of(started(on_trigger([journey], [], trig(TriggerType.ORDER_PLACED, T0 + timedelta(days=1),
+                                                           tid="t2", order_id="o2")))["post_purchase"], 2)
+    click = dict(kind="clicked", journey="post_purchase", step="1", link="satisfied")
+    assert on_trigger([journey], [first, second], trig(TriggerType.ENGAGEMENT, run_id=1, **click)) == [
+        RecordClick(1, 1, "satisfied")]
+    assert on_trigger([journey], [first, second], trig(TriggerType.ENGAGEMENT, **click)) == [
+        RecordClick(2, 1, "satisfied")]

@@ -169,7 +169,8 @@ def test_engagement_is_recorded_and_forwarded() -> None:
         "journey": "post_purchase", "step": 1, "link": "satisfied"}), T0, CONFIG)
     assert state.last_engagement_at == T0 and state.last_click_at == T0
     [trigger] = [t for t in decision.triggers if t.type is TriggerType.ENGAGEMENT]
-    assert trigger.data == {"kind": "clicked", "journey": "post_purchase", "step": "1", "link": "satisfied"}
+    assert trigger.data == {"kind": "clicked", "journey": "post_purchase", "step": "1", "link": "satisfied",
+                            "message_id": None}
 
 
 def _final(events: list[Event]) -> dict[str, Any]:
