@@ -39,6 +39,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar, cast
 from zoneinfo import available_timezones
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -125,13 +126,16 @@ def _check_currency(value: str) -> str:
     return value
 
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 
 
 def _check_email(value: str) -> str:
-    if not _EMAIL.fullmatch(value):
-        raise PydanticCustomError("email", "must be an email address like name@example.com")
-    return value
+    # syntax only: whether the mailbox exists is the SMTP server's answer, not ours
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise PydanticCustomError("email", "must be an email address like name@example.com: {reason}",
+                                  {"reason": str(exc)}) from None
+    return checked.normalized
 
 
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
