@@ -27,8 +27,8 @@ def cmd_service(name: str) -> int:
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
 
-    setup_logging()
     settings = _settings()
+    setup_logging(settings.log_format, settings.log_level)
     try:
         if name == "ingest":
             from services.ingest.main import run as run_ingest

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     signing_secret: str = "dev-signing-secret-change-me"
 
     clock: Literal["system", "virtual"] = "system"
+    log_format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless writing to a terminal
+    log_level: str = "INFO"
 
     # Local stack
     run_dir: Path = Path(".run")
