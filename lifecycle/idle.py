@@ -39,6 +39,7 @@ class PipelineWatch:
         self.clock = VirtualClock(engine)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+        self._partitions_of: dict[str, list[TopicPartition]] = {}
 
     async def start(self) -> None:
         await self._admin.start()
@@ -48,12 +49,20 @@ class PipelineWatch:
         await self._consumer.stop()
         await self._admin.close()
 
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        cached = self._partitions_of.get(topic)
+        if cached:
+            return cached
+        described = await self._admin.describe_topics([topic])
+        found = [TopicPartition(topic, p["partition"]) for d in described if d.get("error_code") == 0
+                 for p in d.get("partitions", [])]
+        if not found:
+            raise NotIdle(f"topic {topic} not found: are the services up?")
+        self._partitions_of[topic] = sorted(found, key=lambda tp: tp.partition)
+        return self._partitions_of[topic]
+
     async def _group_lag(self, topic: str, group: str) -> int:
-        await self._consumer.topics()  # refreshes metadata
-        partitions = self._consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return 0
+        tps = await self._partitions(topic)
         ends = await self._consumer.end_offsets(tps)
         committed = await self._admin.list_consumer_group_offsets(group, partitions=tps)
         lag = 0

@@ -75,6 +75,9 @@ async def test_redelivery_after_a_stager_crash_changes_nothing_twice(pipeline: S
     assert processes.stop(run_dir, "stager")
     response = await fresh.http.post("/v1/events", json=_signup("c-crash-1", "crash@example.com", "crash-1"))
     assert response.status_code == 202
+    # with the stager down, the pipeline is not idle: the event waits in Kafka
+    look = await fresh.watch.look()
+    assert "1 events not yet consumed by the stager" in look.busy
     # Play the stager up to the crash: read the event in its group, commit the database
     # transaction, then die before the offset commit.
     consumer = make_consumer(pipeline, pipeline.events_topic, pipeline.stager_group)
