@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, load_settings
 
 
 def _settings(**overrides: object) -> Settings:
-    base = Settings()
+    base = load_settings()
     return base.model_copy(update=overrides) if overrides else base
 
 

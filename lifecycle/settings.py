@@ -5,6 +5,7 @@ Every field is documented in docs/settings.md; keep the two in step.
 
 from __future__ import annotations
 
+import os
 from datetime import time
 from email.utils import parseaddr
 from functools import lru_cache
@@ -123,6 +124,15 @@ class Settings(BaseSettings):
         return env
 
 
+def load_settings() -> Settings:
+    """Settings from LIFECYCLE_* variables, and from files in LIFECYCLE_SECRETS_DIR (one file a setting, named
+    like the variable in lower case, e.g. `lifecycle_database_url`: how Kubernetes mounts a Secret)."""
+    secrets_dir = os.environ.get("LIFECYCLE_SECRETS_DIR")
+    if secrets_dir:
+        return Settings(_secrets_dir=secrets_dir)
+    return Settings()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
