@@ -137,5 +137,6 @@ async def poll_decoded(
                 decoded.append(decode(message.value))
             except Exception as exc:
                 unreadable.inc()
-                log.error("unreadable message at %s offset %d: %s", partition, message.offset, exc)
+                log.error("unreadable message skipped: %s", exc,
+                          extra={"topic": partition.topic, "partition": partition.partition, "offset": message.offset})
     return bool(batch), decoded
