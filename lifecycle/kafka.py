@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from lifecycle.events import Event
 from lifecycle.settings import Settings
@@ -140,3 +140,12 @@ async def poll_decoded(
                 log.error("unreadable message skipped: %s", exc,
                           extra={"topic": partition.topic, "partition": partition.partition, "offset": message.offset})
     return bool(batch), decoded
+
+
+async def report_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
+    """Messages not yet consumed, per partition this consumer owns now (a rebalance drops the others)."""
+    gauge.clear()
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        if end is not None:
+            gauge.labels(partition=str(tp.partition)).set(end - await consumer.position(tp))

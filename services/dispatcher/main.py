@@ -24,7 +24,7 @@ from services.dispatcher.worker import DispatcherStore
 log = logging.getLogger("lifecycle.dispatcher")
 
 
-async def _refresh_gauges(engine: AsyncEngine, clock: Clock) -> None:
+async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]) -> None:
     now = await clock.now()
     async with engine.connect() as conn:
         row = (
@@ -36,11 +36,13 @@ async def _refresh_gauges(engine: AsyncEngine, clock: Clock) -> None:
         ).one()
         metrics.STEPS_DUE.set(row.n)
         metrics.OLDEST_DUE_AGE.set((now - row.oldest).total_seconds() if row.oldest else 0.0)
-        for journey, count in (
+        active: dict[str, int] = dict((
             await conn.execute(text("SELECT journey, count(*) FROM journey_runs WHERE status = 'active'"
                                     " GROUP BY journey"))
-        ).all():
-            metrics.RUNS_ACTIVE.labels(journey=journey).set(count)
+        ).all())
+        # every loaded journey gets a value, zero included, so a finished journey does not keep its last count
+        for journey in journeys:
+            metrics.RUNS_ACTIVE.labels(journey=journey).set(active.get(journey, 0))
 
 
 async def serve(settings: Settings) -> None:
@@ -76,7 +78,7 @@ async def serve(settings: Settings) -> None:
             await deliver(store, settings, stale)
             if time.monotonic() - last_gauges > 5:
                 last_gauges = time.monotonic()
-                await _refresh_gauges(engine, clock)
+                await _refresh_gauges(engine, clock, [j.name for j in journeys])
     finally:
         log.info("dispatcher stopping")
         await consumer.stop()

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.clock import make_clock
 from lifecycle.events import Event
-from lifecycle.kafka import ensure_topics, make_consumer, make_producer, poll_decoded
+from lifecycle.kafka import ensure_topics, make_consumer, make_producer, poll_decoded, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -71,10 +71,7 @@ async def serve(settings: Settings) -> None:
             if time.monotonic() - last_gauges > 5:
                 last_gauges = time.monotonic()
                 await _refresh_gauges(engine, await clock.now())
-                for tp in consumer.assignment():
-                    end = consumer.highwater(tp)
-                    if end is not None:
-                        metrics.LAG.labels(partition=str(tp.partition)).set(end - await consumer.position(tp))
+                await report_lag(consumer, metrics.LAG)
     finally:
         log.info("stager stopping: batch committed, closing Kafka clients")
         await consumer.stop()
