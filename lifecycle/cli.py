@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lifecycle.cli_templates import add_templates_parser, run_templates_command
 from lifecycle.settings import Settings, load_settings
 
 
@@ -140,10 +141,12 @@ def cmd_scenario(files: list[str]) -> int:
 
 def cmd_journeys_validate(directory: str | None) -> int:
     from lifecycle.journey_files import JourneyError, load_journeys
+    from lifecycle.templates import Templates
 
-    extra = Path(directory) if directory else _settings().journeys_dir
+    settings = _settings()
+    extra = Path(directory) if directory else settings.journeys_dir
     try:
-        journeys = load_journeys(extra)
+        journeys = load_journeys(extra, Templates(extra, settings.default_locale))
     except JourneyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -215,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--since", default="30d", help="a date (2026-01-31) or a duration back from now (30d)")
     report.add_argument("--journey", help="only this journey")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    add_templates_parser(sub)
     journeys = sub.add_parser("journeys", help="journey definitions")
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
@@ -241,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_scenario(args.files)
         if args.command == "report":
             return cmd_report(args.since, args.journey, args.format)
+        if args.command == "templates":
+            return run_templates_command(args, _settings())
         return cmd_journeys_validate(args.dir)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from lifecycle.core.journeys import (
     WaitStep,
 )
 from lifecycle.core.triggers import TriggerType
-from lifecycle.templates import TemplateError, Templates
+from lifecycle.templates import Templates
 
 BUILTIN_DIR = Path(__file__).parent / "journeys"
 REENTRY_RULES: tuple[Reentry, ...] = ("while_inactive", "restart", "once", "once_per_key")
@@ -334,8 +334,13 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
     return journey, []
 
 
-def load_journeys(extra_dir: Path | None = None, templates: Templates | None = None) -> list[Journey]:
-    """Built-in journeys, then those of `extra_dir`, which add or replace by name."""
+def load_journeys(extra_dir: Path | None = None, templates: Templates | None = None,
+                  render_templates: bool = True) -> list[Journey]:
+    """Built-in journeys, then those of `extra_dir`, which add or replace by name.
+
+    With `render_templates`, every template of every locale is rendered with sample data and each
+    problem is reported; without it, only their existence is checked (for readers of runs).
+    """
     templates = templates or Templates(extra_dir)
     by_name: dict[str, Journey] = {}
     problems: list[Problem] = []
@@ -349,15 +354,13 @@ def load_journeys(extra_dir: Path | None = None, templates: Templates | None = N
             problems.extend(found)
             if journey is not None:
                 by_name[journey.name] = journey
-    for journey in by_name.values():
+    for journey in by_name.values() if render_templates else ():
         for step in journey.steps:
             if not isinstance(step, SendStep):
                 continue
             for template in step.templates():
-                try:
-                    templates.check(template)
-                except TemplateError as exc:
-                    problems.append(Problem(exc.path, exc.line, template, exc.message))
+                problems.extend(Problem(exc.path, exc.line, template, exc.message)
+                                for exc in templates.problems(template))
     if problems:
         raise JourneyError(problems)
     return list(by_name.values())

@@ -37,7 +37,8 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) -> CustomerReader:
-    journeys = {j.name: j for j in load_journeys(settings.journeys_dir if settings else None)}
+    journeys = {j.name: j for j in load_journeys(settings.journeys_dir if settings else None,
+                                                 render_templates=False)}
 
     async def read(customer_id: str) -> dict[str, object] | None:
         async with engine.connect() as conn:

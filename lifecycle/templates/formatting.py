@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
@@ -20,7 +20,8 @@ from jinja2 import pass_context
 from jinja2.runtime import Context
 
 FORMAT_LOCALE_KEY = "_format_locale"
-DATE_FORMATS = ("short", "medium", "long", "full")
+DateFormat = Literal["short", "medium", "long", "full"]
+DATE_FORMATS: tuple[DateFormat, ...] = ("short", "medium", "long", "full")
 
 
 @lru_cache(maxsize=256)
@@ -116,7 +117,7 @@ def _local(ctx: Context, value: datetime) -> datetime:
 
 
 @pass_context
-def datetime_filter(ctx: Context, value: Any, format: str = "long") -> str:  # noqa: A002 - Jinja keyword
+def datetime_filter(ctx: Context, value: Any, format: str = "long") -> str:
     """`{{ coupon.expires_at|datetime }}`: 10 juillet 2026, 23:59 in the customer's time zone.
 
     `format` is short, medium, long or full for the date part (the time is always hours and minutes).
@@ -126,15 +127,15 @@ def datetime_filter(ctx: Context, value: Any, format: str = "long") -> str:  # n
         return date_filter(ctx, moment, format)
     if format not in DATE_FORMATS:
         raise ValueError(f"datetime: format is one of {', '.join(DATE_FORMATS)}, got {format!r}")
-    local, locale = _local(ctx, moment), _locale(ctx)
-    pattern = str(get_datetime_format(format, locale=locale)).replace("'", "")
+    local, locale, width = _local(ctx, moment), _locale(ctx), format
+    pattern = str(get_datetime_format(width, locale=locale)).replace("'", "")
     return pattern.replace("{0}", str(format_time(local, "short", locale=locale))).replace(
-        "{1}", str(format_date(local, format, locale=locale))
+        "{1}", str(format_date(local, width, locale=locale))
     )
 
 
 @pass_context
-def date_filter(ctx: Context, value: Any, format: str = "long") -> str:  # noqa: A002 - Jinja keyword
+def date_filter(ctx: Context, value: Any, format: str = "long") -> str:
     """`{{ coupon.expires_at|date }}`: 10 juillet 2026, the day in the customer's time zone."""
     moment = _moment(value, "date")
     if format not in DATE_FORMATS:

@@ -46,7 +46,7 @@ async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]
 
 
 async def serve(settings: Settings) -> None:
-    templates = Templates(settings.journeys_dir)
+    templates = Templates(settings.journeys_dir, settings.default_locale)
     journeys = load_journeys(settings.journeys_dir, templates)
     engine = create_async_engine(settings.database_url, pool_size=5)
     clock = make_clock(settings.clock, engine)
