@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
     smtp_domain_rate_per_second: float = Field(default=0.0, ge=0)
     smtp_max_attempts: int = Field(default=8, ge=1)
+    smtp_retry_base_seconds: float = Field(default=2.0, gt=0)
+    smtp_retry_max_seconds: float = Field(default=300.0, gt=0)
+    smtp_ca_file: Path | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
     dkim_private_key_file: Path | None = None

@@ -7,6 +7,11 @@ written to a temporary file first and renamed, so readers never see half a messa
 file holds the raw bytes as received, preceded by two added header lines:
     X-Sink-Rcpt-To: <envelope recipients, comma-separated>
     X-Sink-Mail-From: <envelope sender>
+
+Failure injection, chosen by the recipient's local part (docs/sending.md):
+    tempfail-N...@  answers RCPT with 451 the first N times that address is tried, then accepts
+    bounce...@      answers RCPT with 550 (a hard bounce)
+    drop...@        closes the connection instead of answering RCPT (a lost connection)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import email
 import email.policy
 import os
+import re
 import signal
 import sys
 import time
@@ -111,9 +117,35 @@ class MessageStore:
         return final
 
 
+TEMPFAIL_REPLY = "451 4.3.0 try again later"
+BOUNCE_REPLY = "550 5.1.1 no such user"
+_TEMPFAIL = re.compile(r"tempfail-(\d+)")
+
+
 class _Handler:
     def __init__(self, store: MessageStore) -> None:
         self.store = store
+        self.tempfailed: dict[str, int] = {}  # address -> 451s answered so far (in memory: per sink run)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        local = address.rpartition("@")[0].lower()
+        tempfail = _TEMPFAIL.match(local)
+        if tempfail is not None:
+            key = address.lower()
+            if self.tempfailed.get(key, 0) < int(tempfail.group(1)):
+                self.tempfailed[key] = self.tempfailed.get(key, 0) + 1
+                print(f"tempfail {address} ({self.tempfailed[key]}/{tempfail.group(1)})", flush=True)
+                return TEMPFAIL_REPLY
+        elif local.startswith("bounce"):
+            print(f"bounce {address}", flush=True)
+            return BOUNCE_REPLY
+        elif local.startswith("drop"):
+            print(f"drop {address}", flush=True)
+            server.transport.close()  # no answer: the client sees the connection lost
+            return "421 4.4.2 closing"  # written nowhere, the transport is closed
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content if envelope.original_content is not None else envelope.content

@@ -1,53 +1,121 @@
-"""Handing composed messages to the SMTP server, and recording what it answered."""
+"""Handing messages to SMTP and recording what the server answered (docs/sending.md).
+
+One `Sender` per process keeps its SMTP connections and rate-limit buckets across the loop's
+iterations. Each outcome is recorded as soon as it is known, one transaction each:
+
+- 250: `sent` (the UPDATE right after the 250 is the only window in which a crash sends twice);
+- 4xx, lost connection, timeout: due again after a backoff (a row, not a sleep), `failed` after
+  smtp_max_attempts;
+- 5xx to RCPT or DATA: `failed` and the address suppressed, in one transaction.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
+from dataclasses import dataclass
 
-import aiosmtplib
-
+from lifecycle.dkim import DkimSigner, signer_from_settings
 from lifecycle.settings import Settings
+from lifecycle.smtp import Outcome, Sender, SmtpConfig, SmtpPool
 from services.dispatcher import metrics
 from services.dispatcher.worker import DispatcherStore, Outgoing
 
 log = logging.getLogger("lifecycle.dispatcher")
 
 
-async def deliver(store: DispatcherStore, settings: Settings, batch: list[Outgoing]) -> None:
-    """Hand messages to SMTP over one connection; 4xx and lost connections retry later, 5xx fail."""
+@dataclass
+class _Delivery:
+    loop: asyncio.AbstractEventLoop
+    key: tuple[object, ...]
+    sender: Sender
+    signer: DkimSigner | None
+    opened: int = 0  # connections counted in the metric so far
+
+
+_current: _Delivery | None = None
+
+
+async def _delivery(settings: Settings) -> _Delivery:
+    """The process's sender, made on first use (and again if the settings or the event loop change)."""
+    global _current
+    config = SmtpConfig.from_settings(settings)
+    key = (config, settings.mail_from_address, settings.dkim_selector, settings.dkim_domain,
+           settings.dkim_private_key_file)
+    loop = asyncio.get_running_loop()
+    if _current is not None and _current.loop is loop and _current.key == key:
+        return _current
+    if _current is not None and _current.loop is loop:
+        await _current.sender.close()
+    # a DKIM key that is set but unusable stops the dispatcher here, rather than mail going unsigned
+    signer = signer_from_settings(settings)
+    _current = _Delivery(loop, key, Sender(config, settings.mail_from_address), signer)
+    log.info("SMTP to %s:%d (tls %s, pool %d, %s), DKIM %s", config.host, config.port, config.tls,
+             config.pool_size, "auth" if config.username else "no auth",
+             f"{settings.dkim_selector}._domainkey.{settings.dkim_domain}" if signer else "off")
+    return _current
+
+
+async def close_delivery() -> None:
+    """Say QUIT on the pooled connections (the dispatcher calls this when it stops)."""
+    global _current
+    if _current is not None and _current.loop is asyncio.get_running_loop():
+        await _current.sender.close()
+    _current = None
+
+
+async def deliver(store: DispatcherStore, settings: Settings, batch: list[Outgoing],
+                  stop: asyncio.Event | None = None) -> None:
+    """Send `batch` and the retries now due, concurrently over the pool within the rate limits.
+
+    Returns within about half a lease (plus the sends in flight): what the rate limits leave no room
+    for is postponed as a row, so leases never run out while waiting and the loop keeps going.
+    Once `stop` is set no send starts; what is left is postponed for whoever runs next.
+    """
+    batch = batch + await store.claim_due_retries(settings.batch_size)
     if not batch:
         return
-    smtp = aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port,
-                           timeout=settings.smtp_timeout_seconds, start_tls=False)
-    try:
-        await smtp.connect()
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        log.warning("SMTP unreachable, %d sends retried later: %s", len(batch), exc)
-        for item in batch:
-            await store.mark_failed(item.send_id, False, f"connect: {exc}")
-            metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="retried").inc()
-        return
-    try:
-        for item in batch:
-            started = time.perf_counter()
-            try:
-                await smtp.sendmail(settings.mail_from_address, [item.to_address], item.message)
-            except aiosmtplib.SMTPResponseException as exc:
-                permanent = 500 <= exc.code < 600
-                await store.mark_failed(item.send_id, permanent, f"smtp {exc.code}: {exc.message}")
-                metrics.SENDS.labels(journey=item.journey, step=str(item.step),
-                                     result="failed" if permanent else "retried").inc()
-                continue
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                await store.mark_failed(item.send_id, False, f"smtp: {exc}")
-                metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="retried").inc()
-                continue
-            metrics.SMTP_DURATION.observe(time.perf_counter() - started)
-            await store.mark_sent(item.send_id)
-            metrics.SENDS.labels(journey=item.journey, step=str(item.step), result="sent").inc()
-    finally:
-        try:
-            await smtp.quit()
-        except (aiosmtplib.SMTPException, OSError):
-            smtp.close()
+    state = await _delivery(settings)
+
+    async def record(item: Outgoing, outcome: Outcome, seconds: float) -> None:
+        labels = {"journey": item.journey, "step": str(item.step)}
+        if outcome.kind == "sent":
+            metrics.SMTP_ACCEPTED.inc()
+            recorded = await store.mark_sent(item.send_id)  # nothing between the 250 and this UPDATE
+            metrics.SMTP_DURATION.observe(seconds)
+            if recorded:
+                metrics.SENDS.labels(**labels, result="sent").inc()
+            else:
+                log.warning("send %d to %s accepted, but another dispatcher had finished it: sent twice",
+                            item.send_id, item.to_address)
+        elif outcome.kind == "bounce":
+            log.warning("send %d to %s bounced: %s; address suppressed", item.send_id, item.to_address,
+                        outcome.reason)
+            if await store.mark_bounced(item.send_id, item.to_address, outcome.reason):
+                metrics.SUPPRESSIONS.labels(reason="bounced").inc()
+            metrics.SENDS.labels(**labels, result="bounced").inc()
+        elif outcome.kind == "failed":
+            log.warning("send %d to %s failed: %s", item.send_id, item.to_address, outcome.reason)
+            await store.mark_failed(item.send_id, outcome.reason)
+            metrics.SENDS.labels(**labels, result="failed").inc()
+        else:
+            status = await store.mark_retry(item.send_id, outcome.reason)
+            if status == "failed":
+                log.warning("send %d to %s failed after %d attempts: %s", item.send_id, item.to_address,
+                            settings.smtp_max_attempts, outcome.reason)
+            else:
+                log.info("send %d to %s retried later: %s", item.send_id, item.to_address, outcome.reason)
+            metrics.SENDS.labels(**labels, result="failed" if status == "failed" else "retried").inc()
+
+    signer = state.signer
+    postponed = await state.sender.run(
+        batch, record, budget=max(1.0, settings.send_lease_seconds / 2),
+        prepare=(lambda item: signer.sign(item.message)) if signer is not None else None, stop=stop,
+    )
+    if postponed:
+        await store.postpone_sends([(item.send_id, delay) for item, delay in postponed])
+        metrics.SMTP_POSTPONED.inc(len(postponed))
+    transport = state.sender.transport
+    if isinstance(transport, SmtpPool) and transport.opened > state.opened:
+        metrics.SMTP_CONNECTIONS.inc(transport.opened - state.opened)
+        state.opened = transport.opened

@@ -18,7 +18,7 @@ from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, 
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.dispatcher import metrics
-from services.dispatcher.delivery import deliver
+from services.dispatcher.delivery import close_delivery, deliver
 from services.dispatcher.worker import DispatcherStore
 
 log = logging.getLogger("lifecycle.dispatcher")
@@ -72,15 +72,16 @@ async def serve(settings: Settings) -> None:
                 await store.handle_triggers(triggers)
                 await consumer.commit()
             # sends in flight finish before the loop looks at `stop` again
-            await deliver(store, settings, await store.claim_due_steps(settings.batch_size))
+            await deliver(store, settings, await store.claim_due_steps(settings.batch_size), stop)
             stale = await store.reclaim_stale_sends(settings.batch_size)
             metrics.RESENT_AFTER_LEASE.inc(len(stale))
-            await deliver(store, settings, stale)
+            await deliver(store, settings, stale, stop)
             if time.monotonic() - last_gauges > 5:
                 last_gauges = time.monotonic()
                 await _refresh_gauges(engine, clock, [j.name for j in journeys])
     finally:
         log.info("dispatcher stopping")
+        await close_delivery()
         await consumer.stop()
         server.should_exit = True
         await server_task

@@ -10,7 +10,8 @@ RUNS_STARTED = Counter("lifecycle_dispatcher_runs_started_total", "Journey runs 
 RUNS_ENDED = Counter("lifecycle_dispatcher_runs_ended_total", "Journey runs ended.", ["journey", "outcome"])
 RUNS_ACTIVE = Gauge("lifecycle_dispatcher_runs_active", "Journey runs in progress.", ["journey"])
 SENDS = Counter(
-    "lifecycle_dispatcher_sends_total", "Send steps by outcome (sent, skipped:<reason>, retried, failed).",
+    "lifecycle_dispatcher_sends_total",
+    "Send steps by outcome (sent, skipped:<reason>, deferred, retried, failed, bounced).",
     ["journey", "step", "result"],
 )
 STEPS_DUE = Gauge("lifecycle_dispatcher_steps_due", "Steps due now and not yet handled.")
@@ -19,4 +20,20 @@ SMTP_DURATION = Histogram("lifecycle_dispatcher_smtp_duration_seconds", "Time to
 RESENT_AFTER_LEASE = Counter(
     "lifecycle_dispatcher_sends_reclaimed_total",
     "Sends taken over after a lease ran out (a dispatcher died between claim and commit).",
+)
+SMTP_ACCEPTED = Counter(
+    "lifecycle_dispatcher_smtp_accepted_total",
+    "Messages the SMTP server answered 250 to, counted before the `sent` commit: above"
+    " sends_total{result=\"sent\"} by the 250s whose commit was lost (each a possible duplicate).",
+)
+SUPPRESSIONS = Counter(
+    "lifecycle_dispatcher_suppressions_total", "Addresses the dispatcher suppressed, by reason (bounced).",
+    ["reason"],
+)
+SMTP_POSTPONED = Counter(
+    "lifecycle_dispatcher_smtp_postponed_total",
+    "Sends put back for later because the rate limits (or a slow server) left no time for them in this round.",
+)
+SMTP_CONNECTIONS = Counter(
+    "lifecycle_dispatcher_smtp_connections_opened_total", "SMTP connections opened (pooled, so few).",
 )

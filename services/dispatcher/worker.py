@@ -32,6 +32,7 @@ from lifecycle.core.journeys import (
     SendNow,
     SendPolicy,
     SendStep,
+    Skip,
     StartRun,
     decide_step,
     on_trigger,
@@ -39,7 +40,7 @@ from lifecycle.core.journeys import (
 from lifecycle.core.triggers import Trigger, TriggerType
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
-from lifecycle.templates import Templates
+from lifecycle.templates import TemplateError, Templates
 from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec, compose_email
 
@@ -200,15 +201,26 @@ class DispatcherStore:
                     assert recipient.email is not None
                     extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now,
                                                 recipient.timezone)
-                    message = compose_email(self.settings, self.templates, MessageSpec(
-                        journey=journey.name, step=step.number, template=decision.template, message_id=message_id,
-                        to_address=recipient.email, customer={**profile, "customer_id": row.customer_id},
-                        context=run.context, extras=extras, date=now,
-                    ))
-                    values.update(status="sending", to_address=recipient.email, subject=message["Subject"],
-                                  message=bytes(message), sent_at=now,
-                                  lease_until=func.now() + lease)
-                    values.update(variant=decision.variant, category=journey.category)
+                    try:
+                        composed = compose_email(self.settings, self.templates, MessageSpec(
+                            journey=journey.name, step=step.number, template=decision.template,
+                            message_id=message_id, to_address=recipient.email,
+                            customer={**profile, "customer_id": row.customer_id},
+                            context=run.context, extras=extras, date=now,
+                        ))
+                    except TemplateError as exc:
+                        # one broken template must not hold back the batch: recorded, visible, never sent
+                        log.error("template failed, step not sent: %s", exc, extra={
+                            "customer_id": row.customer_id, "journey": journey.name, "step": step.number})
+                        values.update(status="failed", reason=f"template: {exc.message}"[:500],
+                                      variant=decision.variant, category=journey.category)
+                        metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
+                        decision = Skip(step, "template")
+                    else:
+                        values.update(status="sending", to_address=recipient.email,
+                                      subject=composed.message["Subject"], message=bytes(composed.message),
+                                      links=composed.links, sent_at=now, lease_until=func.now() + lease)
+                        values.update(variant=decision.variant, category=journey.category)
                 else:
                     values.update(status="skipped", reason=decision.reason)
                     metrics.SENDS.labels(journey=journey.name, step=str(step.number),
@@ -292,51 +304,156 @@ class DispatcherStore:
         domain = self.settings.mail_from.rsplit("@", 1)[-1].strip(">") or "lifecycle.local"
         return f"<{run_id}.{step}.{digest}@{domain}>"
 
-    async def mark_sent(self, send_id: int) -> None:
+    # --- after SMTP: each outcome is one transaction (see docs/sending.md) -------------------------
+
+    async def mark_sent(self, send_id: int) -> bool:
+        """After the server's 250. This one UPDATE is the whole window in which a crash sends twice.
+
+        False when the row was no longer ours (another dispatcher took it over and finished it)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
+                .values(status="sent", delivered_at=func.now(), lease_until=None, next_attempt_at=None,
+                        attempts=sends.c.attempts + 1)
+            )
+        return bool(result.rowcount)
+
+    async def mark_retry(self, send_id: int, reason: str) -> str | None:
+        """A 4xx or a lost connection: due again after a backoff that grows with the attempts, as a row
+        (status stays `sending`, `next_attempt_at` = `lease_until`), not a sleep; `failed` after
+        smtp_max_attempts. Returns the new status, None when the row was no longer ours."""
+        from lifecycle.smtp import retry_delay
+
+        async with self.engine.begin() as conn:
+            attempts = (
+                await conn.execute(
+                    text("SELECT attempts FROM sends WHERE send_id = :id AND status = 'sending' FOR UPDATE"),
+                    {"id": send_id},
+                )
+            ).scalar()
+            if attempts is None:
+                return None
+            attempts += 1
+            if attempts >= self.settings.smtp_max_attempts:
+                await conn.execute(
+                    update(sends).where(sends.c.send_id == send_id)
+                    .values(status="failed", reason=f"gave up after {attempts} attempts: {reason}",
+                            attempts=attempts, lease_until=None, next_attempt_at=None)
+                )
+                return "failed"
+            # backoff settings proposed to the lead; the defaults give 2, 4, 8 ... 300 s
+            delay = retry_delay(attempts, float(getattr(self.settings, "smtp_retry_base_seconds", 2.0)),
+                                float(getattr(self.settings, "smtp_retry_max_seconds", 300.0)))
+            await conn.execute(
+                text(
+                    "UPDATE sends SET attempts = :a, reason = :r,"
+                    " next_attempt_at = now() + make_interval(secs => :d),"
+                    " lease_until = now() + make_interval(secs => :d)"
+                    " WHERE send_id = :id"
+                ),
+                {"a": attempts, "r": reason, "d": delay, "id": send_id},
+            )
+        return "sending"
+
+    async def mark_bounced(self, send_id: int, address: str, reason: str) -> bool:
+        """A 5xx to RCPT or DATA: the send fails and the address is suppressed, in one transaction.
+        Returns whether the address was newly suppressed."""
+        at = await self.clock.now()
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
-                .values(status="sent", lease_until=None, attempts=sends.c.attempts + 1)
+                .values(status="failed", reason=reason, attempts=sends.c.attempts + 1, lease_until=None,
+                        next_attempt_at=None)
+            )
+            return await suppress(conn, address, reason, at)
+
+    async def mark_failed(self, send_id: int, reason: str) -> bool:
+        """This message can never go (the address is not to blame): failed, nothing suppressed."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
+                .values(status="failed", reason=reason, attempts=sends.c.attempts + 1, lease_until=None,
+                        next_attempt_at=None)
+            )
+        return bool(result.rowcount)
+
+    async def postpone_sends(self, delays: list[tuple[int, float]]) -> None:
+        """Sends the rate limits left no time for in this round: due again later, no attempt counted."""
+        if not delays:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE sends s SET next_attempt_at = now() + make_interval(secs => p.delay),"
+                    " lease_until = now() + make_interval(secs => p.delay)"
+                    " FROM unnest(CAST(:ids AS bigint[]), CAST(:delays AS float8[])) AS p(send_id, delay)"
+                    " WHERE s.send_id = p.send_id AND s.status = 'sending'"
+                ),
+                {"ids": [i for i, _ in delays], "delays": [d for _, d in delays]},
             )
 
-    async def mark_failed(self, send_id: int, permanent: bool, reason: str) -> None:
-        async with self.engine.begin() as conn:
-            if permanent:
-                await conn.execute(
-                    update(sends).where(sends.c.send_id == send_id)
-                    .values(status="failed", reason=reason, lease_until=None, attempts=sends.c.attempts + 1)
-                )
-            else:
-                # retried when the lease runs out; backoff grows with attempts
-                await conn.execute(
-                    text(
-                        "UPDATE sends SET attempts = attempts + 1, reason = :r,"
-                        " lease_until = now() + make_interval(secs => least(300, 2 ^ attempts))"
-                        " WHERE send_id = :id"
-                    ),
-                    {"r": reason, "id": send_id},
-                )
+    async def claim_due_retries(self, limit: int) -> list[Outgoing]:
+        """Sends whose retry (or postponed turn) is due: take them for this attempt."""
+        return await self._take_sends("s.next_attempt_at IS NOT NULL AND s.lease_until <= now()", limit)
 
     async def reclaim_stale_sends(self, limit: int) -> list[Outgoing]:
-        """Sends left `sending` by a dispatcher that died or failed: take them over."""
+        """Sends whose lease ran out during an attempt (a dispatcher died between claim and 250 or
+        commit): take them over; they go again with the same Message-ID."""
+        return await self._take_sends("s.next_attempt_at IS NULL AND s.lease_until < now()", limit)
+
+    async def _take_sends(self, due: str, limit: int) -> list[Outgoing]:
+        """Lease `sending` rows that are `due`. Those whose address was suppressed or whose customer
+        left the journey's consent since the claim are skipped instead: a retry never outlives an
+        opt-out or a bounce."""
+        outgoing: list[Outgoing] = []
         async with self.engine.begin() as conn:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT send_id, to_address, message, journey, step FROM sends"
-                        " WHERE status = 'sending' AND lease_until < now()"
-                        " ORDER BY send_id LIMIT :n FOR UPDATE SKIP LOCKED"
+                        "SELECT s.send_id, s.to_address, s.message, s.journey, s.step, c.consent,"
+                        " coalesce((SELECT x.reason FROM suppressions x WHERE x.address = lower(s.to_address)),"
+                        "  CASE WHEN lower(c.email) = lower(s.to_address) THEN c.suppressed END) AS suppressed"
+                        " FROM sends s LEFT JOIN customers c ON c.customer_id = s.customer_id"
+                        f" WHERE s.status = 'sending' AND {due}"
+                        " ORDER BY s.lease_until, s.send_id LIMIT :n FOR UPDATE OF s SKIP LOCKED"
                     ),
                     {"n": limit},
                 )
             ).all()
-            if rows:
+            skipped: dict[int, str] = {}
+            for row in rows:
+                journey = self.journeys.get(row.journey)
+                if row.suppressed:
+                    skipped[row.send_id] = f"suppressed:{row.suppressed}"
+                elif journey is not None and row.consent not in journey.consent:
+                    skipped[row.send_id] = f"consent:{row.consent or 'unknown'}"
+                else:
+                    outgoing.append(Outgoing(row.send_id, row.to_address, bytes(row.message), row.journey, row.step))
+                    continue
+                metrics.SENDS.labels(journey=row.journey, step=str(row.step),
+                                     result=f"skipped:{skipped[row.send_id].split(':')[0]}").inc()
+            if outgoing:
                 await conn.execute(
-                    text("UPDATE sends SET lease_until = now() + make_interval(secs => :s)"
+                    text("UPDATE sends SET lease_until = now() + make_interval(secs => :s), next_attempt_at = NULL"
                          " WHERE send_id = ANY(:ids)"),
-                    {"s": self.settings.send_lease_seconds, "ids": [r.send_id for r in rows]},
+                    {"s": self.settings.send_lease_seconds, "ids": [o.send_id for o in outgoing]},
                 )
-        return [Outgoing(r.send_id, r.to_address, bytes(r.message), r.journey, r.step) for r in rows]
+            for send_id, reason in skipped.items():
+                await conn.execute(
+                    update(sends).where(sends.c.send_id == send_id)
+                    .values(status="skipped", reason=reason, lease_until=None, next_attempt_at=None)
+                )
+        return outgoing
+
+
+async def suppress(conn: AsyncConnection, address: str, reason: str, at: datetime) -> bool:
+    """Never send to `address` again (lower-cased); the first reason stays. Returns whether it is new."""
+    result = await conn.execute(
+        text("INSERT INTO suppressions (address, reason, suppressed_at) VALUES (lower(:a), :r, :t)"
+             " ON CONFLICT (address) DO NOTHING"),
+        {"a": address, "r": reason, "t": at},
+    )
+    return bool(result.rowcount)
 
 
 _NOBODY = Recipient(None, None, None, None, None)
