@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from lifecycle.clock import Clock, make_clock
 from lifecycle.core.triggers import Trigger
 from lifecycle.journey_files import load_journeys
-from lifecycle.kafka import ensure_topics, make_consumer, poll_decoded
+from lifecycle.kafka import ensure_topics, make_consumer, poll_decoded, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -79,6 +79,7 @@ async def serve(settings: Settings) -> None:
             if time.monotonic() - last_gauges > 5:
                 last_gauges = time.monotonic()
                 await _refresh_gauges(engine, clock, [j.name for j in journeys])
+                await report_lag(consumer, metrics.LAG)
     finally:
         log.info("dispatcher stopping")
         await close_delivery()

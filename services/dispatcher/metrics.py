@@ -14,6 +14,7 @@ SENDS = Counter(
     "Send steps by outcome (sent, skipped:<reason>, deferred, retried, failed, bounced).",
     ["journey", "step", "result"],
 )
+LAG = Gauge("lifecycle_dispatcher_consumer_lag_messages", "Triggers not yet consumed, per partition.", ["partition"])
 STEPS_DUE = Gauge("lifecycle_dispatcher_steps_due", "Steps due now and not yet handled.")
 OLDEST_DUE_AGE = Gauge("lifecycle_dispatcher_oldest_due_step_age_seconds", "How late the oldest due step is.")
 SMTP_DURATION = Histogram("lifecycle_dispatcher_smtp_duration_seconds", "Time to hand one message to SMTP.")

@@ -98,7 +98,8 @@ def test_labelled_counters_and_gauges_still_return_a_series_before_their_first_e
     """A labelled metric has no series until a label value is first used (no refusal yet, no failed send):
     a query over one ends in `or on() vector(0)` unless the metric always has a series on a healthy system."""
     # set for every instance as soon as the service runs (partitions assigned, the scrape itself)
-    always_there = {"lifecycle_stager_consumer_lag_messages", "lifecycle_ingest_requests_total",
+    always_there = {"lifecycle_stager_consumer_lag_messages", "lifecycle_dispatcher_consumer_lag_messages",
+                    "lifecycle_ingest_requests_total",
                     "lifecycle_ingest_request_duration_seconds"}
     for title, expr in _queries():
         for name in set(METRIC.findall(expr)):

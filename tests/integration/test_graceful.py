@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -24,30 +25,44 @@ async def test_sigterm_under_load_loses_nothing_and_sends_nothing_twice(pipeline
                                                                        runner: ScenarioRunner) -> None:
     await runner.configure(Path(__file__), {})
     await runner.reset(START)
+    # explicit event ids: a client that retries after a cut connection sends the same events again
     batches = [
-        {"events": [{"type": "customer_signed_up", "customer_id": f"c-term-{i}", "occurred_at": START.isoformat(),
+        {"events": [{"event_id": f"term-{i}", "type": "customer_signed_up", "customer_id": f"c-term-{i}",
+                     "occurred_at": START.isoformat(),
                      "traits": {"email": f"term{i}@example.com", "consent": "opted_in"}}
-                    for i in range(start, start + 50)]}
-        for start in range(0, CUSTOMERS, 50)
+                    for i in range(start, start + 25)]}
+        for start in range(0, CUSTOMERS, 25)
     ]
 
     async def post_all() -> None:
         for batch in batches:
-            response = await runner.http.post("/v1/events", json=batch)
-            assert response.status_code == 202, response.text
+            for _ in range(600):  # a client's retry loop while ingest restarts
+                try:
+                    response = await runner.http.post("/v1/events", json=batch)
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+                    continue
+                if response.status_code == 202:
+                    break
+                assert response.status_code == 503, response.text
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("ingest never came back")
 
     posting = asyncio.create_task(post_all())
     await asyncio.sleep(0.3)  # work is in flight in every service
-    # the stager and the dispatcher get SIGTERM mid-stream; ingest keeps taking events
+    # every service gets SIGTERM mid-stream
     stopped = await asyncio.gather(*(asyncio.to_thread(processes.stop, pipeline.run_dir, name, 20.0)
-                                     for name in SERVICES if name != "ingest"))
+                                     for name in SERVICES))
     assert all(stopped)
-    await posting
-    for name in ("stager", "dispatcher"):
+    for name in SERVICES:
         log = processes.log_file(pipeline.run_dir, name).read_text()
-        assert f"{name} stopping" in log.splitlines()[-1] or f"{name} stopping" in log[-2000:]
+        ending = {"ingest": "Finished server process", "stager": "stager stopping",
+                  "dispatcher": "dispatcher stopping"}[name]
+        assert ending in log[-3000:], log[-3000:]
         assert "Traceback" not in log[-4000:], log[-4000:]
     await asyncio.to_thread(start_services, pipeline)
+    await posting
     await runner.watch.wait_idle(timeout=180)
     async with runner.engine.connect() as conn:
         applied = (await conn.execute(text(
