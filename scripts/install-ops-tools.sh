@@ -21,19 +21,11 @@ CACHE_DIR="${LIFECYCLE_CACHE_DIR:-$HOME/.cache/lifecycle}"
 BIN_DIR="$CACHE_DIR/bin"
 export DEBIAN_FRONTEND=noninteractive
 
-say() { printf 'ops-tools: %s\n' "$*" >&2; }
-die() { printf 'ops-tools: error: %s\n' "$*" >&2; exit 1; }
+SCRIPT_NAME=ops-tools
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 started=$SECONDS
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@" || die "needs root for: $* (run this script as root or with passwordless sudo)"
-    else
-        die "needs root for: $*"
-    fi
-}
 
 # as_root, but a quiet failure where there is no root to be had (nothing to stop then either)
 try_root() {

@@ -15,18 +15,10 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export DEBIAN_FRONTEND=noninteractive
 
-say() { printf 'setup: %s\n' "$*" >&2; }
-die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+SCRIPT_NAME=setup
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@" || die "needs root for: $* (run this script as root or with passwordless sudo)"
-    else
-        die "needs root for: $*"
-    fi
-}
 
 have_initdb() {
     command -v initdb >/dev/null 2>&1 && return 0
