@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lifecycle.idle import PipelineWatch
+from lifecycle.report import build_report, render
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
 
@@ -104,6 +106,7 @@ async def run_demo(settings: Settings) -> int:
                     )
                 )
             ).all()
+        report = render(await build_report(engine, datetime.fromisoformat(START)), "table")
     finally:
         await runner.close()
         await watch.stop()
@@ -129,4 +132,6 @@ async def run_demo(settings: Settings) -> int:
         print("\nSteps skipped, with the reason recorded:")
         for journey, step, reason, email in skipped:
             print(f"  {email:<20} {journey} step {step}: {reason}")
+    print()
+    print(report)
     return 0
