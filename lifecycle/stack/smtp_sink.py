@@ -10,8 +10,8 @@ file holds the raw bytes as received, preceded by two added header lines:
 
 Failure injection, chosen by the recipient's local part (docs/sending.md):
     tempfail-N...@  answers RCPT with 451 the first N times that address is tried, then accepts
-    bounce...@      answers RCPT with 550 (a hard bounce)
-    drop...@        closes the connection instead of answering RCPT (a lost connection)
+    bounce-...@     answers RCPT with 550 (a hard bounce)
+    drop-...@       closes the connection instead of answering RCPT (a lost connection)
 """
 
 from __future__ import annotations
@@ -137,10 +137,10 @@ class _Handler:
                 self.tempfailed[key] = self.tempfailed.get(key, 0) + 1
                 print(f"tempfail {address} ({self.tempfailed[key]}/{tempfail.group(1)})", flush=True)
                 return TEMPFAIL_REPLY
-        elif local.startswith("bounce"):
+        elif local.startswith("bounce-"):
             print(f"bounce {address}", flush=True)
             return BOUNCE_REPLY
-        elif local.startswith("drop"):
+        elif local.startswith("drop-"):
             print(f"drop {address}", flush=True)
             server.transport.close()  # no answer: the client sees the connection lost
             return "421 4.4.2 closing"  # written nowhere, the transport is closed
