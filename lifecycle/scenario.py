@@ -92,8 +92,9 @@ class Outcome:
 
 
 def _delivered(message: EmailMessage) -> Delivered:
-    body_part = message.get_body(preferencelist=("plain", "html"))
-    body = body_part.get_content() if body_part is not None else ""
+    # body_contains looks at what a reader sees: the text part first, then the HTML part
+    parts = [message.get_body(preferencelist=(kind,)) for kind in ("plain", "html")]
+    body = "\n".join(str(part.get_content()) for part in parts if part is not None)
     return Delivered(
         to=str(message["To"]).strip().lower(),
         journey=str(message["X-Lifecycle-Journey"]),
