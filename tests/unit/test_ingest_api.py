@@ -6,11 +6,10 @@ a delivery future, and `client.fetch_all_metadata()`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,61 +20,16 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
 from lifecycle.clock import ManualClock
-from lifecycle.events import Event, EventType
+from lifecycle.events import EventType
 from lifecycle.settings import Settings
 from lifecycle.tokens import confirm_token, sign, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
+from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
 AUTH = {"Authorization": "Bearer key-one"}
-
-
-class FakeClient:
-    def __init__(self) -> None:
-        self.reachable = True
-
-    async def fetch_all_metadata(self) -> object:
-        if not self.reachable:
-            raise KafkaConnectionError("no broker")
-        return object()
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.started = False
-        self.stopped = False
-        self.start_failures = 0
-        self.send_error: BaseException | None = None  # raised by send itself
-        self.ack_error: BaseException | None = None  # delivered through the future
-        self.hang = False  # the future never resolves
-        self.client = FakeClient()
-
-    async def start(self) -> None:
-        if self.start_failures:
-            self.start_failures -= 1
-            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 59092)]")
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
-        if self.send_error is not None:
-            raise self.send_error
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.ack_error is not None:
-            future.set_exception(self.ack_error)
-        elif not self.hang:
-            assert value is not None and key is not None
-            self.sent.append((topic, key, value))
-            future.set_result(None)
-        return future
-
-    def events(self) -> list[Event]:
-        return [Event.from_message(value) for _, _, value in self.sent]
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -100,13 +54,8 @@ class Harness:
 
         self.app: FastAPI = create_app(make_settings(**settings), self.clock, factory, reader)
 
-    @asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        # ASGITransport does not run the lifespan: run it by hand around the client.
-        async with self.app.router.lifespan_context(self.app):
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield client
+    def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return lifespan_client(self.app)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ what would be published and an in-memory customer store.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,45 +33,13 @@ from lifecycle.tokens import confirm_token, unsubscribe_token
 from lifecycle.tracking import preferences_url
 from services.ingest.app import create_app
 from services.ingest.pages import lang_of
+from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
 TOKEN = unsubscribe_token(SECRET, "c1", "m1")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 NONCE = "0123456789abcdef0123456789abcdef"
-
-
-class FakeClient:
-    async def fetch_all_metadata(self) -> object:
-        return object()
-
-
-class FakeProducer:
-    """Just what the app uses of AIOKafkaProducer; records what would be published."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.ack_error: BaseException | None = None
-        self.client = FakeClient()
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.ack_error is not None:
-            future.set_exception(self.ack_error)
-        else:
-            assert value is not None
-            self.sent.append(value)
-            future.set_result(None)
-        return future
-
-    def events(self) -> list[Event]:
-        return [Event.from_message(value) for value in self.sent]
 
 
 class Customers:
@@ -96,13 +62,8 @@ class Harness:
             Settings(**values), ManualClock(NOW), lambda: self.producer, self.customers if with_reader else None
         )
 
-    @asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        # ASGITransport does not run the lifespan: run it by hand around the client.
-        async with self.app.router.lifespan_context(self.app):
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield client
+    def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return lifespan_client(self.app)
 
 
 @pytest.fixture

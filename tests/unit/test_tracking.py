@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import httpx
@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
 from lifecycle.clock import ManualClock
-from lifecycle.events import EmailClickedProperties, EmailOpenedProperties, Event, EventType
+from lifecycle.events import EmailClickedProperties, EmailOpenedProperties, EventType
 from lifecycle.settings import Settings
 from lifecycle.tokens import InvalidToken, MalformedToken, sign, unsubscribe_token
 from lifecycle.tracking import (
@@ -35,46 +35,13 @@ from lifecycle.tracking import (
 from services.ingest import tracking
 from services.ingest.app import create_app
 from services.ingest.tracking import PIXEL_GIF
+from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
 MESSAGE = "<41.2.abcdef@shop.example>"
 SHOP_LINK = "https://shop.example/cart?utm_source=email"
 SETTINGS = Settings(signing_secret=SECRET, public_url="http://test", api_keys="key-one")
-
-
-class FakeClient:
-    async def fetch_all_metadata(self) -> object:
-        return object()
-
-
-class FakeProducer:
-    """Just what the app uses of AIOKafkaProducer; records what would be published."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.ack_error: BaseException | None = None
-        self.hang = False
-        self.client = FakeClient()
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.ack_error is not None:
-            future.set_exception(self.ack_error)
-        elif not self.hang:
-            assert value is not None
-            self.sent.append(value)
-            future.set_result(None)
-        return future
-
-    def events(self) -> list[Event]:
-        return [Event.from_message(value) for value in self.sent]
 
 
 class Messages:
@@ -109,13 +76,8 @@ class Harness:
             message_reader=self.messages if with_reader else None,
         )
 
-    @asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        # ASGITransport does not run the lifespan: run it by hand around the client.
-        async with self.app.router.lifespan_context(self.app):
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield client
+    def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return lifespan_client(self.app)
 
 
 @pytest.fixture
