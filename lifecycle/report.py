@@ -7,7 +7,6 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -152,7 +151,3 @@ def render(rows: list[ReportRow], fmt: str) -> str:
     with console.capture() as capture:
         console.print(table if rows else "Nothing sent in this period.")
     return capture.get()
-
-
-def as_dicts(rows: list[ReportRow]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in rows]

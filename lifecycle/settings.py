@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from datetime import time
 from email.utils import parseaddr
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -135,7 +134,3 @@ def load_settings() -> Settings:
         return Settings(_secrets_dir=secrets_dir)
     return Settings()
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

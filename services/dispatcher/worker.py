@@ -38,6 +38,7 @@ from lifecycle.core.journeys import (
     on_trigger,
 )
 from lifecycle.core.triggers import Trigger, TriggerType
+from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
@@ -277,8 +278,7 @@ class DispatcherStore:
             await conn.execute(
                 text(
                     "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email,"
-                    " coalesce(c.suppressed, (SELECT x.reason FROM suppressions x WHERE x.address = lower(c.email)))"
-                    " AS suppressed, c.last_engagement_at,"
+                    f" {CUSTOMER_SUPPRESSION_SQL} AS suppressed, c.last_engagement_at,"
                     " (SELECT min(s.sent_at) FROM sends s WHERE s.customer_id = c.customer_id"
                     "  AND s.marketing AND s.status = 'sent') AS first_marketing,"
                     " (SELECT count(*) FROM sends s WHERE s.customer_id = c.customer_id AND s.marketing"

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, text
+from sqlalchemy import delete, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -177,9 +177,9 @@ class _Changes:
                     index_elements=["customer_id", "kind"], set_={"due_at": stmt.excluded.due_at}
                 )
             )
-        for customer_id, kind in to_clear:
+        if to_clear:
             await conn.execute(
-                delete(due_changes).where(due_changes.c.customer_id == customer_id, due_changes.c.kind == kind)
+                delete(due_changes).where(tuple_(due_changes.c.customer_id, due_changes.c.kind).in_(to_clear))
             )
         if self.triggers:
             await conn.execute(
