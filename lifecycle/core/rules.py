@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lifecycle.core.state import CartState, CustomerState, OrderFact
+from lifecycle.core.state import CartState, ConsentFact, CustomerState, OrderFact
 from lifecycle.core.triggers import Trigger, TriggerType
 from lifecycle.events import Event, EventType
 
@@ -174,14 +174,18 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
             chosen = sorted({str(c) for c in categories}) if isinstance(categories, list | tuple) else []
             state.set_trait("unsubscribed_categories", chosen, at)
         if traits.get("consent") is not None:
-            state.set_consent(str(traits["consent"]), at)
+            state.record_consent(ConsentFact(at, "trait", str(traits["consent"])))
         if kind is EventType.CUSTOMER_SIGNED_UP:
             state.signed_up_at = min(state.signed_up_at or at, at)
             applier.emit(TriggerType.SIGNED_UP, {"consent": state.consent})
     elif kind is EventType.CONSENT_CONFIRMED:
-        state.set_consent("opted_in", at)
+        confirmed = _prop(event, "email")
+        current = state.traits.get("email")
+        # a confirmation link proves one address: it says nothing once the customer has another
+        if confirmed is None or current is None or str(confirmed).lower() == str(current).lower():
+            state.record_consent(ConsentFact(at, "confirmed"))
     elif kind is EventType.UNSUBSCRIBED:
-        state.set_consent("opted_out", at)
+        state.record_consent(ConsentFact(at, "unsubscribed"))
     elif kind is EventType.CART_UPDATED:
         _apply_cart(applier, event)
     elif kind is EventType.ORDER_PLACED:

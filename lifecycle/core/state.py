@@ -61,13 +61,61 @@ class CartState:
                    abandoned=data.get("abandoned", False))
 
 
+CONSENT_LOG_LIMIT = 100  # consent facts kept per customer; the oldest go first
+
+# At the same instant an opt-out outranks a confirmation, which outranks a trait: ties never depend on order.
+_FACT_RANK = {"trait": 0, "confirmed": 1, "unsubscribed": 2}
+
+
+@dataclass(frozen=True)
+class ConsentFact:
+    """One thing said about a customer's consent: a `consent` trait (`value`), a confirmed double
+    opt-in, or an unsubscribe the customer made (a link, a page, an `unsubscribed` event)."""
+
+    at: datetime
+    kind: str  # trait | confirmed | unsubscribed
+    value: str | None = None  # the trait's value
+
+    def order(self) -> tuple[datetime, int, str]:
+        return (self.at, _FACT_RANK[self.kind], self.value or "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "kind": self.kind, "value": self.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConsentFact:
+        return cls(datetime.fromisoformat(data["at"]), data["kind"], data.get("value"))
+
+
+def derive_consent(facts: list[ConsentFact]) -> tuple[str | None, bool]:
+    """(consent, sticky) from every fact in event-time order, so any arrival order gives the same answer.
+
+    An unsubscribe the customer made is sticky: a later `consent: opted_in` trait (a backend import,
+    a sync) does not undo it. Only a fresh double opt-in does: a `pending` trait (signing up again),
+    then a confirmation. A `pending` or `opted_out` trait is always taken.
+    """
+    consent: str | None = None
+    sticky = False
+    for fact in sorted(facts, key=ConsentFact.order):
+        if fact.kind == "unsubscribed":
+            consent, sticky = "opted_out", True
+        elif fact.kind == "confirmed":
+            if sticky and consent != "pending":
+                continue  # an old confirmation link is no fresh double opt-in
+            consent, sticky = "opted_in", False
+        elif not (sticky and fact.value == "opted_in"):
+            consent = fact.value
+    return consent, sticky
+
+
 @dataclass
 class CustomerState:
     customer_id: str
     traits: dict[str, Any] = field(default_factory=dict)
     # per trait (and "consent"), the occurred_at of the value we hold: last writer by event time wins
     trait_times: dict[str, datetime] = field(default_factory=dict)
-    consent: str | None = None
+    consent: str | None = None  # derived from consent_log
+    consent_log: list[ConsentFact] = field(default_factory=list)
     stage: str | None = None
     orders: dict[str, OrderFact] = field(default_factory=dict)
     cart: CartState | None = None
@@ -88,11 +136,17 @@ class CustomerState:
                 self.traits[name] = value
             self.trait_times[name] = at
 
-    def set_consent(self, value: str, at: datetime) -> None:
-        held = self.trait_times.get("consent")
-        if held is None or at >= held:
-            self.consent = value
-            self.trait_times["consent"] = at
+    def record_consent(self, fact: ConsentFact) -> None:
+        """Add a consent fact (a repeated one changes nothing) and derive the consent again."""
+        if fact not in self.consent_log:
+            self.consent_log.append(fact)
+            self.consent_log.sort(key=ConsentFact.order)
+            del self.consent_log[:-CONSENT_LOG_LIMIT]
+        self.consent, _ = derive_consent(self.consent_log)
+
+    @property
+    def opt_out_is_sticky(self) -> bool:
+        return derive_consent(self.consent_log)[1]
 
     def counted_orders(self) -> list[CountedOrder]:
         return [
@@ -117,6 +171,7 @@ class CustomerState:
             "traits": self.traits,
             "trait_times": {k: v.isoformat() for k, v in self.trait_times.items()},
             "consent": self.consent,
+            "consent_log": [fact.to_json() for fact in self.consent_log],
             "stage": self.stage,
             "orders": {k: v.to_json() for k, v in self.orders.items()},
             "cart": self.cart.to_json() if self.cart else None,
@@ -135,6 +190,7 @@ class CustomerState:
             traits=dict(data.get("traits", {})),
             trait_times={k: datetime.fromisoformat(v) for k, v in data.get("trait_times", {}).items()},
             consent=data.get("consent"),
+            consent_log=_consent_log(data),
             stage=data.get("stage"),
             orders={k: OrderFact.from_json(v) for k, v in data.get("orders", {}).items()},
             cart=CartState.from_json(data["cart"]) if data.get("cart") else None,
@@ -145,3 +201,11 @@ class CustomerState:
             last_click_at=_dt(data.get("last_click_at")),
             suppressed=data.get("suppressed"),
         )
+
+
+def _consent_log(data: dict[str, Any]) -> list[ConsentFact]:
+    if "consent_log" in data:
+        return [ConsentFact.from_json(item) for item in data["consent_log"]]
+    # a state saved before the log existed: its consent becomes one trait fact at the time it was set
+    consent, at = data.get("consent"), data.get("trait_times", {}).get("consent")
+    return [ConsentFact(datetime.fromisoformat(at), "trait", consent)] if consent and at else []

@@ -163,6 +163,69 @@ def test_consent_last_writer_by_event_time_wins() -> None:
     assert state.consent == "opted_out" and decision.triggers == []
 
 
+def _consent_after(events: list[Event]) -> str | None:
+    state = CustomerState("c1")
+    for e in events:
+        apply_event(state, e, T0 + timedelta(days=1), CONFIG)
+    return state.consent
+
+
+def test_an_unsubscribe_is_sticky_against_a_later_import() -> None:
+    unsubscribe = event("unsubscribed", T0)
+    imported = event("customer_updated", T0 + timedelta(hours=1), traits={"consent": "opted_in"})
+    assert _consent_after([unsubscribe, imported]) == "opted_out"
+    assert _consent_after([imported, unsubscribe]) == "opted_out"  # whatever the arrival order
+
+
+def test_an_api_opt_out_is_not_sticky() -> None:
+    opted_out = event("customer_updated", T0, traits={"consent": "opted_out"})
+    imported = event("customer_updated", T0 + timedelta(hours=1), traits={"consent": "opted_in"})
+    assert _consent_after([opted_out, imported]) == "opted_in"
+
+
+def test_only_a_fresh_double_opt_in_lifts_a_sticky_opt_out() -> None:
+    unsubscribe = event("unsubscribed", T0)
+    old_link = event("consent_confirmed", T0 + timedelta(minutes=5))
+    assert _consent_after([unsubscribe, old_link]) == "opted_out"
+    signed_up_again = event("customer_signed_up", T0 + timedelta(hours=1), traits={"consent": "pending"})
+    confirmed = event("consent_confirmed", T0 + timedelta(hours=2))
+    assert _consent_after([unsubscribe, signed_up_again]) == "pending"
+    assert _consent_after([confirmed, signed_up_again, unsubscribe]) == "opted_in"
+    # and once lifted, the customer can unsubscribe again
+    again = event("unsubscribed", T0 + timedelta(hours=3))
+    assert _consent_after([unsubscribe, signed_up_again, confirmed, again]) == "opted_out"
+
+
+def test_a_confirmation_for_another_address_is_ignored() -> None:
+    signed_up = event("customer_signed_up", T0, traits={"email": "new@example.com", "consent": "pending"})
+    state = CustomerState("c1")
+    apply_event(state, signed_up, T0, CONFIG)
+    confirm = Event.model_validate({**event("consent_confirmed", T0 + timedelta(minutes=1)).model_dump(),
+                                    "properties": {"email": "Old@Example.com"}}) \
+        if "email" in _confirm_fields() else None
+    if confirm is not None:
+        apply_event(state, confirm, T0 + timedelta(minutes=1), CONFIG)
+        assert state.consent == "pending"
+    same = event("consent_confirmed", T0 + timedelta(minutes=2))
+    apply_event(state, same, T0 + timedelta(minutes=2), CONFIG)
+    assert state.consent == "opted_in"
+
+
+def _confirm_fields() -> list[str]:
+    from lifecycle.events import PROPERTIES_MODELS, EventType
+
+    return list(PROPERTIES_MODELS[EventType.CONSENT_CONFIRMED].model_fields)
+
+
+def test_a_state_saved_before_the_consent_log_reads_back() -> None:
+    legacy = {"customer_id": "c1", "consent": "opted_in", "trait_times": {"consent": T0.isoformat()}}
+    state = CustomerState.from_json(legacy)
+    assert state.consent == "opted_in"
+    apply_event(state, event("customer_updated", T0 - timedelta(hours=1), traits={"consent": "opted_out"}),
+                T0, CONFIG)
+    assert state.consent == "opted_in"  # the older trait loses, as it always did
+
+
 def test_engagement_is_recorded_and_forwarded() -> None:
     state = CustomerState("c1")
     decision = apply_event(state, event("email_clicked", T0, properties={
@@ -191,6 +254,8 @@ STORY = [
     order("o2", T0 + timedelta(minutes=20), 40),
     event("order_refunded", T0 + timedelta(minutes=30), event_id="s4", properties={"order_id": "o1"}),
     event("email_opened", T0 + timedelta(minutes=40), event_id="s5"),
+    event("unsubscribed", T0 + timedelta(minutes=50), event_id="s6"),
+    event("customer_updated", T0 + timedelta(minutes=60), event_id="s7", traits={"consent": "opted_in"}),
 ]
 
 
