@@ -159,6 +159,84 @@ def cmd_journeys_validate(directory: str | None) -> int:
     return 0
 
 
+async def _journeys_apply(settings: Settings, path: Path, runs: str) -> int:
+    from lifecycle.db.engine import make_engine
+    from lifecycle.journey_catalog import apply
+    from lifecycle.journey_files import JourneyError
+    from lifecycle.templates import Templates
+
+    try:
+        definition = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings, "cli", pool_size=1)
+    try:
+        applied = await apply(engine, definition, Templates(settings.journeys_dir, settings.default_locale),
+                              f"cli:{path}", "migrate" if runs == "migrate" else "keep", where=str(path))
+    except JourneyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; nothing was applied", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    version = applied.version
+    if not applied.created:
+        print(f"{version.journey}: version {version.version} is already this definition; nothing changed")
+    else:
+        moved = (f"; {applied.runs_migrated} run(s) moved to it, {applied.runs_ended} ended (step removed)"
+                 if runs == "migrate" else "; runs in flight finish on their version")
+        print(f"{version.journey}: version {version.version} applied, new runs take it{moved}")
+    return 0
+
+
+async def _journeys_list(settings: Settings, name: str | None, as_json: bool) -> int:
+    from lifecycle.db.engine import make_engine
+    from lifecycle.journey_catalog import catalog_view, list_versions
+
+    engine = make_engine(settings, "cli", pool_size=1)
+    try:
+        view = catalog_view(await list_versions(engine, name), with_definition=as_json and name is not None)
+    finally:
+        await engine.dispose()
+    if as_json:
+        print(json.dumps(view, indent=2, ensure_ascii=False))
+        return 0
+    if not view:
+        print(f"no journey named {name!r}" if name else "no journeys registered yet (start a service once)")
+        return 1 if name else 0
+    for journey in view:
+        current = journey["current_version"]
+        print(f"{journey['name']:<24} current: {current if current is not None else 'retired'}")
+        for version in journey["versions"]:
+            print(f"  v{version['version']:<4} {version['created_at']}  {version['source']:<4} {version['origin']}")
+    return 0
+
+
+def cmd_dlq(action: str, selectors: list[str], everything: bool, as_json: bool) -> int:
+    from lifecycle.dlq import DlqError, read_entries, render, replay
+
+    settings = _settings()
+    if action == "list":
+        print(render(asyncio.run(read_entries(settings)), as_json))
+        return 0
+    if not selectors and not everything:
+        print("name the dead letters to replay (<partition>:<offset>, as `lifecycle dlq list` shows) or --all",
+              file=sys.stderr)
+        return 2
+    try:
+        replayed = asyncio.run(replay(settings, selectors, everything))
+    except DlqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for entry in replayed:
+        assert entry.letter is not None
+        print(f"replayed {entry.name} to {entry.letter.topic}")
+    print(f"{len(replayed)} replayed")
+    return 0
+
+
 async def _report(settings: Settings, since_text: str, journey: str | None, fmt: str) -> int:
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -223,6 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
     validate.add_argument("--dir", help="extra journeys directory (default: LIFECYCLE_JOURNEYS_DIR)")
+    apply_parser = journeys_sub.add_parser(
+        "apply", help="add or replace a journey while the services run (validated like the files)")
+    apply_parser.add_argument("file", help="one journey in the journey file format (YAML)")
+    apply_parser.add_argument("--runs", choices=["keep", "migrate"], default="keep",
+                              help="keep: runs in flight finish on their version (default); migrate: they move "
+                              "to the new one at the step with the same id, and end if it has none")
+    list_parser = journeys_sub.add_parser("list", help="journeys and their versions")
+    list_parser.add_argument("name", nargs="?", help="only this journey")
+    list_parser.add_argument("--json", action="store_true", help="as JSON (with the definitions for one journey)")
+    dlq = sub.add_parser("dlq", help="the dead-letter topic: events and triggers that could not be handled")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="every dead letter, with its error")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_replay = dlq_sub.add_parser("replay", help="publish dead letters to their original topic again")
+    dlq_replay.add_argument("ids", nargs="*", help="<partition>:<offset> as `lifecycle dlq list` shows")
+    dlq_replay.add_argument("--all", action="store_true", help="every dead letter")
     return parser
 
 
@@ -247,6 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args.since, args.journey, args.format)
         if args.command == "templates":
             return run_templates_command(args, _settings())
+        if args.command == "dlq":
+            return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
+                           getattr(args, "json", False))
+        if args.journeys_command == "apply":
+            return asyncio.run(_journeys_apply(_settings(), Path(args.file), args.runs))
+        if args.journeys_command == "list":
+            return asyncio.run(_journeys_list(_settings(), args.name, args.json))
         return cmd_journeys_validate(args.dir)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

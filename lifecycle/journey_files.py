@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,11 +137,19 @@ def _steps(reader: _Reader, node: yaml.Node, name: str, templates: Templates | N
             steps.append(step)
     if sends == 0:
         reader.fail(node, "steps", "a journey needs at least one send step")
+    seen: set[str] = set()
+    for i, parsed in enumerate(steps):
+        if isinstance(parsed, SendStep):
+            if parsed.id in seen:
+                reader.fail(node.value[i], f"steps[{i}].send.id",
+                            f"another send step has the id {parsed.id!r}; give each send step its own `id`")
+            seen.add(parsed.id)
     return steps
 
 
-SEND_FIELDS = {"template", "if_clicked", "unless_clicked", "branches", "coupon", "offer", "recommendations",
+SEND_FIELDS = {"id", "template", "if_clicked", "unless_clicked", "branches", "coupon", "offer", "recommendations",
                "variants"}
+_STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TIERS = ("bronze", "silver", "gold")
 CATEGORIES = ("cart_reminders", "offers", "news")
 
@@ -255,8 +264,15 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
                 variants.append(Variant(raw["name"], int(raw.get("weight", 1)), variant_template, raw.get("subject")))
             if len({v.name for v in variants}) != len(variants):
                 reader.fail(send["variants"], f"{field}.variants", "variant names must differ")
+    step_id = template
+    if "id" in send:
+        given = reader.scalar(send["id"], f"{field}.id")
+        if given is None or not _STEP_ID.fullmatch(given):
+            reader.fail(send["id"], f"{field}.id", "a step id is 1 to 64 letters, digits or _ . : - (e.g. reminder)")
+        else:
+            step_id = given
     return SendStep(template, number, if_clicked, unless_clicked, tuple(branches), coupon, recommendations,
-                    tuple(variants))
+                    tuple(variants), step_id)
 
 
 def parse_journey(path: Path, text: str, templates: Templates | None = None) -> tuple[Journey | None, list[Problem]]:
@@ -334,6 +350,13 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
     return journey, []
 
 
+@dataclass(frozen=True)
+class JourneyFile:
+    journey: Journey
+    path: Path
+    text: str  # the definition as written: what a version stores
+
+
 def load_journeys(extra_dir: Path | None = None, templates: Templates | None = None,
                   render_templates: bool = True) -> list[Journey]:
     """Built-in journeys, then those of `extra_dir`, which add or replace by name.
@@ -341,8 +364,14 @@ def load_journeys(extra_dir: Path | None = None, templates: Templates | None = N
     With `render_templates`, every template of every locale is rendered with sample data and each
     problem is reported; without it, only their existence is checked (for readers of runs).
     """
+    return [found.journey for found in load_journey_files(extra_dir, templates, render_templates)]
+
+
+def load_journey_files(extra_dir: Path | None = None, templates: Templates | None = None,
+                       render_templates: bool = True) -> list[JourneyFile]:
+    """`load_journeys`, keeping each journey's file and text."""
     templates = templates or Templates(extra_dir)
-    by_name: dict[str, Journey] = {}
+    by_name: dict[str, JourneyFile] = {}
     problems: list[Problem] = []
     dirs = [BUILTIN_DIR] + ([extra_dir] if extra_dir is not None else [])
     for directory in dirs:
@@ -350,11 +379,12 @@ def load_journeys(extra_dir: Path | None = None, templates: Templates | None = N
             problems.append(Problem(directory, 1, "(dir)", "journeys directory not found"))
             continue
         for path in sorted(directory.glob("*.yaml")):
-            journey, found = parse_journey(path, path.read_text(encoding="utf-8"), templates)
+            text = path.read_text(encoding="utf-8")
+            journey, found = parse_journey(path, text, templates)
             problems.extend(found)
             if journey is not None:
-                by_name[journey.name] = journey
-    for journey in by_name.values() if render_templates else ():
+                by_name[journey.name] = JourneyFile(journey, path, text)
+    for journey in [found.journey for found in by_name.values()] if render_templates else ():
         for step in journey.steps:
             if not isinstance(step, SendStep):
                 continue

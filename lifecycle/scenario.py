@@ -30,8 +30,8 @@ from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
                 "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",
-                "customer_products", "product_sales", "co_purchases")
-STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe")
+                "customer_products", "product_sales", "co_purchases", "consent_fences")
+STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe", "journey")
 
 
 class ScenarioError(Exception):
@@ -160,6 +160,9 @@ class ScenarioRunner:
             raise ScenarioError("the scenario runner needs one plain API key in LIFECYCLE_API_KEYS")
         return plain[0]
 
+    def admin_key(self) -> str:
+        return self.api_key()
+
     async def close(self) -> None:
         await self.http.aclose()
 
@@ -168,6 +171,8 @@ class ScenarioRunner:
             await self.watch.wait_idle()  # what an earlier file left in flight must not leak into this one
         async with self.engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {', '.join(STATE_TABLES)}"))
+            # journeys a scenario applied last only for that scenario: the files' versions are current again
+            await conn.execute(text("DELETE FROM journey_versions WHERE source = 'api'"))
         await set_virtual_time(self.engine, start)
         clear_messages(self.sink_dir)
         self._consumed = 0
@@ -242,6 +247,8 @@ class ScenarioRunner:
                     if not _same(value, actual.get(name)):
                         failures.append(f"{where}: customer {customer_id} {name}: expected {value!r}, "
                                         f"got {actual.get(name)!r}")
+            elif "journey" in step:
+                await self._apply_journey(step["journey"], where, failures)
             elif "unsubscribe" in step:
                 await self.watch.wait_idle()
                 await self._unsubscribe(str(step["unsubscribe"]).lower(), where, failures)
@@ -265,6 +272,22 @@ class ScenarioRunner:
             await self.watch.wait_idle()
         await asyncio.to_thread(restart_services, configured)
         self._overrides = dict(overrides)
+
+    async def _apply_journey(self, definition: object, where: str, failures: list[str]) -> None:
+        """Apply a journey written inline, as `lifecycle journeys apply` would; it must be accepted."""
+        if not isinstance(definition, dict):
+            raise ScenarioError(f"{where}: journey must be a mapping in the journey file format")
+        response = await self.http.post("/v1/admin/journeys", json=definition,
+                                        headers={"Authorization": f"Bearer {self.admin_key()}"})
+        if response.status_code not in (200, 201):
+            try:
+                body = response.json()
+                detail = "; ".join([str(body.get("detail"))] + [
+                    f"{e['field']}: {e['message']}" for e in body.get("errors", [])])
+            except ValueError:
+                detail = response.text[:300]
+            failures.append(f"{where}: journey {definition.get('name')!r} was refused "
+                            f"({response.status_code}): {detail}")
 
     async def _unsubscribe(self, address: str, where: str, failures: list[str]) -> None:
         self.new_emails()

@@ -8,6 +8,7 @@ into actions; the dispatcher executes them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Literal
@@ -81,6 +82,7 @@ class SendStep:
     coupon: CouponSpec | None = None
     recommendations: int = 0
     variants: tuple[Variant, ...] = ()
+    id: str = ""  # stable across versions of the journey (default: its template); runs point at it
 
     def templates(self) -> tuple[str, ...]:
         names = [self.template, *(b.template for b in self.branches), *(v.template for v in self.variants)]
@@ -121,23 +123,32 @@ class Journey:
         return None
 
     def send_step(self, index: int) -> SendStep:
-        step = self.steps[index]
+        step = self.steps[index] if 0 <= index < len(self.steps) else None
         if not isinstance(step, SendStep):
             raise ValueError(f"step {index} of {self.name} is not a send step")
         return step
+
+    def index_of(self, step_id: str) -> int | None:
+        """Where the send step `step_id` is in this version, None when it has none."""
+        for index, step in enumerate(self.steps):
+            if isinstance(step, SendStep) and step.id == step_id:
+                return index
+        return None
 
 
 @dataclass
 class Run:
     run_id: int
     journey: str
-    status: str  # active | completed | exited
+    status: str  # active | completed | exited | failed
     entry_key: str
     step_index: int | None
     due_at: datetime | None
     started_at: datetime
     context: dict[str, Any] = field(default_factory=dict)
     clicks: list[dict[str, Any]] = field(default_factory=list)
+    version_id: int | None = None  # the journey version the run started on
+    step_id: str | None = None  # its next send step
 
 
 @dataclass(frozen=True)
@@ -166,10 +177,16 @@ class RecordClick:
 Action = StartRun | ExitRun | RecordClick
 
 
-def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger) -> list[Action]:
-    """What a trigger does to one customer's runs. `runs` holds all of them, ended ones too."""
+def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger,
+               journey_of: Callable[[Run], Journey | None] | None = None) -> list[Action]:
+    """What a trigger does to one customer's runs. `runs` holds all of them, ended ones too.
+
+    `journeys` are the current versions (they start runs); `journey_of(run)` is the version a run
+    started on, whose exit rules apply to it (default: the current version of its journey).
+    """
     actions: list[Action] = []
     by_name = {j.name: j for j in journeys}
+    version_of = journey_of or (lambda run: by_name.get(run.journey))
     active = {r.journey: r for r in runs if r.status == "active"}
 
     if trigger.type is TriggerType.ENGAGEMENT and trigger.data.get("kind") == "clicked":
@@ -182,7 +199,7 @@ def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger) -> li
 
     exited: set[str] = set()
     for name, run in active.items():
-        journey = by_name.get(name)
+        journey = version_of(run)
         if journey is not None and any(rule.matches(trigger) for rule in journey.exits):
             actions.append(ExitRun(run.run_id, f"exit:{trigger.type.value}"))
             exited.add(name)
@@ -354,3 +371,49 @@ def _branch_holds(run: Run, branch: Branch) -> bool:
 
 def _clicked(run: Run, condition: ClickCondition) -> bool:
     return any(c.get("step") == condition.step and c.get("link") == condition.link for c in run.clicks)
+
+
+@dataclass(frozen=True)
+class SendAudience:
+    """What a send's journey version accepts: its consents, whether it is marketing, its category."""
+
+    consent: tuple[str, ...]
+    marketing: bool
+    category: str
+
+    @classmethod
+    def of(cls, journey: Journey) -> SendAudience:
+        return cls(journey.consent, journey.marketing, journey.category)
+
+
+@dataclass(frozen=True)
+class SendFacts:
+    """The customer and the run as they stand right before an SMTP transaction."""
+
+    to_address: str
+    run_status: str | None
+    consent: str | None
+    email: str | None
+    suppressed: str | None
+    unsubscribed_categories: tuple[str, ...]
+    pending_opt_outs: tuple[str, ...]  # fences: acknowledged, not applied yet ("*": every marketing email)
+
+
+def still_wanted(audience: SendAudience, facts: SendFacts) -> str | None:
+    """None when the email may still go; else why not. Checked again before every attempt, because
+    an opt-out, a bounce or an exit may have come in since the step was decided."""
+    if facts.run_status in ("exited", "failed"):
+        return f"run_ended:{facts.run_status}"
+    consent = "opted_out" if "*" in facts.pending_opt_outs else facts.consent
+    if consent not in audience.consent:
+        return f"consent:{consent or 'unknown'}"
+    if not facts.email:
+        return "no_email"
+    if facts.email.lower() != facts.to_address.lower():
+        return "address_changed"
+    if facts.suppressed:
+        return f"suppressed:{facts.suppressed}"
+    if audience.marketing and (audience.category in facts.unsubscribed_categories
+                               or audience.category in facts.pending_opt_outs):
+        return f"preference:{audience.category}"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -9,8 +10,9 @@ from typing import Any, TypedDict
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lifecycle.core.journeys import Journey
 from lifecycle.db.schema import journey_runs, sends
-from lifecycle.journey_files import load_journeys
+from lifecycle.journey_catalog import JourneyCatalog
 from lifecycle.settings import Settings
 
 CustomerReader = Callable[[str], Awaitable[dict[str, object] | None]]
@@ -43,9 +45,16 @@ CUSTOMER_SUPPRESSION_SQL = (
 )
 
 
+# The categories of the opt-outs the ingest API acknowledged for customer `c` and the stager has not
+# applied yet ("*": every marketing email). Once applied, the customer's state says the same.
+PENDING_FENCES_SQL = (
+    "ARRAY(SELECT f.category FROM consent_fences f WHERE f.customer_id = c.customer_id AND NOT EXISTS ("
+    "SELECT 1 FROM processed_events p WHERE p.customer_id = f.customer_id AND p.event_id = f.event_id))"
+)
+
+
 def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) -> CustomerReader:
-    journeys = {j.name: j for j in load_journeys(settings.journeys_dir if settings else None,
-                                                 render_templates=False)}
+    catalog = JourneyCatalog(templates=None)  # the step numbers of each run's own journey version
 
     async def read(customer_id: str) -> dict[str, object] | None:
         async with engine.connect() as conn:
@@ -65,6 +74,10 @@ def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) 
                     .order_by(journey_runs.c.run_id)
                 )
             ).all()
+            versions = await catalog.versions(conn, {r.version_id for r in runs if r.version_id is not None})
+            current = {name: journey for name, (_, journey) in (await catalog.current(conn)).items()}
+        journeys = {r.run_id: versions.get(r.version_id) if r.version_id is not None else current.get(r.journey)
+                    for r in runs}
         state: dict[str, Any] = row.state
         traits = state.get("traits", {})
         view: dict[str, object] = {
@@ -84,18 +97,18 @@ def make_customer_reader(engine: AsyncEngine, settings: Settings | None = None) 
             "first_order_at": iso(row.first_order_at),
             "last_order_at": iso(row.last_order_at),
             "last_engagement_at": iso(row.last_engagement_at),
-            "journeys": [_run_view(r, journeys) for r in runs],
+            "journeys": [_run_view(r, journeys.get(r.run_id)) for r in runs],
         }
         return view
 
     return read
 
 
-def _run_view(run: Any, journeys: dict[str, Any]) -> dict[str, object]:
+def _run_view(run: Any, journey: Journey | None) -> dict[str, object]:
     next_step: int | None = None
-    journey = journeys.get(run.journey)
     if run.status == "active" and run.step_index is not None and journey is not None:
-        next_step = journey.send_step(run.step_index).number
+        with contextlib.suppress(ValueError):  # a step the version no longer has: the dispatcher ends the run
+            next_step = journey.send_step(run.step_index).number
     return {
         "journey": run.journey,
         "status": run.status,

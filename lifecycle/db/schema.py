@@ -14,7 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = MetaData()
 
@@ -38,8 +38,8 @@ customers = Table(
 
 processed_events = Table(
     "processed_events", metadata,
+    Column("customer_id", Text, primary_key=True),
     Column("event_id", Text, primary_key=True),
-    Column("customer_id", Text, nullable=False),
     Column("processed_at", TS, nullable=False),
 )
 
@@ -78,6 +78,21 @@ journey_runs = Table(
     Column("exit_reason", Text),
     Column("context", JSONB, nullable=False),
     Column("clicks", JSONB, nullable=False),
+    Column("version_id", BigInteger),
+    Column("step_id", Text),
+)
+
+journey_versions = Table(
+    "journey_versions", metadata,
+    Column("version_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("journey", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("retired", Boolean, nullable=False),
+    Column("created_at", TS, nullable=False),
 )
 
 processed_triggers = Table(
@@ -110,12 +125,13 @@ sends = Table(
     Column("category", Text),
     Column("delivered_at", TS),
     Column("next_attempt_at", TS),
+    Column("lease_token", UUID(as_uuid=False)),
 )
 
 email_events = Table(
     "email_events", metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("event_id", Text, nullable=False, unique=True),
+    Column("event_id", Text, nullable=False),
     Column("customer_id", Text, nullable=False),
     Column("message_id", Text),
     Column("journey", Text),
@@ -124,6 +140,14 @@ email_events = Table(
     Column("kind", Text, nullable=False),
     Column("link", Text),
     Column("occurred_at", TS, nullable=False),
+)
+
+consent_fences = Table(
+    "consent_fences", metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("event_id", Text, primary_key=True),
+    Column("category", Text, primary_key=True),  # "*": every marketing email (an opt-out)
+    Column("acknowledged_at", TS, nullable=False),
 )
 
 suppressions = Table(
