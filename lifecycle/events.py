@@ -28,6 +28,7 @@ Pure code, no I/O. Design:
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -569,6 +570,20 @@ class Event(BaseModel):
             raise TypeError(f"{self.type} event carries {type(self.properties).__name__}, not {model.__name__}")
         return self.properties
 
+    def opt_outs(self) -> list[str]:
+        """What this event opts the customer out of: "*" for every marketing email (an unsubscribe, a
+        `consent: opted_out` trait), or the categories it lists as left. The ingest API fences these
+        before it answers, so no email goes out while the stager has not applied them yet."""
+        if self.type is EventType.UNSUBSCRIBED:
+            return ["*"]
+        if self.traits is None:
+            return []
+        left: list[str] = []
+        if self.traits.consent is Consent.OPTED_OUT:
+            left.append("*")
+        left.extend(self.traits.unsubscribed_categories or [])
+        return left
+
     def to_message(self) -> bytes:
         """The Kafka value: UTF-8 JSON `{"schema_version": 1, "event": {...}}`."""
         # exclude_unset keeps "trait absent" apart from "trait cleared" across the wire.
@@ -612,7 +627,8 @@ def _client_model(kind: EventType) -> type[BaseModel]:
     props = PROPERTIES_MODELS[kind]
     props_required = any(field.is_required() for field in props.model_fields.values())
     fields: dict[str, Any] = {
-        "event_id": (Identifier | None, Field(default=None, description="Idempotency key; uuid4 if omitted")),
+        "event_id": (Identifier | None, Field(
+            default=None, description="Idempotency key, per customer; derived from the event's content if omitted")),
         "type": (cast(Any, Literal)[kind.value], ...),
         "customer_id": (Identifier, ...),
         "occurred_at": (
@@ -633,6 +649,13 @@ _CLIENT_MODELS: Final[dict[EventType, type[BaseModel]]] = {kind: _client_model(k
 
 # ---------------------------------------------------------------------------
 # Parsing client input
+
+
+def derived_event_id(obj: Mapping[str, object]) -> str:
+    """The id of an event sent without one: a digest of exactly what was sent, so that a retried
+    request is recognised (and identical events sent without id or occurred_at count once)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "d-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 def parse_event(obj: object, received_at: datetime, new_id: Callable[[], str]) -> Event:

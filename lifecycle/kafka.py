@@ -54,7 +54,7 @@ def make_consumer(settings: Settings, topic: str, group: str) -> AIOKafkaConsume
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the events and triggers topics when missing (replication 1).
+    """Create the events, triggers and dead-letter topics when missing (replication 1).
 
     Safe to call from several services at once: a topic created by someone else between
     our listing and our request is fine.
@@ -63,7 +63,7 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.events_topic, settings.triggers_topic]
+        wanted = [settings.events_topic, settings.triggers_topic, settings.dlq_topic]
         missing = [name for name in dict.fromkeys(wanted) if name not in existing]
         if not missing:
             return

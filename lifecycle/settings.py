@@ -11,7 +11,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:59092"
     events_topic: str = "lifecycle.events"
     triggers_topic: str = "lifecycle.triggers"
+    dlq_topic: str = "lifecycle.dead-letters"
     topic_partitions: int = Field(default=4, ge=1)
     stager_group: str = "lifecycle-stager"
     dispatcher_group: str = "lifecycle-dispatcher"
@@ -112,6 +113,15 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _lease_covers_an_attempt(self) -> Settings:
+        # a send starts only with a whole attempt (2 x the SMTP timeout) and 5 s to record it left
+        needed = 2 * self.smtp_timeout_seconds + 5
+        if self.send_lease_seconds <= needed:
+            raise ValueError(f"send_lease_seconds ({self.send_lease_seconds}) must be more than twice "
+                             f"smtp_timeout_seconds plus 5 s ({needed:g})")
+        return self
 
     @property
     def mail_from_address(self) -> str:

@@ -341,6 +341,7 @@ class Envelope(Protocol):
 
 E = TypeVar("E", bound=Envelope)
 OnOutcome = Callable[[E, Outcome, float], Awaitable[None]]
+Admit = Callable[[list[E]], Awaitable[list[E]]]
 
 
 class Sender:
@@ -358,12 +359,20 @@ class Sender:
 
     async def run(self, items: Sequence[E], on_outcome: OnOutcome[E], budget: float | None = None,
                   prepare: Callable[[E], bytes] | None = None,
-                  stop: asyncio.Event | None = None) -> list[tuple[E, float]]:
+                  stop: asyncio.Event | None = None,
+                  admit: Admit[E] | None = None,
+                  finish_by: Callable[[E], float] | None = None,
+                  attempt_seconds: float = 0.0) -> list[tuple[E, float]]:
         """Send `items`, concurrently over the pool, each when the rate limits allow.
 
         `on_outcome(item, outcome, seconds)` runs right after each attempt. No send starts once
         `budget` seconds have passed: those items come back with the delay after which they may go
         (the caller postpones them durably, and the loop is not held up by a slow domain).
+        `admit(group)` runs right before a group of sends starts (one check for all of them, after any
+        wait for the rate limits) and returns those that may still go; the others are dropped.
+        `finish_by(item)` is the clock reading by which the item's attempt must be over (its lease): an
+        item with less than `attempt_seconds` left does not start (it comes back), and a started one is
+        cut off then (a retry).
         `prepare` turns an item into the bytes to send (DKIM signing); it runs just before sending.
         Once `stop` is set (SIGTERM), no send starts either: the sends in flight finish, the rest comes back.
         """
@@ -372,33 +381,58 @@ class Sender:
             queues.setdefault(domain_of(item.to_address), deque()).append(item)
         deadline = None if budget is None else self.clock() + budget
         tasks: list[asyncio.Task[None]] = []
+        out_of_time: list[E] = []
 
         async def attempt(item: E) -> None:
             try:
                 started = self.clock()
                 message = prepare(item) if prepare is not None else item.message
-                outcome = await self.transport.send(self.mail_from, item.to_address, message)
+                if finish_by is None:
+                    outcome = await self.transport.send(self.mail_from, item.to_address, message)
+                else:
+                    try:
+                        async with asyncio.timeout(max(0.001, finish_by(item) - self.clock())):
+                            outcome = await self.transport.send(self.mail_from, item.to_address, message)
+                    except TimeoutError:
+                        outcome = Outcome("retry", "timeout: the lease ran out during the attempt")
                 await on_outcome(item, outcome, self.clock() - started)
             finally:
                 self._slots.release()
 
+        def startable(item: E) -> bool:
+            if finish_by is not None and finish_by(item) - self.clock() < attempt_seconds:
+                out_of_time.append(item)
+                return False
+            return True
+
+        def take_ready() -> E | None:
+            """The next item whose domain has a token now (taking it), or None."""
+            for domain in list(queues):
+                if self.limiter.wait(domain) > 0:
+                    continue
+                queue = queues.pop(domain)
+                item = queue.popleft()
+                if queue:
+                    queues[domain] = queue  # to the back: domains take turns
+                self.limiter.take(domain)
+                return item
+            return None
+
         try:
             while queues:
                 await self._slots.acquire()
-                chosen: str | None = None
+                first: E | None = None
                 try:
-                    while chosen is None:
+                    while first is None and queues:
                         now = self.clock()
                         if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
                             break
-                        soonest = float("inf")
-                        for domain in queues:
-                            wait = self.limiter.wait(domain)
-                            if wait <= 0:
-                                chosen = domain
-                                break
-                            soonest = min(soonest, wait)
-                        if chosen is None:
+                        first = take_ready()
+                        if first is not None and not startable(first):
+                            first = None
+                            continue
+                        if first is None and queues:
+                            soonest = min(self.limiter.wait(domain) for domain in queues)
                             limit = soonest if deadline is None else min(soonest, deadline - now)
                             if stop is not None:
                                 limit = min(limit, 0.25)  # look at `stop` now and then
@@ -406,23 +440,40 @@ class Sender:
                 except BaseException:
                     self._slots.release()
                     raise
-                if chosen is None:  # out of time, or stopping
+                if first is None:  # out of time, stopping, or nothing left that may start
                     self._slots.release()
-                    break
-                self.limiter.take(chosen)
-                queue = queues.pop(chosen)
-                item = queue.popleft()
-                if queue:
-                    queues[chosen] = queue  # to the back: domains take turns
-                tasks.append(asyncio.create_task(attempt(item)))
-                await asyncio.sleep(0)  # the send starts now, not after we next wait for a token
+                    if queues and ((deadline is not None and self.clock() >= deadline)
+                                   or (stop is not None and stop.is_set())):
+                        break
+                    continue
+                group = [first]
+                while not self._slots.locked() and queues:  # more free connections: fill them now
+                    more = take_ready()
+                    if more is None:
+                        break
+                    if startable(more):
+                        await self._slots.acquire()  # free, so this does not wait
+                        group.append(more)
+                try:
+                    admitted = group if admit is None else await admit(group)
+                except BaseException:
+                    for _ in group:
+                        self._slots.release()
+                    raise
+                allowed = {id(item) for item in admitted}
+                for item in group:
+                    if id(item) in allowed:
+                        tasks.append(asyncio.create_task(attempt(item)))
+                    else:
+                        self._slots.release()
+                await asyncio.sleep(0)  # the sends start now, not after we next wait for a token
         finally:
             # every started send finishes and is recorded, even when something above failed
             results = await asyncio.gather(*tasks, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        postponed: list[tuple[E, float]] = []
+        postponed: list[tuple[E, float]] = [(item, 0.0) for item in out_of_time]
         for domain, queue in queues.items():
             for ahead, item in enumerate(queue):
                 postponed.append((item, self.limiter.estimate(domain, len(postponed), ahead)))

@@ -1,4 +1,8 @@
-"""Run the dispatcher: consume triggers, send due steps, take over stale sends, until SIGTERM."""
+"""Run the dispatcher: consume triggers, send due steps, take over stale sends, until SIGTERM.
+
+Each phase of the loop fails on its own: a database or broker outage is logged, counted and retried
+after a backoff, never the end of the process (see lifecycle/consuming.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import logging
 import time
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import Clock, make_clock
+from lifecycle.consuming import TopicWorker, run_phases
 from lifecycle.core.triggers import Trigger
-from lifecycle.journey_files import load_journeys
-from lifecycle.kafka import ensure_topics, make_consumer, poll_decoded, report_lag
+from lifecycle.db.engine import make_engine
+from lifecycle.journey_catalog import JourneyCatalog, register_files
+from lifecycle.journey_files import load_journey_files
+from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -40,21 +47,26 @@ async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]
             await conn.execute(text("SELECT journey, count(*) FROM journey_runs WHERE status = 'active'"
                                     " GROUP BY journey"))
         ).all())
-        # every loaded journey gets a value, zero included, so a finished journey does not keep its last count
-        for journey in journeys:
+        # every journey gets a value, zero included, so a finished journey does not keep its last count
+        for journey in sorted(set(journeys) | set(active)):
             metrics.RUNS_ACTIVE.labels(journey=journey).set(active.get(journey, 0))
 
 
 async def serve(settings: Settings) -> None:
     templates = Templates(settings.journeys_dir, settings.default_locale)
-    journeys = load_journeys(settings.journeys_dir, templates)
-    engine = create_async_engine(settings.database_url, pool_size=5)
+    files = load_journey_files(settings.journeys_dir, templates)
+    engine = make_engine(settings, "dispatcher")
     clock = make_clock(settings.clock, engine)
     await wait_for_database(engine)
+    await retry_until("PostgreSQL (journey versions)", lambda: register_files(engine, files))
     await retry_until("Kafka", lambda: ensure_topics(settings))
-    store = DispatcherStore(settings, engine, clock, journeys, templates)
+    store = DispatcherStore(settings, engine, clock, JourneyCatalog(templates), templates)
     consumer = make_consumer(settings, settings.triggers_topic, settings.dispatcher_group)
+    producer = make_producer(settings)  # the dead-letter topic
     await retry_until("Kafka consumer", consumer.start)
+    await retry_until("Kafka producer", producer.start)
+    worker = TopicWorker(consumer, producer, settings, "dispatcher", clock, Trigger.from_message,
+                         store.handle_triggers, metrics.TRIGGERS, metrics.UNREADABLE, metrics.DEAD_LETTERED)
 
     async def ready() -> bool:
         return await dependencies_ready(engine, consumer.topics)
@@ -62,28 +74,34 @@ async def serve(settings: Settings) -> None:
     server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
     stop = stop_on_signals()
     await wait_for_clock(clock, stop)
-    log.info("dispatcher started: %d journeys, clock %s", len(journeys), settings.clock)
+    log.info("dispatcher started: %d journey files, clock %s", len(files), settings.clock)
     last_gauges = 0.0
+
+    async def send_due() -> None:
+        # sends in flight finish before the loop looks at `stop` again
+        await deliver(store, settings, await store.claim_due_steps(settings.batch_size), stop)
+
+    async def take_over_stale() -> None:
+        stale = await store.reclaim_stale_sends(settings.batch_size)
+        metrics.RESENT_AFTER_LEASE.inc(len(stale))
+        await deliver(store, settings, stale, stop)
+
+    async def gauges() -> None:
+        nonlocal last_gauges
+        if time.monotonic() - last_gauges > 5:
+            last_gauges = time.monotonic()
+            await _refresh_gauges(engine, clock, [found.journey.name for found in files])
+            await report_lag(consumer, metrics.LAG)
+
     try:
-        while not stop.is_set():
-            read, triggers = await poll_decoded(consumer, settings, Trigger.from_message, metrics.TRIGGERS,
-                                                metrics.UNREADABLE)
-            if read:
-                await store.handle_triggers(triggers)
-                await consumer.commit()
-            # sends in flight finish before the loop looks at `stop` again
-            await deliver(store, settings, await store.claim_due_steps(settings.batch_size), stop)
-            stale = await store.reclaim_stale_sends(settings.batch_size)
-            metrics.RESENT_AFTER_LEASE.inc(len(stale))
-            await deliver(store, settings, stale, stop)
-            if time.monotonic() - last_gauges > 5:
-                last_gauges = time.monotonic()
-                await _refresh_gauges(engine, clock, [j.name for j in journeys])
-                await report_lag(consumer, metrics.LAG)
+        await run_phases([("triggers", worker.poll_once), ("steps", send_due), ("stale", take_over_stale),
+                          ("gauges", gauges)], stop,
+                         lambda phase, kind: metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc())
     finally:
         log.info("dispatcher stopping")
         await close_delivery()
         await consumer.stop()
+        await producer.stop()
         server.should_exit = True
         await server_task
         await engine.dispose()

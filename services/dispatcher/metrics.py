@@ -6,6 +6,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 TRIGGERS = Counter("lifecycle_dispatcher_triggers_consumed_total", "Triggers read from Kafka.")
 UNREADABLE = Counter("lifecycle_dispatcher_triggers_unreadable_total", "Trigger messages that could not be decoded.")
+DEAD_LETTERED = Counter(
+    "lifecycle_dispatcher_triggers_dead_lettered_total",
+    "Triggers sent to the dead-letter topic: unreadable, or failing every attempt.",
+)
+LOOP_ERRORS = Counter(
+    "lifecycle_dispatcher_loop_errors_total",
+    "Failures of a loop phase, retried after a backoff (transient: database or broker away).",
+    ["phase", "kind"],
+)
 RUNS_STARTED = Counter("lifecycle_dispatcher_runs_started_total", "Journey runs started.", ["journey"])
 RUNS_ENDED = Counter("lifecycle_dispatcher_runs_ended_total", "Journey runs ended.", ["journey", "outcome"])
 RUNS_ACTIVE = Gauge("lifecycle_dispatcher_runs_active", "Journey runs in progress.", ["journey"])
@@ -34,6 +43,18 @@ SUPPRESSIONS = Counter(
 SMTP_POSTPONED = Counter(
     "lifecycle_dispatcher_smtp_postponed_total",
     "Sends put back for later because the rate limits (or a slow server) left no time for them in this round.",
+)
+LEASES_LOST = Counter(
+    "lifecycle_dispatcher_leases_lost_total",
+    "Sends not started because another dispatcher had taken their lease over.",
+)
+MARK_SENT_RETRIES = Counter(
+    "lifecycle_dispatcher_mark_sent_retries_total",
+    "Attempts to record a 250 that failed and were tried again (PostgreSQL away).",
+)
+SENT_TWICE = Counter(
+    "lifecycle_dispatcher_sent_twice_total",
+    "250s whose `sent` could not be recorded because another dispatcher had taken the send over.",
 )
 SMTP_CONNECTIONS = Counter(
     "lifecycle_dispatcher_smtp_connections_opened_total", "SMTP connections opened (pooled, so few).",

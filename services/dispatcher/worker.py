@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import func, text, update
@@ -22,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lifecycle.clock import Clock
+from lifecycle.consuming import is_transient
 from lifecycle.core.journeys import (
     Defer,
     ExitRun,
@@ -29,6 +32,8 @@ from lifecycle.core.journeys import (
     Recipient,
     RecordClick,
     Run,
+    SendAudience,
+    SendFacts,
     SendNow,
     SendPolicy,
     SendStep,
@@ -36,16 +41,53 @@ from lifecycle.core.journeys import (
     StartRun,
     decide_step,
     on_trigger,
+    still_wanted,
 )
 from lifecycle.core.triggers import Trigger, TriggerType
-from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL
+from lifecycle.db.locks import DISPATCHER_LOCKS, lock_customers
+from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL, PENDING_FENCES_SQL
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
+from lifecycle.journey_catalog import JourneyCatalog
 from lifecycle.settings import Settings
+from lifecycle.smtp import retry_delay
 from lifecycle.templates import TemplateError, Templates
 from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec, compose_email
 
 log = logging.getLogger("lifecycle.dispatcher")
+
+# Who may receive what, per customer of a claim: profile, consent, suppression, engagement, the
+# frequency cap's count (an index serves it: sends_customer_marketing_recent), pending opt-outs.
+RECIPIENTS_SQL = (
+    "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email,"
+    f" {CUSTOMER_SUPPRESSION_SQL} AS suppressed, c.last_engagement_at,"
+    " (SELECT min(s.sent_at) FROM sends s WHERE s.customer_id = c.customer_id"
+    "  AND s.marketing AND s.status = 'sent') AS first_marketing,"
+    " (SELECT count(*) FROM sends s WHERE s.customer_id = c.customer_id AND s.marketing"
+    "  AND s.status IN ('sent', 'sending') AND s.sent_at > :since) AS recent,"
+    f" {PENDING_FENCES_SQL} AS fences"
+    " FROM customers c WHERE c.customer_id = ANY(:ids)"
+)
+
+# Right before SMTP, for a group of sends: still ours? and the customer and the run as they stand now.
+RECHECK_SQL = (
+    "SELECT p.send_id, (s.status = 'sending' AND s.lease_token = p.token) AS held, r.status AS run_status,"
+    " c.consent, c.email, c.state -> 'traits' -> 'unsubscribed_categories' AS categories,"
+    " coalesce((SELECT x.reason FROM suppressions x WHERE x.address = lower(s.to_address)),"
+    "  CASE WHEN lower(c.email) = lower(s.to_address) THEN c.suppressed END) AS suppressed,"
+    f" {PENDING_FENCES_SQL} AS fences"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[])) AS p(send_id, token)"
+    " JOIN sends s ON s.send_id = p.send_id"
+    " LEFT JOIN journey_runs r ON r.run_id = s.run_id"
+    " LEFT JOIN customers c ON c.customer_id = s.customer_id"
+)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    token: str  # fencing token of this claim's sends
+    lease_deadline: float  # monotonic() when their lease may run out
+    now: datetime
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,10 @@ class Outgoing:
     message: bytes
     journey: str
     step: int
+    customer_id: str
+    lease_token: str  # the claim's fencing token: every change after SMTP names it
+    lease_deadline: float  # monotonic() by which our lease may have run out
+    audience: SendAudience  # what the run's journey version accepts (checked again before SMTP)
 
 
 def _run_from_row(row: Any) -> Run:
@@ -68,18 +114,34 @@ def _run_from_row(row: Any) -> Run:
         started_at=row.started_at,
         context=dict(row.context),
         clicks=list(row.clicks),
+        version_id=row.version_id,
+        step_id=row.step_id,
     )
 
 
 class DispatcherStore:
-    def __init__(self, settings: Settings, engine: AsyncEngine, clock: Clock, journeys: list[Journey],
+    def __init__(self, settings: Settings, engine: AsyncEngine, clock: Clock, catalog: JourneyCatalog,
                  templates: Templates) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
-        self.journeys = {j.name: j for j in journeys}
+        self.catalog = catalog
         self.templates = templates
         self.policy = send_policy(settings)
+
+    async def _run_journeys(self, conn: AsyncConnection, runs: list[Run],
+                            current: dict[str, tuple[int, Journey]]) -> dict[int, tuple[int | None, Journey | None]]:
+        """Per run: (version_id, journey) of the version it runs on. A run from before versions existed
+        takes the current version of its journey."""
+        versions = await self.catalog.versions(conn, {r.version_id for r in runs if r.version_id is not None})
+        found: dict[int, tuple[int | None, Journey | None]] = {}
+        for run in runs:
+            if run.version_id is not None:
+                found[run.run_id] = (run.version_id, versions.get(run.version_id))
+            else:
+                version_id, journey = current.get(run.journey, (None, None))
+                found[run.run_id] = (version_id, journey)
+        return found
 
     async def handle_triggers(self, triggers: list[Trigger]) -> int:
         unique: dict[str, Trigger] = {}
@@ -89,40 +151,50 @@ class DispatcherStore:
             return 0
         async with self.engine.begin() as conn:
             now = await self.clock.now()
-            claimed = (
-                await conn.execute(
-                    insert(processed_triggers)
-                    .values([{"trigger_id": t, "processed_at": now} for t in unique])
-                    .on_conflict_do_nothing()
-                    .returning(processed_triggers.c.trigger_id)
-                )
-            ).scalars().all()
-            fresh = [t for t in unique.values() if t.trigger_id in set(claimed)]
+            claimed = set(
+                (
+                    await conn.execute(
+                        insert(processed_triggers)
+                        .values([{"trigger_id": t, "processed_at": now} for t in sorted(unique)])
+                        .on_conflict_do_nothing()
+                        .returning(processed_triggers.c.trigger_id)
+                    )
+                ).scalars().all()
+            )
+            fresh = [t for t in unique.values() if t.trigger_id in claimed]
             if not fresh:
                 return 0
+            customer_ids = sorted({t.customer_id for t in fresh})
+            await lock_customers(conn, DISPATCHER_LOCKS, customer_ids)
             rows = (
                 await conn.execute(
-                    text(
-                        "SELECT * FROM journey_runs WHERE customer_id = ANY(:ids)"
-                        " ORDER BY customer_id, run_id FOR UPDATE"
-                    ),
-                    {"ids": sorted({t.customer_id for t in fresh})},
+                    text("SELECT * FROM journey_runs WHERE customer_id = ANY(:ids) ORDER BY customer_id, run_id"
+                         " FOR UPDATE"),
+                    {"ids": customer_ids},
                 )
             ).all()
             runs: dict[str, list[Run]] = {}
             for row in rows:
                 runs.setdefault(row.customer_id, []).append(_run_from_row(row))
-            journeys = list(self.journeys.values())
+            current = await self.catalog.current(conn)
+            by_run = await self._run_journeys(conn, [r for found in runs.values() for r in found], current)
+            journeys = [journey for _, journey in current.values()]
+
+            def journey_of(run: Run) -> Journey | None:
+                return by_run.get(run.run_id, (None, current.get(run.journey, (None, None))[1]))[1]
+
             fresh = [await _with_run_of_message(conn, t) for t in fresh]
             for trigger in fresh:
                 customer_runs = runs.setdefault(trigger.customer_id, [])
-                for action in on_trigger(journeys, customer_runs, trigger):
-                    await self._apply(conn, trigger, action, customer_runs, now)
+                for action in on_trigger(journeys, customer_runs, trigger, journey_of):
+                    await self._apply(conn, trigger, action, customer_runs, current, now)
         return len(fresh)
 
     async def _apply(self, conn: AsyncConnection, trigger: Trigger, action: StartRun | ExitRun | RecordClick,
-                     customer_runs: list[Run], now: datetime) -> None:
+                     customer_runs: list[Run], current: dict[str, tuple[int, Journey]], now: datetime) -> None:
         if isinstance(action, StartRun):
+            version_id, journey = current[action.journey]
+            step_id = journey.send_step(action.step_index).id
             run_id = (
                 await conn.execute(
                     insert(journey_runs)
@@ -130,17 +202,18 @@ class DispatcherStore:
                         customer_id=trigger.customer_id, journey=action.journey, status="active",
                         entry_key=action.entry_key, step_index=action.step_index, due_at=action.due_at,
                         started_at=action.started_at, context=action.context, clicks=[],
+                        version_id=version_id, step_id=step_id,
                     )
                     .returning(journey_runs.c.run_id)
                 )
             ).scalar_one()
             customer_runs.append(Run(run_id, action.journey, "active", action.entry_key, action.step_index,
-                                     action.due_at, action.started_at, action.context, []))
+                                     action.due_at, action.started_at, action.context, [], version_id, step_id))
             metrics.RUNS_STARTED.labels(journey=action.journey).inc()
         elif isinstance(action, ExitRun):
             await conn.execute(
                 update(journey_runs)
-                .where(journey_runs.c.run_id == action.run_id)
+                .where(journey_runs.c.run_id == action.run_id, journey_runs.c.status == "active")
                 .values(status="exited", exit_reason=action.reason, ended_at=now, due_at=None)
             )
             for run in customer_runs:
@@ -158,10 +231,14 @@ class DispatcherStore:
                     run.clicks.append(click)
 
     async def claim_due_steps(self, limit: int) -> list[Outgoing]:
-        """Decide every step due by now; record sends and skips; return what to hand to SMTP."""
+        """Decide every step due by now; record sends and skips; return what to hand to SMTP.
+
+        Each run is decided in a savepoint: one that cannot be processed (an unusable journey
+        version, a bug) becomes `failed` with the reason, and the rest of the batch goes on."""
         outgoing: list[Outgoing] = []
         async with self.engine.begin() as conn:
             now = await self.clock.now()
+            claimed_at = monotonic()  # before the lease starts in the database: a safe deadline
             rows = (
                 await conn.execute(
                     text(
@@ -173,77 +250,108 @@ class DispatcherStore:
             ).all()
             if not rows:
                 return []
+            runs = [_run_from_row(row) for row in rows]
+            current = await self.catalog.current(conn)
+            by_run = await self._run_journeys(conn, runs, current)
             recipients = await self._recipients(conn, sorted({r.customer_id for r in rows}), now)
-            # leases are about process liveness: wall time from the database, even on the virtual clock
-            lease = timedelta(seconds=self.settings.send_lease_seconds)
-            for row in rows:
-                run = _run_from_row(row)
-                journey = self.journeys.get(run.journey)
-                if journey is None or run.step_index is None:
-                    await self._end_run(conn, run, "exited", "journey_removed", now)
+            claim = _Claim(str(uuid.uuid4()), claimed_at + self.settings.send_lease_seconds, now)
+            for row, run in zip(rows, runs, strict=True):
+                try:
+                    async with conn.begin_nested():
+                        sent = await self._decide(conn, row.customer_id, run, by_run[run.run_id], recipients, claim)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.exception("run %d of %s could not be processed; it is marked failed", run.run_id,
+                                  run.journey, extra={"customer_id": row.customer_id, "journey": run.journey})
+                    await self._end_run(conn, run, "failed", f"error: {type(exc).__name__}: {exc}"[:500], now)
                     continue
-                profile, recipient = recipients.get(row.customer_id, ({}, _NOBODY))
-                decision = decide_step(journey, run, recipient, row.customer_id, now, self.policy)
-                step = journey.send_step(run.step_index)
-                if isinstance(decision, Defer):
-                    # quiet hours: the same step falls due again when they end; nothing is recorded as sent
-                    await conn.execute(update(journey_runs).where(journey_runs.c.run_id == run.run_id)
-                                       .values(due_at=decision.until))
-                    metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="deferred").inc()
-                    continue
-                message_id = self._message_id(run.run_id, step.number)
-                assert run.due_at is not None
-                values: dict[str, Any] = {
-                    "run_id": run.run_id, "step": step.number, "customer_id": row.customer_id,
-                    "journey": journey.name, "marketing": journey.marketing, "message_id": message_id,
-                    "due_at": run.due_at, "created_at": now, "attempts": 0,
-                }
-                if isinstance(decision, SendNow):
-                    assert recipient.email is not None
-                    extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now,
-                                                recipient.timezone)
-                    try:
-                        composed = compose_email(self.settings, self.templates, MessageSpec(
-                            journey=journey.name, step=step.number, template=decision.template,
-                            message_id=message_id, to_address=recipient.email,
-                            customer={**profile, "customer_id": row.customer_id},
-                            context=run.context, extras=extras, date=now,
-                        ))
-                    except TemplateError as exc:
-                        # one broken template must not hold back the batch: recorded, visible, never sent
-                        log.error("template failed, step not sent: %s", exc, extra={
-                            "customer_id": row.customer_id, "journey": journey.name, "step": step.number})
-                        values.update(status="failed", reason=f"template: {exc.message}"[:500],
-                                      variant=decision.variant, category=journey.category)
-                        metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
-                        decision = Skip(step, "template")
-                    else:
-                        values.update(status="sending", to_address=recipient.email,
-                                      subject=composed.message["Subject"], message=bytes(composed.message),
-                                      links=composed.links, sent_at=now, lease_until=func.now() + lease)
-                        values.update(variant=decision.variant, category=journey.category)
-                else:
-                    values.update(status="skipped", reason=decision.reason)
-                    metrics.SENDS.labels(journey=journey.name, step=str(step.number),
-                                         result=f"skipped:{decision.reason.split(':')[0]}").inc()
-                send_id = (
-                    await conn.execute(
-                        insert(sends).values(values).on_conflict_do_nothing().returning(sends.c.send_id)
-                    )
-                ).scalar()
-                if send_id is not None and isinstance(decision, SendNow) and recipient.email:
-                    outgoing.append(Outgoing(send_id, recipient.email, values["message"], journey.name,
-                                             step.number))
-                following = journey.next_send(run.step_index, run.due_at)
-                if following is None:
-                    await self._end_run(conn, run, "completed", None, now)
-                else:
-                    index, due_at = following
-                    await conn.execute(
-                        update(journey_runs).where(journey_runs.c.run_id == run.run_id)
-                        .values(step_index=index, due_at=due_at)
-                    )
+                if sent is not None:
+                    outgoing.append(sent)
         return outgoing
+
+    async def _decide(self, conn: AsyncConnection, customer_id: str, run: Run,
+                      version: tuple[int | None, Journey | None],
+                      recipients: dict[str, tuple[dict[str, Any], Recipient]], claim: _Claim) -> Outgoing | None:
+        now = claim.now
+        version_id, journey = version
+        if journey is None:
+            reason = "journey_removed" if version_id is None else "version_unusable"
+            await self._end_run(conn, run, "exited" if version_id is None else "failed", reason, now)
+            return None
+        index = journey.index_of(run.step_id) if run.step_id else run.step_index
+        try:
+            step = journey.send_step(index if index is not None else -1)
+        except ValueError:
+            await self._end_run(conn, run, "exited", f"step_removed:{run.step_id or run.step_index}", now)
+            return None
+        assert index is not None
+        run.step_index = index
+        profile, recipient = recipients.get(customer_id, ({}, _NOBODY))
+        decision = decide_step(journey, run, recipient, customer_id, now, self.policy)
+        if isinstance(decision, Defer):
+            # quiet hours: the same step falls due again when they end; nothing is recorded as sent
+            await conn.execute(update(journey_runs).where(journey_runs.c.run_id == run.run_id)
+                               .values(due_at=decision.until, version_id=version_id, step_id=step.id))
+            metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="deferred").inc()
+            return None
+        message_id = self._message_id(run.run_id, step.number)
+        assert run.due_at is not None
+        values: dict[str, Any] = {
+            "run_id": run.run_id, "step": step.number, "customer_id": customer_id,
+            "journey": journey.name, "marketing": journey.marketing, "message_id": message_id,
+            "due_at": run.due_at, "created_at": now, "attempts": 0,
+        }
+        if isinstance(decision, SendNow):
+            assert recipient.email is not None
+            extras = await self._extras(conn, journey, run, step, customer_id, decision, now, recipient.timezone)
+            try:
+                composed = compose_email(self.settings, self.templates, MessageSpec(
+                    journey=journey.name, step=step.number, template=decision.template,
+                    message_id=message_id, to_address=recipient.email,
+                    customer={**profile, "customer_id": customer_id},
+                    context=run.context, extras=extras, date=now,
+                ))
+            except TemplateError as exc:
+                # one broken template must not hold back the batch: recorded, visible, never sent
+                log.error("template failed, step not sent: %s", exc, extra={
+                    "customer_id": customer_id, "journey": journey.name, "step": step.number})
+                values.update(status="failed", reason=f"template: {exc.message}"[:500],
+                              variant=decision.variant, category=journey.category)
+                metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
+                decision = Skip(step, "template")
+            else:
+                lease = timedelta(seconds=self.settings.send_lease_seconds)
+                # leases are about process liveness: wall time from the database, even on the virtual clock
+                values.update(status="sending", to_address=recipient.email,
+                              subject=composed.message["Subject"], message=bytes(composed.message),
+                              links=composed.links, sent_at=now, lease_until=func.now() + lease,
+                              lease_token=claim.token, variant=decision.variant, category=journey.category)
+                if journey.marketing:
+                    # the frequency cap counts what this batch already decided for the customer
+                    recipients[customer_id] = (profile, replace(
+                        recipient, recent_marketing_sends=recipient.recent_marketing_sends + 1))
+        else:
+            values.update(status="skipped", reason=decision.reason)
+            metrics.SENDS.labels(journey=journey.name, step=str(step.number),
+                                 result=f"skipped:{decision.reason.split(':')[0]}").inc()
+        send_id = (
+            await conn.execute(insert(sends).values(values).on_conflict_do_nothing().returning(sends.c.send_id))
+        ).scalar()
+        following = journey.next_send(index, run.due_at)
+        if following is None:
+            await self._end_run(conn, run, "completed", None, now)
+        else:
+            next_index, due_at = following
+            await conn.execute(
+                update(journey_runs).where(journey_runs.c.run_id == run.run_id)
+                .values(step_index=next_index, due_at=due_at, version_id=version_id,
+                        step_id=journey.send_step(next_index).id)
+            )
+        if send_id is None or not isinstance(decision, SendNow) or not recipient.email:
+            return None
+        return Outgoing(send_id, recipient.email, values["message"], journey.name, step.number, customer_id,
+                        claim.token, claim.lease_deadline, SendAudience.of(journey))
 
     async def _end_run(self, conn: AsyncConnection, run: Run, status: str, reason: str | None,
                        now: datetime) -> None:
@@ -275,27 +383,21 @@ class DispatcherStore:
     async def _recipients(self, conn: AsyncConnection, customer_ids: list[str],
                           now: datetime) -> dict[str, tuple[dict[str, Any], Recipient]]:
         rows = (
-            await conn.execute(
-                text(
-                    "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email,"
-                    f" {CUSTOMER_SUPPRESSION_SQL} AS suppressed, c.last_engagement_at,"
-                    " (SELECT min(s.sent_at) FROM sends s WHERE s.customer_id = c.customer_id"
-                    "  AND s.marketing AND s.status = 'sent') AS first_marketing,"
-                    " (SELECT count(*) FROM sends s WHERE s.customer_id = c.customer_id AND s.marketing"
-                    "  AND s.status IN ('sent', 'sending') AND s.sent_at > :since) AS recent"
-                    " FROM customers c WHERE c.customer_id = ANY(:ids)"
-                ),
-                {"ids": customer_ids, "since": now - timedelta(hours=self.settings.frequency_cap_hours)},
-            )
+            await conn.execute(text(RECIPIENTS_SQL),
+                               {"ids": customer_ids, "since": now - timedelta(hours=self.settings.frequency_cap_hours)})
         ).all()
         found: dict[str, tuple[dict[str, Any], Recipient]] = {}
         for row in rows:
             traits: dict[str, Any] = dict(row.traits or {})
-            categories = traits.pop("unsubscribed_categories", None) or []
+            categories = list(traits.pop("unsubscribed_categories", None) or [])
+            pending = list(row.fences or [])
+            # an opt-out the API acknowledged counts before the stager has applied it
+            consent = "opted_out" if "*" in pending else row.consent
             found[row.customer_id] = (
                 traits,
-                Recipient(row.email, row.consent, row.suppressed, row.first_marketing, row.last_engagement_at,
-                          tuple(categories), traits.get("timezone"), int(row.recent)),
+                Recipient(row.email, consent, row.suppressed, row.first_marketing, row.last_engagement_at,
+                          tuple(categories + [c for c in pending if c != "*"]), traits.get("timezone"),
+                          int(row.recent)),
             )
         return found
 
@@ -304,31 +406,81 @@ class DispatcherStore:
         domain = self.settings.mail_from.rsplit("@", 1)[-1].strip(">") or "lifecycle.local"
         return f"<{run_id}.{step}.{digest}@{domain}>"
 
-    # --- after SMTP: each outcome is one transaction (see docs/sending.md) -------------------------
+    # --- right before SMTP ----------------------------------------------------------------------
 
-    async def mark_sent(self, send_id: int) -> bool:
-        """After the server's 250. This one UPDATE is the whole window in which a crash sends twice.
+    async def recheck(self, items: list[Outgoing]) -> tuple[list[Outgoing], list[tuple[Outgoing, str]]]:
+        """One query for a group about to go: (still to send, skipped with the reason). A send whose
+        lease another dispatcher now holds is in neither: it is theirs. The skips are recorded."""
+        if not items:
+            return [], []
+        rows = {
+            row.send_id: row for row in (await self._read(
+                RECHECK_SQL, {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]}))
+        }
+        go: list[Outgoing] = []
+        skipped: list[tuple[Outgoing, str]] = []
+        for item in items:
+            row = rows.get(item.send_id)
+            if row is None or not row.held:
+                log.info("send %d is no longer ours (lease taken over): not sent by this dispatcher", item.send_id)
+                metrics.LEASES_LOST.inc()
+                continue
+            reason = still_wanted(item.audience, SendFacts(
+                item.to_address, row.run_status, row.consent, row.email, row.suppressed,
+                tuple(row.categories or ()), tuple(row.fences or ())))
+            if reason is None:
+                go.append(item)
+            else:
+                skipped.append((item, reason))
+        if skipped:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE sends s SET status = 'skipped', reason = p.reason, lease_until = NULL,"
+                         " next_attempt_at = NULL"
+                         " FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]), CAST(:reasons AS text[]))"
+                         " AS p(send_id, token, reason)"
+                         " WHERE s.send_id = p.send_id AND s.lease_token = p.token AND s.status = 'sending'"),
+                    {"ids": [i.send_id for i, _ in skipped], "tokens": [i.lease_token for i, _ in skipped],
+                     "reasons": [r for _, r in skipped]},
+                )
+            for item, reason in skipped:
+                log.info("send %d to %s not sent: %s", item.send_id, item.to_address, reason)
+                metrics.SENDS.labels(journey=item.journey, step=str(item.step),
+                                     result=f"skipped:{reason.split(':')[0]}").inc()
+        return go, skipped
 
-        False when the row was no longer ours (another dispatcher took it over and finished it)."""
+    async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).all())
+
+    # --- after SMTP: each outcome is one transaction, fenced by the claim's token (docs/sending.md) --
+
+    async def _update_held(self, item: Outgoing, values: str, params: dict[str, Any] | None = None) -> bool:
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
-                .values(status="sent", delivered_at=func.now(), lease_until=None, next_attempt_at=None,
-                        attempts=sends.c.attempts + 1)
+                text(f"UPDATE sends SET {values} WHERE send_id = :id AND lease_token = :token AND status = 'sending'"),
+                {"id": item.send_id, "token": item.lease_token, **(params or {})},
             )
         return bool(result.rowcount)
 
-    async def mark_retry(self, send_id: int, reason: str) -> str | None:
+    async def mark_sent(self, item: Outgoing) -> bool:
+        """After the server's 250. This one UPDATE is the whole window in which a crash sends twice.
+
+        False when the row was no longer ours (another dispatcher took it over)."""
+        return await self._update_held(
+            item, "status = 'sent', delivered_at = now(), lease_until = NULL, next_attempt_at = NULL,"
+                  " attempts = attempts + 1")
+
+    async def mark_retry(self, item: Outgoing, reason: str) -> str | None:
         """A 4xx or a lost connection: due again after a backoff that grows with the attempts, as a row
         (status stays `sending`, `next_attempt_at` = `lease_until`), not a sleep; `failed` after
         smtp_max_attempts. Returns the new status, None when the row was no longer ours."""
-        from lifecycle.smtp import retry_delay
-
         async with self.engine.begin() as conn:
             attempts = (
                 await conn.execute(
-                    text("SELECT attempts FROM sends WHERE send_id = :id AND status = 'sending' FOR UPDATE"),
-                    {"id": send_id},
+                    text("SELECT attempts FROM sends WHERE send_id = :id AND lease_token = :token"
+                         " AND status = 'sending' FOR UPDATE"),
+                    {"id": item.send_id, "token": item.lease_token},
                 )
             ).scalar()
             if attempts is None:
@@ -336,14 +488,12 @@ class DispatcherStore:
             attempts += 1
             if attempts >= self.settings.smtp_max_attempts:
                 await conn.execute(
-                    update(sends).where(sends.c.send_id == send_id)
-                    .values(status="failed", reason=f"gave up after {attempts} attempts: {reason}",
+                    update(sends).where(sends.c.send_id == item.send_id)
+                    .values(status="failed", reason=f"gave up after {attempts} attempts: {reason}"[:500],
                             attempts=attempts, lease_until=None, next_attempt_at=None)
                 )
                 return "failed"
-            # backoff settings proposed to the lead; the defaults give 2, 4, 8 ... 300 s
-            delay = retry_delay(attempts, float(getattr(self.settings, "smtp_retry_base_seconds", 2.0)),
-                                float(getattr(self.settings, "smtp_retry_max_seconds", 300.0)))
+            delay = retry_delay(attempts, self.settings.smtp_retry_base_seconds, self.settings.smtp_retry_max_seconds)
             await conn.execute(
                 text(
                     "UPDATE sends SET attempts = :a, reason = :r,"
@@ -351,34 +501,33 @@ class DispatcherStore:
                     " lease_until = now() + make_interval(secs => :d)"
                     " WHERE send_id = :id"
                 ),
-                {"a": attempts, "r": reason, "d": delay, "id": send_id},
+                {"a": attempts, "r": reason[:500], "d": delay, "id": item.send_id},
             )
         return "sending"
 
-    async def mark_bounced(self, send_id: int, address: str, reason: str) -> bool:
+    async def mark_bounced(self, item: Outgoing, reason: str) -> bool:
         """A 5xx to RCPT or DATA: the send fails and the address is suppressed, in one transaction.
         Returns whether the address was newly suppressed."""
         at = await self.clock.now()
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
-                .values(status="failed", reason=reason, attempts=sends.c.attempts + 1, lease_until=None,
-                        next_attempt_at=None)
-            )
-            return await suppress(conn, address, reason, at)
-
-    async def mark_failed(self, send_id: int, reason: str) -> bool:
-        """This message can never go (the address is not to blame): failed, nothing suppressed."""
-        async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(sends).where(sends.c.send_id == send_id, sends.c.status == "sending")
-                .values(status="failed", reason=reason, attempts=sends.c.attempts + 1, lease_until=None,
-                        next_attempt_at=None)
+                text("UPDATE sends SET status = 'failed', reason = :r, attempts = attempts + 1, lease_until = NULL,"
+                     " next_attempt_at = NULL WHERE send_id = :id AND lease_token = :token AND status = 'sending'"),
+                {"r": reason[:500], "id": item.send_id, "token": item.lease_token},
             )
-        return bool(result.rowcount)
+            if not result.rowcount:
+                return False
+            return await suppress(conn, item.to_address, reason, at)
 
-    async def postpone_sends(self, delays: list[tuple[int, float]]) -> None:
-        """Sends the rate limits left no time for in this round: due again later, no attempt counted."""
+    async def mark_failed(self, item: Outgoing, reason: str) -> bool:
+        """This message can never go (the address is not to blame): failed, nothing suppressed."""
+        return await self._update_held(
+            item, "status = 'failed', reason = :r, attempts = attempts + 1, lease_until = NULL,"
+                  " next_attempt_at = NULL", {"r": reason[:500]})
+
+    async def postpone_sends(self, delays: list[tuple[Outgoing, float]]) -> None:
+        """Sends this round left no time for (rate limits, the lease running out): due again later,
+        no attempt counted."""
         if not delays:
             return
         async with self.engine.begin() as conn:
@@ -386,10 +535,12 @@ class DispatcherStore:
                 text(
                     "UPDATE sends s SET next_attempt_at = now() + make_interval(secs => p.delay),"
                     " lease_until = now() + make_interval(secs => p.delay)"
-                    " FROM unnest(CAST(:ids AS bigint[]), CAST(:delays AS float8[])) AS p(send_id, delay)"
-                    " WHERE s.send_id = p.send_id AND s.status = 'sending'"
+                    " FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[]), CAST(:delays AS float8[]))"
+                    " AS p(send_id, token, delay)"
+                    " WHERE s.send_id = p.send_id AND s.lease_token = p.token AND s.status = 'sending'"
                 ),
-                {"ids": [i for i, _ in delays], "delays": [d for _, d in delays]},
+                {"ids": [i.send_id for i, _ in delays], "tokens": [i.lease_token for i, _ in delays],
+                 "delays": [d for _, d in delays]},
             )
 
     async def claim_due_retries(self, limit: int) -> list[Outgoing]:
@@ -402,47 +553,38 @@ class DispatcherStore:
         return await self._take_sends("s.next_attempt_at IS NULL AND s.lease_until < now()", limit)
 
     async def _take_sends(self, due: str, limit: int) -> list[Outgoing]:
-        """Lease `sending` rows that are `due`. Those whose address was suppressed or whose customer
-        left the journey's consent since the claim are skipped instead: a retry never outlives an
-        opt-out or a bounce."""
-        outgoing: list[Outgoing] = []
+        """Lease `sending` rows that are `due` under a new token: whoever held them before can no longer
+        change them. Whether each may still go is checked right before its SMTP transaction."""
         async with self.engine.begin() as conn:
+            taken_at = monotonic()
+            token = str(uuid.uuid4())
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT s.send_id, s.to_address, s.message, s.journey, s.step, c.consent,"
-                        " coalesce((SELECT x.reason FROM suppressions x WHERE x.address = lower(s.to_address)),"
-                        "  CASE WHEN lower(c.email) = lower(s.to_address) THEN c.suppressed END) AS suppressed"
-                        " FROM sends s LEFT JOIN customers c ON c.customer_id = s.customer_id"
-                        f" WHERE s.status = 'sending' AND {due}"
-                        " ORDER BY s.lease_until, s.send_id LIMIT :n FOR UPDATE OF s SKIP LOCKED"
+                        "WITH due AS (SELECT s.send_id FROM sends s WHERE s.status = 'sending' AND "
+                        f"{due} ORDER BY s.lease_until, s.send_id LIMIT :n FOR UPDATE SKIP LOCKED)"
+                        " UPDATE sends s SET lease_until = now() + make_interval(secs => :lease),"
+                        " next_attempt_at = NULL, lease_token = :token FROM due WHERE s.send_id = due.send_id"
+                        " RETURNING s.send_id, s.to_address, s.message, s.journey, s.step, s.customer_id, s.run_id"
                     ),
-                    {"n": limit},
+                    {"n": limit, "lease": self.settings.send_lease_seconds, "token": token},
                 )
             ).all()
-            skipped: dict[int, str] = {}
-            for row in rows:
-                journey = self.journeys.get(row.journey)
-                if row.suppressed:
-                    skipped[row.send_id] = f"suppressed:{row.suppressed}"
-                elif journey is not None and row.consent not in journey.consent:
-                    skipped[row.send_id] = f"consent:{row.consent or 'unknown'}"
-                else:
-                    outgoing.append(Outgoing(row.send_id, row.to_address, bytes(row.message), row.journey, row.step))
-                    continue
-                metrics.SENDS.labels(journey=row.journey, step=str(row.step),
-                                     result=f"skipped:{skipped[row.send_id].split(':')[0]}").inc()
-            if outgoing:
-                await conn.execute(
-                    text("UPDATE sends SET lease_until = now() + make_interval(secs => :s), next_attempt_at = NULL"
-                         " WHERE send_id = ANY(:ids)"),
-                    {"s": self.settings.send_lease_seconds, "ids": [o.send_id for o in outgoing]},
-                )
-            for send_id, reason in skipped.items():
-                await conn.execute(
-                    update(sends).where(sends.c.send_id == send_id)
-                    .values(status="skipped", reason=reason, lease_until=None, next_attempt_at=None)
-                )
+            if not rows:
+                return []
+            run_versions: dict[int, int | None] = dict((await conn.execute(
+                text("SELECT run_id, version_id FROM journey_runs WHERE run_id = ANY(:ids)"),
+                {"ids": [row.run_id for row in rows]})).all())
+            versions = await self.catalog.versions(conn, {v for v in run_versions.values() if v is not None})
+            current = await self.catalog.current(conn)
+        outgoing: list[Outgoing] = []
+        for row in sorted(rows, key=lambda r: r.send_id):
+            version_id = run_versions.get(row.run_id)
+            journey = versions.get(version_id) if version_id is not None else current.get(row.journey, (0, None))[1]
+            # a version no longer known sends to nobody it would not have sent to before: opted-in only
+            audience = SendAudience.of(journey) if journey is not None else SendAudience(("opted_in",), True, "news")
+            outgoing.append(Outgoing(row.send_id, row.to_address, bytes(row.message), row.journey, row.step,
+                                     row.customer_id, token, taken_at + self.settings.send_lease_seconds, audience))
         return outgoing
 
 

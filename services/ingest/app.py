@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,10 +37,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
-from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, parse_batch
+from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
 from services.ingest import metrics
+from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
 from services.ingest.tracking import MessageReader, tracking_router
 
@@ -193,6 +194,32 @@ class _Runtime:
     producer: AIOKafkaProducer | None = None
 
 
+@dataclass(frozen=True)
+class Fence:
+    """An acknowledged opt-out the stager has not applied yet (category "*": every marketing email)."""
+
+    customer_id: str
+    event_id: str
+    category: str
+
+
+FenceWriter = Callable[[list[Fence]], Awaitable[None]]
+
+
+def fences_of(events: Sequence[Event]) -> list[Fence]:
+    return [Fence(e.customer_id, e.event_id, category) for e in events for category in e.opt_outs()]
+
+
+def _with_derived_ids(payload: object) -> object:
+    """Every event sent without an `event_id` gets one derived from its content (a retry keeps it)."""
+    items = payload.get("events") if isinstance(payload, dict) and "events" in payload else [payload]
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and item.get("event_id") is None:
+                item["event_id"] = derived_event_id({k: v for k, v in item.items() if k != "event_id"})
+    return payload
+
+
 # --- the app ---
 
 
@@ -204,6 +231,8 @@ def create_app(
     *,
     manage_topics: bool | None = None,
     message_reader: MessageReader | None = None,
+    fence_writer: FenceWriter | None = None,
+    journey_store: JourneyStore | None = None,
 ) -> FastAPI:
     """Build the ingest API.
 
@@ -211,7 +240,8 @@ def create_app(
     lifespan (aiokafka needs the running loop). `manage_topics` (default: only when the
     real producer is used) runs `ensure_topics` at start-up. `customer_reader` serves
     `GET /v1/customers/{id}` and picks the language of the link pages; `message_reader`
-    finds an email's stored links for the click redirect.
+    finds an email's stored links for the click redirect; `fence_writer` records acknowledged
+    opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes.
     """
     keys = ApiKeys(settings.api_keys)
     runtime = _Runtime()
@@ -301,6 +331,16 @@ def create_app(
             raise PublishFailed(str(exc) or type(exc).__name__) from exc
         finally:
             metrics.PRODUCE_DURATION.observe(time.perf_counter() - started)
+        fences = fences_of(events)
+        if fences and fence_writer is not None:
+            # An opt-out is a fence, not only a message: the dispatcher honours it from now on, even
+            # before the stager has applied the event. Kafka has it already; a 503 makes the client retry.
+            try:
+                await fence_writer(fences)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_UNAVAILABLE).inc(len(events))
+                log.warning("recording %d opt-outs failed: %s", len(fences), str(exc) or type(exc).__name__)
+                raise PublishFailed(f"opt-out not recorded: {exc}") from exc
         for event in events:
             metrics.EVENTS_ACCEPTED.labels(type=event.type.value).inc()
 
@@ -346,7 +386,7 @@ def create_app(
         summary=f"Send one event or a batch of 1 to {MAX_BATCH_EVENTS}",
     )
     async def post_events(request: Request) -> JSONResponse:
-        payload = _decode_json(await _read_body(request, MAX_BODY_BYTES))
+        payload = _with_derived_ids(_decode_json(await _read_body(request, MAX_BODY_BYTES)))
         try:
             events = parse_batch(payload, await clock.now(), lambda: str(uuid.uuid4()))
         except BatchInvalid as exc:
@@ -389,6 +429,7 @@ def create_app(
     # The pages behind the links in emails, and open/click tracking.
     app.include_router(pages_router(settings, clock, publish, customer_reader))
     app.include_router(tracking_router(settings, clock, publish, message_reader))
+    app.include_router(admin_router(journey_store, [Depends(require_api_key)]))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

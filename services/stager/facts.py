@@ -64,7 +64,7 @@ async def _email_event(conn: AsyncConnection, event: Event, kind: str) -> None:
     await conn.execute(
         text(
             "INSERT INTO email_events (event_id, customer_id, message_id, journey, step, variant, kind, link,"
-            " occurred_at) VALUES (:e, :c, :m, :j, :s, :v, :k, :l, :t) ON CONFLICT (event_id) DO NOTHING"
+            " occurred_at) VALUES (:e, :c, :m, :j, :s, :v, :k, :l, :t) ON CONFLICT (customer_id, event_id) DO NOTHING"
         ),
         {"e": event.event_id, "c": event.customer_id, "m": message_id, "j": journey,
          "s": int(step) if step is not None and str(step).isdigit() else None, "v": variant, "k": kind,

@@ -7,11 +7,13 @@ import logging
 import time
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import make_clock
+from lifecycle.consuming import TopicWorker, run_phases
+from lifecycle.db.engine import make_engine
 from lifecycle.events import Event
-from lifecycle.kafka import ensure_topics, make_consumer, make_producer, poll_decoded, report_lag
+from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -36,7 +38,7 @@ async def _refresh_gauges(engine: AsyncEngine, clock_now: object) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    engine = create_async_engine(settings.database_url, pool_size=5)
+    engine = make_engine(settings, "stager")
     clock = make_clock(settings.clock, engine)
     await wait_for_database(engine)
     await retry_until("Kafka", lambda: ensure_topics(settings))
@@ -46,6 +48,15 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka consumer", consumer.start)
     await retry_until("Kafka producer", producer.start)
 
+    async def apply(events: list[Event]) -> None:
+        started = time.perf_counter()
+        await store.apply_events(events)
+        metrics.BATCH_SIZE.observe(len(events))
+        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    worker = TopicWorker(consumer, producer, settings, "stager", clock, Event.from_message, apply,
+                         metrics.CONSUMED, metrics.UNREADABLE, metrics.DEAD_LETTERED)
+
     async def ready() -> bool:
         return await dependencies_ready(engine, producer.client.fetch_all_metadata)
 
@@ -54,24 +65,26 @@ async def serve(settings: Settings) -> None:
     await wait_for_clock(clock, stop)
     log.info("stager started: topic %s, group %s, clock %s", settings.events_topic, settings.stager_group,
              settings.clock)
-    last_gauges = 0.0
+    last_housekeeping = 0.0
+
+    async def due_changes() -> None:
+        metrics.DUE_APPLIED.inc(await store.apply_due_changes(settings.batch_size))
+
+    async def relay() -> None:
+        await store.relay_outbox(producer, settings.triggers_topic, settings.batch_size)
+
+    async def housekeeping() -> None:
+        nonlocal last_housekeeping
+        if time.monotonic() - last_housekeeping > 5:
+            last_housekeeping = time.monotonic()
+            await store.sweep_fences()
+            await _refresh_gauges(engine, await clock.now())
+            await report_lag(consumer, metrics.LAG)
+
     try:
-        while not stop.is_set():
-            read, events = await poll_decoded(consumer, settings, Event.from_message, metrics.CONSUMED,
-                                              metrics.UNREADABLE)
-            if read:
-                started = time.perf_counter()
-                await store.apply_events(events)
-                metrics.BATCH_SIZE.observe(len(events))
-                metrics.BATCH_DURATION.observe(time.perf_counter() - started)
-                await consumer.commit()
-            applied = await store.apply_due_changes(settings.batch_size)
-            metrics.DUE_APPLIED.inc(applied)
-            await store.relay_outbox(producer, settings.triggers_topic, settings.batch_size)
-            if time.monotonic() - last_gauges > 5:
-                last_gauges = time.monotonic()
-                await _refresh_gauges(engine, await clock.now())
-                await report_lag(consumer, metrics.LAG)
+        await run_phases([("events", worker.poll_once), ("due", due_changes), ("relay", relay),
+                          ("housekeeping", housekeeping)], stop,
+                         lambda phase, kind: metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc())
     finally:
         log.info("stager stopping: batch committed, closing Kafka clients")
         await consumer.stop()

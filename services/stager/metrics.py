@@ -8,6 +8,15 @@ CONSUMED = Counter("lifecycle_stager_events_consumed_total", "Events read from K
 APPLIED = Counter("lifecycle_stager_events_applied_total", "New events applied to customer state.")
 DUPLICATES = Counter("lifecycle_stager_events_duplicate_total", "Events ignored because their event_id was seen.")
 UNREADABLE = Counter("lifecycle_stager_events_unreadable_total", "Messages that could not be decoded.")
+DEAD_LETTERED = Counter(
+    "lifecycle_stager_events_dead_lettered_total",
+    "Events sent to the dead-letter topic: unreadable, or failing every attempt.",
+)
+LOOP_ERRORS = Counter(
+    "lifecycle_stager_loop_errors_total",
+    "Failures of a loop phase, retried after a backoff (transient: database or broker away).",
+    ["phase", "kind"],
+)
 TRANSITIONS = Counter(
     "lifecycle_stager_stage_transitions_total", "Lifecycle stage changes.", ["from_stage", "to_stage"]
 )

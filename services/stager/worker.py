@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from lifecycle.clock import Clock
 from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
+from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.db.schema import customers, due_changes, outbox, processed_events
 from lifecycle.events import Event
 from services.stager import metrics
@@ -53,16 +54,18 @@ class StagerStore:
         self.attribution_days = attribution_days
 
     async def apply_events(self, events: list[Event]) -> int:
-        """Apply a batch; returns how many events were new."""
-        unique: dict[str, Event] = {}
+        """Apply a batch; returns how many events were new. An event id counts per customer."""
+        unique: dict[tuple[str, str], Event] = {}
         for event in events:
-            unique.setdefault(event.event_id, event)
+            unique.setdefault((event.customer_id, event.event_id), event)
         if not unique:
             return 0
         async with self.engine.begin() as conn:
             now = await self.clock.now()
-            fresh = await _claim_event_ids(conn, list(unique.values()), now)
-            new_events = [e for e in unique.values() if e.event_id in fresh]
+            # customers first (sorted), then their event ids: two stagers never wait on each other in a circle
+            await lock_customers(conn, STAGER_LOCKS, {customer for customer, _ in unique})
+            fresh = await _claim_event_ids(conn, [unique[key] for key in sorted(unique)], now)
+            new_events = [e for key, e in unique.items() if key in fresh]
             metrics.DUPLICATES.inc(len(events) - len(new_events))
             if not new_events:
                 return 0
@@ -77,6 +80,12 @@ class StagerStore:
             await changes.save(conn, now)
             emails = {cid: state.traits.get("email") for cid, state in states.items()}
             await record_facts(conn, new_events, emails, self.attribution_days)
+            # the opt-outs applied here no longer need the fence the ingest API put up for them
+            await conn.execute(
+                text("DELETE FROM consent_fences f USING unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS a(c, e)"
+                     " WHERE f.customer_id = a.c AND f.event_id = a.e"),
+                {"c": [e.customer_id for e in new_events], "e": [e.event_id for e in new_events]},
+            )
         metrics.APPLIED.inc(len(new_events))
         return len(new_events)
 
@@ -95,8 +104,10 @@ class StagerStore:
             ).scalars().all()
             if not candidates:
                 return 0
-            # customers first, then their due rows: the same lock order as apply_events
-            states = await _lock_states(conn, set(candidates), skip_locked=True)
+            # customers first, then their due rows: the same lock order as apply_events; a customer
+            # whose events are being applied right now is left for the next round
+            free = await try_lock_customers(conn, STAGER_LOCKS, candidates)
+            states = await _lock_states(conn, free, skip_locked=True)
             if not states:
                 return 0
             rows = (
@@ -118,6 +129,14 @@ class StagerStore:
                 metrics.record_transition(before, state.stage)
             await changes.save(conn, now)
         return len(rows)
+
+    async def sweep_fences(self) -> int:
+        """Fences whose opt-out the stager applied before the ingest API wrote them: they hold nothing."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(text(
+                "DELETE FROM consent_fences f USING processed_events p"
+                " WHERE p.customer_id = f.customer_id AND p.event_id = f.event_id"))
+        return int(result.rowcount or 0)
 
     async def relay_outbox(self, producer: Any, topic: str, limit: int) -> int:
         async with self.engine.begin() as conn:
@@ -207,12 +226,13 @@ def _customer_row(state: CustomerState, now: datetime) -> dict[str, Any]:
     }
 
 
-async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event], now: datetime) -> set[str]:
+async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event], now: datetime) -> set[tuple[str, str]]:
     rows = [{"event_id": e.event_id, "customer_id": e.customer_id, "processed_at": now} for e in events]
     result = await conn.execute(
-        insert(processed_events).values(rows).on_conflict_do_nothing().returning(processed_events.c.event_id)
+        insert(processed_events).values(rows).on_conflict_do_nothing()
+        .returning(processed_events.c.customer_id, processed_events.c.event_id)
     )
-    return set(result.scalars().all())
+    return {(row.customer_id, row.event_id) for row in result}
 
 
 async def _lock_states(

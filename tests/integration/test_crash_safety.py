@@ -121,7 +121,8 @@ async def test_a_dispatcher_killed_mid_send_sends_each_step_exactly_once(pipelin
                                                                         fresh: ScenarioRunner) -> None:
     server, port = await _black_hole()
     try:
-        await fresh.configure(HERE, {"smtp_port": port, "smtp_timeout_seconds": 60, "send_lease_seconds": 2})
+        # a lease long enough for one whole attempt (2 x 3 s + 5 s): the send starts, and hangs
+        await fresh.configure(HERE, {"smtp_port": port, "smtp_timeout_seconds": 3, "send_lease_seconds": 12})
         response = await fresh.http.post("/v1/events", json=_signup("c-kill-1", "kill@example.com", "kill-1"))
         assert response.status_code == 202
         async with fresh.engine.connect() as conn:
@@ -138,7 +139,7 @@ async def test_a_dispatcher_killed_mid_send_sends_each_step_exactly_once(pipelin
     finally:
         server.close()
     # the restarted dispatcher takes the send over once its lease ran out
-    await fresh.configure(HERE, {"send_lease_seconds": 2}, drain=False)
+    await fresh.configure(HERE, {"smtp_timeout_seconds": 3, "send_lease_seconds": 12}, drain=False)
     await fresh.watch.wait_idle()
     async with fresh.engine.connect() as conn:
         rows = (await conn.execute(text("SELECT status, message_id FROM sends WHERE customer_id = 'c-kill-1'"))).all()

@@ -127,7 +127,8 @@ async def test_plain_and_hashed_keys_are_accepted(harness: Harness, key: str) ->
 
 
 async def test_batch_is_published_keyed_by_customer_then_202(harness: Harness) -> None:
-    payload = {"events": [event(customer="a"), event("consent_confirmed", customer="b"), event(customer="a")]}
+    later = event(customer="a", occurred_at="2026-03-02T08:59:00Z")
+    payload = {"events": [event(customer="a"), event("consent_confirmed", customer="b"), later]}
     async with harness.client() as client:
         response = await client.post("/v1/events", json=payload, headers=AUTH)
     assert response.status_code == 202
@@ -145,6 +146,17 @@ async def test_batch_is_published_keyed_by_customer_then_202(harness: Harness) -
     ]
     assert all(e.received_at == NOW for e in published)  # from the injected clock
     assert len({e.event_id for e in published}) == 3
+
+
+async def test_an_event_without_id_gets_the_same_id_when_the_request_is_retried(harness: Harness) -> None:
+    payload = {"events": [event(customer="a"), event(customer="b")]}
+    async with harness.client() as client:
+        for _ in range(2):
+            assert (await client.post("/v1/events", json=payload, headers=AUTH)).status_code == 202
+    first, second = harness.producer.events()[:2], harness.producer.events()[2:]
+    assert [e.event_id for e in first] == [e.event_id for e in second]
+    # scoped by the content, customer included: the same event of two customers differs
+    assert first[0].event_id != first[1].event_id and first[0].event_id.startswith("d-")
 
 
 async def test_single_event_and_client_event_id(harness: Harness) -> None:

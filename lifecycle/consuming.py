@@ -1,0 +1,255 @@
+"""Consuming a topic without losing a message and without one message stopping the rest.
+
+`TopicWorker.poll_once` reads a batch, hands it to the service in one go and commits the offsets
+after. What goes wrong is one of two things:
+
+- a transient failure (PostgreSQL restarting, a connection terminated, Kafka unreachable, a lock
+  or statement timeout): nothing is committed, the consumer is rewound to its committed offsets and
+  the caller backs off; the batch comes again (the services deduplicate by id);
+- anything else: the batch is handled again one message at a time, each a few times, and a message
+  that still fails is a poison message: it goes to the dead-letter topic with the error, is counted,
+  and the stream goes on behind it. `lifecycle dlq list|replay` shows and replays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import Counter
+from sqlalchemy import exc as sa_exc
+
+from lifecycle.clock import Clock
+from lifecycle.settings import Settings
+
+log = logging.getLogger("lifecycle.consuming")
+
+DEAD_LETTER_VERSION = 1
+# SQLSTATE classes and codes that say "try again": connection (08), transaction rollback such as a
+# deadlock or serialization failure (40), operator intervention such as a terminated backend or a
+# server shutting down (57), lock not available (55P03)
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "57")
+_TRANSIENT_SQLSTATES = ("55P03", "53300")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` says "the database or the broker is not there right now", not "this input is bad"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
+                      | sa_exc.DisconnectionError):
+            return True
+        code = _sqlstate(current)
+        if code is not None and (code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES):
+            return True
+        if isinstance(current, OSError | TimeoutError | KafkaError | ConnectionError):
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in (
+                "ConnectionDoesNotExistError", "InterfaceError", "InternalClientError"):
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return False
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not be handled, kept whole so that it can be replayed."""
+
+    service: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    error: str
+    attempts: int
+    failed_at: str
+
+    def to_message(self) -> bytes:
+        try:
+            text, encoding = self.value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(self.value).decode("ascii"), "base64"
+        return json.dumps({
+            "schema_version": DEAD_LETTER_VERSION, "service": self.service, "topic": self.topic,
+            "partition": self.partition, "offset": self.offset,
+            "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
+            "value": text, "value_encoding": encoding, "error": self.error, "attempts": self.attempts,
+            "failed_at": self.failed_at,
+        }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_message(cls, raw: bytes) -> DeadLetter:
+        data: dict[str, Any] = json.loads(raw)
+        value = data["value"].encode("utf-8") if data.get("value_encoding") == "utf-8" \
+            else base64.b64decode(data["value"])
+        key = data.get("key")
+        return cls(data["service"], data["topic"], int(data["partition"]), int(data["offset"]),
+                   key.encode("utf-8") if isinstance(key, str) else None, value, str(data["error"]),
+                   int(data["attempts"]), str(data["failed_at"]))
+
+
+T = TypeVar("T")
+
+
+class TopicWorker(Generic[T]):
+    """One consumer's loop step: poll, decode, handle, commit; poison to the dead-letter topic."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, settings: Settings, service: str,
+                 clock: Clock, decode: Callable[[bytes], T], handle: Callable[[list[T]], Awaitable[object]],
+                 consumed: Counter, unreadable: Counter, dead_lettered: Counter, attempts: int = 3) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.settings = settings
+        self.service = service
+        self.clock = clock
+        self.decode = decode
+        self.handle = handle
+        self.consumed = consumed
+        self.unreadable = unreadable
+        self.dead_lettered = dead_lettered
+        self.attempts = attempts
+        self._rewind_pending = False
+
+    async def poll_once(self) -> bool:
+        """Handle one batch (True), or find nothing to read (False). Raises what is transient, after rewinding."""
+        if self._rewind_pending:
+            await self.rewind()
+        batch = await self.consumer.getmany(timeout_ms=int(self.settings.poll_interval_seconds * 1000),
+                                            max_records=self.settings.batch_size)
+        if not batch:
+            return False
+        records = [(tp, record) for tp, found in batch.items() for record in found]
+        self.consumed.inc(len(records))
+        decoded: list[tuple[TopicPartition, ConsumerRecord[Any, Any], T]] = []
+        try:
+            for tp, record in records:
+                try:
+                    decoded.append((tp, record, self.decode(record.value)))
+                except Exception as exc:  # a message nobody can read is poison at once
+                    self.unreadable.inc()
+                    await self._dead_letter(tp, record, f"unreadable: {exc}", 1)
+            try:
+                await self.handle([value for _, _, value in decoded])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("a batch of %d failed (%s); handling its messages one by one", len(decoded), exc)
+                for tp, record, value in decoded:
+                    await self._one(tp, record, value)
+        except Exception:
+            await self.rewind()
+            raise
+        await self._commit(batch)
+        return True
+
+    async def _one(self, tp: TopicPartition, record: ConsumerRecord[Any, Any], value: T) -> None:
+        error: Exception | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self.handle([value])
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                error = exc
+                await asyncio.sleep(0.05 * attempt)
+        assert error is not None
+        log.error("message %s/%d@%d failed %d times, sent to %s: %s", tp.topic, tp.partition, record.offset,
+                  self.attempts, self.settings.dlq_topic, error)
+        await self._dead_letter(tp, record, f"{type(error).__name__}: {error}"[:2000], self.attempts)
+
+    async def _dead_letter(self, tp: TopicPartition, record: ConsumerRecord[Any, Any], error: str,
+                           attempts: int) -> None:
+        letter = DeadLetter(self.service, tp.topic, tp.partition, record.offset, record.key, record.value or b"",
+                            error, attempts, (await self.clock.now()).isoformat())
+        # acknowledged before the offset moves on: a dead letter is never lost either
+        await (await self.producer.send(self.settings.dlq_topic, value=letter.to_message(), key=record.key))
+        self.dead_lettered.inc()
+
+    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        offsets = {tp: OffsetAndMetadata(found[-1].offset + 1, "") for tp, found in batch.items() if found}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # the partition moved to another member, which reads from the last commit: the work done
+            # here is found again there and deduplicated
+            log.info("offsets not committed (%s): the next owner repeats this batch harmlessly", exc)
+
+    async def rewind(self) -> None:
+        """Back to the committed offsets of every assigned partition, so a failed batch comes again."""
+        try:
+            for tp in self.consumer.assignment():
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            self._rewind_pending = False
+        except Exception as exc:  # the broker is away too: rewind before the next poll
+            self._rewind_pending = True
+            log.warning("could not rewind the consumer yet: %s", exc)
+
+
+class Backoff:
+    """How long a loop waits after a failure: doubling from `first` to `longest`, reset by a success."""
+
+    def __init__(self, first: float = 0.2, longest: float = 5.0) -> None:
+        self.first = first
+        self.longest = longest
+        self.current = first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=self.current)
+        self.current = min(self.longest, self.current * 2)
+
+
+async def run_phases(phases: list[tuple[str, Callable[[], Awaitable[object]]]], stop: asyncio.Event,
+                     errors: Callable[[str, str], None]) -> None:
+    """A service's loop: the phases in turn until `stop`. A failing phase is logged and counted
+    (`errors(phase, "transient" | "error")`) and the loop backs off; it never ends the process."""
+    backoff = Backoff()
+    while not stop.is_set():
+        failed = False
+        for name, phase in phases:
+            if stop.is_set():
+                break
+            try:
+                await phase()
+            except Exception as exc:
+                failed = True
+                kind = "transient" if is_transient(exc) else "error"
+                errors(name, kind)
+                if kind == "transient":
+                    log.warning("%s: %s: %s; retrying", name, type(exc).__name__, (str(exc).splitlines() or [""])[0])
+                else:
+                    log.exception("%s failed; retrying", name)
+        if failed:
+            await backoff.wait(stop)
+        else:
+            backoff.reset()
