@@ -310,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     list_parser = journeys_sub.add_parser("list", help="journeys and their versions")
     list_parser.add_argument("name", nargs="?", help="only this journey")
     list_parser.add_argument("--json", action="store_true", help="as JSON (with the definitions for one journey)")
+    chaos = sub.add_parser("chaos", help="the fault harness: a private stack, a seeded workload, random faults, "
+                           "and a count of every broken promise (docs/reliability.md)")
+    chaos.add_argument("--runs", type=int, default=1, help="runs of workload and faults (default 1)")
+    chaos.add_argument("--seed", type=int, default=1, help="seed of the workload and the faults (default 1)")
+    chaos.add_argument("--replicas", type=int, default=2, help="stagers and dispatchers each (default 2)")
+    chaos.add_argument("--json", dest="json_path", help="write the totals to this file as JSON")
+    chaos.add_argument("--faults", help="only these fault kinds, comma-separated (default: all; see docs/reliability.md)")
     dlq = sub.add_parser("dlq", help="the dead-letter topic: events and triggers that could not be handled")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", help="every dead letter, with its error")
@@ -341,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args.since, args.journey, args.format)
         if args.command == "templates":
             return run_templates_command(args, _settings())
+        if args.command == "chaos":
+            from lifecycle.chaos.harness import main as chaos_main
+            from lifecycle.stack._util import absolute
+
+            return chaos_main(args.runs, args.seed, args.replicas, args.json_path,
+                              absolute(_settings().run_dir) / "chaos", args.faults)
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))

@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lifecycle.clock import VirtualClock, set_virtual_time
+from lifecycle.clock import Clock, VirtualClock, set_virtual_time
 from lifecycle.settings import Settings
 
 
@@ -30,16 +30,18 @@ class NotIdle(Exception):
 class Look:
     busy: tuple[str, ...]
     fingerprint: tuple[object, ...]
+    pending: int = 0  # work items left: unconsumed messages, due changes and steps, outbox rows, sends in flight
 
 
 class PipelineWatch:
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, clock: Clock | None = None) -> None:
         self.settings = settings
         self.engine = engine
-        self.clock = VirtualClock(engine)
+        self.clock = clock or VirtualClock(engine)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
         self._partitions_of: dict[str, list[TopicPartition]] = {}
+        self.last: Look | None = None  # the latest look of wait_idle: what was still busy when it gave up
 
     async def start(self) -> None:
         await self._admin.start()
@@ -101,13 +103,17 @@ class PipelineWatch:
             f"{row.sending} sends in flight": row.sending,
         }
         busy = [what for what, count in checks.items() if count]
-        return Look(tuple(busy), (now, row.events, row.triggers, row.sends, event_lag, trigger_lag))
+        # on the system clock "now" moves by itself: only the virtual clock's reading is progress
+        stamp = now if isinstance(self.clock, VirtualClock) else None
+        return Look(tuple(busy), (stamp, row.events, row.triggers, row.sends, event_lag, trigger_lag),
+                    sum(int(count) for count in checks.values()))
 
     async def wait_idle(self, timeout: float = 120.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         previous: Look | None = None
         while True:
             current = await self.look()
+            self.last = current
             if not current.busy and previous is not None and not previous.busy \
                     and previous.fingerprint == current.fingerprint:
                 return

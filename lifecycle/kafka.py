@@ -47,6 +47,9 @@ def make_consumer(settings: Settings, topic: str, group: str) -> AIOKafkaConsume
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # a member that died is noticed after this long, and its partitions move to the others
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 3),
         # Our producers are not transactional today; read_committed costs nothing and stays
         # correct if one ever is.
         isolation_level="read_committed",

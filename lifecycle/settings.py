@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     triggers_topic: str = "lifecycle.triggers"
     dlq_topic: str = "lifecycle.dead-letters"
     topic_partitions: int = Field(default=4, ge=1)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     stager_group: str = "lifecycle-stager"
     dispatcher_group: str = "lifecycle-dispatcher"
 
@@ -59,7 +60,7 @@ class Settings(BaseSettings):
     # Lifecycle rules
     new_customer_days: int = 90
     lapsed_days: int = 365
-    cart_abandon_minutes: int = 60
+    cart_abandon_minutes: float = Field(default=60, gt=0)  # fractions too: the fault harness uses seconds
     backfill_hours: int = 24
     birthday_hour: int = 9
     sunset_days: int = 365

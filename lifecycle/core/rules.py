@@ -33,7 +33,7 @@ class DueKind:
 class RuleConfig:
     new_customer_days: int = 90
     lapsed_days: int = 365
-    cart_abandon_minutes: int = 60
+    cart_abandon_minutes: float = 60
     backfill_hours: int = 24
     birthday_hour: int = 9
 
