@@ -6,17 +6,46 @@ Every field is documented in docs/settings.md; keep the two in step.
 from __future__ import annotations
 
 import os
+import re
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The id under which LIFECYCLE_SIGNING_SECRET signs and verifies; no entry of LIFECYCLE_SIGNING_KEYS may take it.
+SIGNING_SECRET_KEY_ID: Final = "secret"
+_SIGNING_KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
+    """`id:secret,id:secret` as [(id, secret), ...] in the order given; ValueError naming the bad entry.
+
+    Messages never repeat a secret: they end up in logs.
+    """
+    keys: list[tuple[str, str]] = []
+    for position, raw in enumerate(spec.split(","), start=1):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key_id, separator, secret = (part.strip() for part in entry.partition(":"))
+        if not separator or not secret:
+            raise ValueError(f"entry {position} is not id:secret")
+        if not _SIGNING_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"entry {position}: a key id is 1 to 32 letters, digits, '-' or '_'")
+        if key_id == SIGNING_SECRET_KEY_ID:
+            raise ValueError(f"entry {position}: the id {key_id!r} is reserved for LIFECYCLE_SIGNING_SECRET")
+        if any(key_id == known for known, _ in keys):
+            raise ValueError(f"entry {position}: the id {key_id!r} is used twice")
+        keys.append((key_id, secret))
+    return keys
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
+    # Inputs stay out of error messages: several settings are secrets.
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore", hide_input_in_errors=True)
 
     # Where things are
     database_url: str = "postgresql+asyncpg://lifecycle@127.0.0.1:55432/lifecycle"
@@ -43,7 +72,10 @@ class Settings(BaseSettings):
 
     # Comma-separated API keys; store hashes with the `sha256:` prefix.
     api_keys: str = "dev-key"
+    # The legacy signing key: verifies links made before key ids, signs when signing_keys is empty.
     signing_secret: str = "dev-signing-secret-change-me"
+    # Comma-separated id:secret pairs; the first signs, every one verifies (key rotation).
+    signing_keys: str = ""
 
     clock: Literal["system", "virtual"] = "system"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless writing to a terminal
@@ -112,6 +144,20 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
         return value
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _signing_keys(cls, value: str) -> str:
+        parse_signing_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _some_signing_key(self) -> Settings:
+        if not self.signing_secret and not parse_signing_keys(self.signing_keys):
+            raise ValueError(
+                "links in emails need a signing key: set LIFECYCLE_SIGNING_KEYS or LIFECYCLE_SIGNING_SECRET"
+            )
+        return self
 
     @property
     def mail_from_address(self) -> str:

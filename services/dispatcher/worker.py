@@ -42,6 +42,7 @@ from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL
 from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
+from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec, compose_email
 
@@ -80,6 +81,7 @@ class DispatcherStore:
         self.journeys = {j.name: j for j in journeys}
         self.templates = templates
         self.policy = send_policy(settings)
+        self.keys = SigningKeys.from_settings(settings)
 
     async def handle_triggers(self, triggers: list[Trigger]) -> int:
         unique: dict[str, Trigger] = {}
@@ -203,7 +205,7 @@ class DispatcherStore:
                     extras = await self._extras(conn, journey, run, step, row.customer_id, decision, now,
                                                 recipient.timezone)
                     try:
-                        composed = compose_email(self.settings, self.templates, MessageSpec(
+                        composed = compose_email(self.settings, self.keys, self.templates, MessageSpec(
                             journey=journey.name, step=step.number, template=decision.template,
                             message_id=message_id, to_address=recipient.email,
                             customer={**profile, "customer_id": row.customer_id},
@@ -300,7 +302,9 @@ class DispatcherStore:
         return found
 
     def _message_id(self, run_id: int, step: int) -> str:
-        digest = hashlib.sha256(f"{self.settings.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
+        # The key that signs links: with only LIFECYCLE_SIGNING_SECRET set it is that secret, so
+        # Message-IDs stay what they were before key rotation existed.
+        digest = hashlib.sha256(f"{self.keys.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
         domain = self.settings.mail_from.rsplit("@", 1)[-1].strip(">") or "lifecycle.local"
         return f"<{run_id}.{step}.{digest}@{domain}>"
 

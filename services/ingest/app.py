@@ -40,6 +40,7 @@ from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, parse_batch
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
+from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
 from services.ingest.tracking import MessageReader, tracking_router
@@ -214,6 +215,7 @@ def create_app(
     finds an email's stored links for the click redirect.
     """
     keys = ApiKeys(settings.api_keys)
+    signing_keys = SigningKeys.from_settings(settings)
     runtime = _Runtime()
     factory = producer_factory or (lambda: make_producer(settings))
     create_topics = producer_factory is None if manage_topics is None else manage_topics
@@ -387,8 +389,8 @@ def create_app(
         return JSONResponse(jsonable_encoder(found))
 
     # The pages behind the links in emails, and open/click tracking.
-    app.include_router(pages_router(settings, clock, publish, customer_reader))
-    app.include_router(tracking_router(settings, clock, publish, message_reader))
+    app.include_router(pages_router(settings, signing_keys, clock, publish, customer_reader))
+    app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -38,6 +38,7 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import (
     InvalidToken,
     MalformedToken,
+    SigningKeys,
     UnsubscribeClaim,
     read_confirm_token,
     read_unsubscribe_token,
@@ -319,6 +320,7 @@ def _field(form: Mapping[str, list[str]], name: str) -> str | None:
 
 def pages_router(
     settings: Settings,
+    keys: SigningKeys,
     clock: Clock,
     publish: Publish,
     customer_reader: CustomerReader | None,
@@ -385,7 +387,7 @@ def pages_router(
 
     def unsubscribe_claim(token: str) -> UnsubscribeClaim | HTMLResponse:
         try:
-            return read_unsubscribe_token(settings.signing_secret, token)
+            return read_unsubscribe_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
 
@@ -582,7 +584,7 @@ def pages_router(
     @router.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
     async def confirm_page(token: str, lang: str | None = None) -> HTMLResponse:
         try:
-            customer_id = read_confirm_token(settings.signing_secret, token)
+            customer_id = read_confirm_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
         shown = await lang_for(lang, customer_id) or default_lang
@@ -603,7 +605,7 @@ def pages_router(
     )
     async def confirm(token: str, request: Request) -> HTMLResponse:
         try:
-            customer_id = read_confirm_token(settings.signing_secret, token)
+            customer_id = read_confirm_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
         form = await read_form(request) or {}

@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from lifecycle.clock import Clock
 from lifecycle.events import EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
-from lifecycle.tokens import InvalidToken, MalformedToken
+from lifecycle.tokens import InvalidToken, MalformedToken, SigningKeys
 from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
 from services.ingest import metrics
 from services.ingest.pages import RETRY_AFTER_SECONDS, Publish, PublishFailed, message_page
@@ -68,6 +68,7 @@ def pixel(background: BackgroundTask | None = None) -> Response:
 
 def tracking_router(
     settings: Settings,
+    keys: SigningKeys,
     clock: Clock,
     publish: Publish,
     message_reader: MessageReader | None,
@@ -131,7 +132,7 @@ def tracking_router(
     )
     async def open_pixel(token: str) -> Response:
         try:
-            claim = read_open_token(settings, token)
+            claim = read_open_token(keys, token)
         except InvalidToken:
             metrics.TRACKING.labels(kind="open", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
             return pixel()
@@ -155,7 +156,7 @@ def tracking_router(
     )
     async def click(token: str) -> Response:
         try:
-            claim = read_click_token(settings, token)
+            claim = read_click_token(keys, token)
         except InvalidToken as exc:
             metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
             if isinstance(exc, MalformedToken):

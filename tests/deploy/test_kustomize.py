@@ -25,7 +25,7 @@ ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
 TARGETS = ["base", "overlays/small", "overlays/large"]
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082}
-SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "SIGNING_SECRET", "SMTP_PASSWORD"}
+SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
@@ -180,9 +180,11 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
     assert data["LIFECYCLE_CLOCK"] == "system"
 
     wanted = {
-        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_signing_secret"},
+        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_signing_secret",
+                   "lifecycle_signing_keys"},
         "stager": {"lifecycle_database_url"},
-        "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_smtp_password"},
+        "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",
+                       "lifecycle_smtp_password"},
         "migrate": {"lifecycle_database_url"},
     }
     workloads = [*_of(resources, "Deployment").values(), *_of(resources, "Job").values()]
@@ -201,7 +203,9 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
         assert all(item["key"] == item["path"] for s in sources for item in s["items"])
         assert keys == wanted[_component(workload)], _component(workload)
         optional = {item["key"] for s in sources if s.get("optional") for item in s["items"]}
-        assert optional <= {"lifecycle_smtp_password"}, "a required secret must not be optional"
+        # the SMTP password only for SMTP AUTH, the signing keys only once keys are rotated
+        assert optional <= {"lifecycle_smtp_password", "lifecycle_signing_keys"}, \
+            "a required secret must not be optional"
 
 
 def test_consumers_scale_up_to_the_partition_count_and_ingest_on_cpu(

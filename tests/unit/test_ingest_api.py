@@ -22,13 +22,15 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import EventType
 from lifecycle.settings import Settings
-from lifecycle.tokens import confirm_token, sign, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, sign, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
 from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
+KEYS = SigningKeys.from_secret(SECRET)
+OTHER_KEYS = SigningKeys.from_secret("another-secret")
 AUTH = {"Authorization": "Bearer key-one"}
 
 
@@ -341,7 +343,7 @@ async def test_customer_lookup_not_configured(harness: Harness) -> None:
 
 
 async def test_unsubscribe_publishes_one_deterministic_event(harness: Harness) -> None:
-    token = unsubscribe_token(SECRET, "c1", "m1")
+    token = unsubscribe_token(KEYS, "c1", "m1")
     expected_id = "unsub-" + hashlib.sha256(token.encode()).hexdigest()[:32]
     async with harness.client() as client:
         first = await client.post(
@@ -365,7 +367,7 @@ async def test_unsubscribe_publishes_one_deterministic_event(harness: Harness) -
 
 
 async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
-    token = unsubscribe_token(SECRET, "c1", "m1")
+    token = unsubscribe_token(KEYS, "c1", "m1")
     async with harness.client() as client:
         response = await client.get(f"/v1/unsubscribe/{token}")
     assert response.status_code == 200
@@ -376,8 +378,8 @@ async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, method: str) -> None:
-    forged = unsubscribe_token("another-secret", "c1", "m1")
-    wrong_purpose = confirm_token(SECRET, "c1")
+    forged = unsubscribe_token(OTHER_KEYS, "c1", "m1")
+    wrong_purpose = confirm_token(KEYS, "c1")
     async with harness.client() as client:
         assert (await client.request(method, f"/v1/unsubscribe/{forged}")).status_code == 403
         assert (await client.request(method, f"/v1/unsubscribe/{wrong_purpose}")).status_code == 403
@@ -388,27 +390,27 @@ async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, 
 async def test_unsubscribe_when_kafka_is_down(harness: Harness) -> None:
     harness.producer.ack_error = KafkaConnectionError("down")
     async with harness.client() as client:
-        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, 'c1', 'm1')}")
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c1', 'm1')}")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
 
 
 async def test_signed_token_with_unusable_customer_id_is_400(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, ' bad', 'm1')}")
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(KEYS, ' bad', 'm1')}")
     assert response.status_code == 400
     assert harness.producer.sent == []
 
 
 async def test_confirm_link(harness: Harness) -> None:
-    token = sign(SECRET, {"c": "c7"})  # the bare form is accepted too
+    token = sign(KEYS, {"c": "c7"})  # the bare form is accepted too
     async with harness.client() as client:
         page = await client.get(f"/v1/confirm/{token}")
         assert page.status_code == 200
         assert harness.producer.sent == []
         response = await client.post(f"/v1/confirm/{token}")
         assert response.status_code == 200
-        assert (await client.post(f"/v1/confirm/{unsubscribe_token(SECRET, 'c7', 'm')}")).status_code == 403
+        assert (await client.post(f"/v1/confirm/{unsubscribe_token(KEYS, 'c7', 'm')}")).status_code == 403
     [published] = harness.producer.events()
     assert published.type is EventType.CONSENT_CONFIRMED
     assert published.customer_id == "c7"

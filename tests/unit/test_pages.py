@@ -29,7 +29,7 @@ from lifecycle.events import (
     parse_event,
 )
 from lifecycle.settings import Settings
-from lifecycle.tokens import confirm_token, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from lifecycle.tracking import preferences_url
 from services.ingest.app import create_app
 from services.ingest.pages import lang_of
@@ -37,7 +37,9 @@ from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
-TOKEN = unsubscribe_token(SECRET, "c1", "m1")
+KEYS = SigningKeys.from_secret(SECRET)
+OTHER_KEYS = SigningKeys.from_secret("another-secret")
+TOKEN = unsubscribe_token(KEYS, "c1", "m1")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 NONCE = "0123456789abcdef0123456789abcdef"
 
@@ -379,13 +381,13 @@ async def test_oversized_or_foreign_bodies_change_nothing(harness: Harness) -> N
 
 # --- refused tokens ---------------------------------------------------------------------------
 
-FORGED = unsubscribe_token("another-secret", "c1", "m1")
+FORGED = unsubscribe_token(OTHER_KEYS, "c1", "m1")
 
 
 @pytest.mark.parametrize("path", ["/v1/unsubscribe/{}", "/v1/preferences/{}", "/v1/confirm/{}"])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_altered_or_foreign_tokens_are_refused(harness: Harness, path: str, method: str) -> None:
-    foreign = confirm_token(SECRET, "c1") if "confirm" not in path else TOKEN
+    foreign = confirm_token(KEYS, "c1") if "confirm" not in path else TOKEN
     altered = TOKEN[:5] + ("A" if TOKEN[5] != "A" else "B") + TOKEN[6:]
     body = {"action": "all", "List-Unsubscribe": "One-Click"}
     async with harness.client() as client:
@@ -412,7 +414,7 @@ async def test_kafka_down_asks_to_retry(harness: Harness) -> None:
 
 
 async def test_confirm_page_in_the_customers_language(harness: Harness) -> None:
-    token = confirm_token(SECRET, "c1")
+    token = confirm_token(KEYS, "c1")
     harness.customers.rows["c1"] = {"locale": "en"}
     async with harness.client() as client:
         page = await client.get(f"/v1/confirm/{token}")
@@ -426,4 +428,4 @@ async def test_confirm_page_in_the_customers_language(harness: Harness) -> None:
 
 def test_preferences_url_uses_the_unsubscribe_token() -> None:
     settings = Settings(signing_secret=SECRET, public_url="http://test")
-    assert preferences_url(settings, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"
+    assert preferences_url(settings, KEYS, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"

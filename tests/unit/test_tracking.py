@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import EmailClickedProperties, EmailOpenedProperties, EventType
 from lifecycle.settings import Settings
-from lifecycle.tokens import InvalidToken, MalformedToken, sign, unsubscribe_token
+from lifecycle.tokens import InvalidToken, MalformedToken, SigningKeys, sign, unsubscribe_token
 from lifecycle.tracking import (
     CLICK_PURPOSE,
     click_url,
@@ -42,6 +42,8 @@ SECRET = "test-signing-secret"
 MESSAGE = "<41.2.abcdef@shop.example>"
 SHOP_LINK = "https://shop.example/cart?utm_source=email"
 SETTINGS = Settings(signing_secret=SECRET, public_url="http://test", api_keys="key-one")
+KEYS = SigningKeys.from_settings(SETTINGS)
+GUESSED_KEYS = SigningKeys.from_secret("guess")  # what a forger without the secret has
 
 
 class Messages:
@@ -100,11 +102,11 @@ def alter_payload(token: str, **changes: str) -> str:
 
 
 def click_path(index: int = 0, message_id: str = MESSAGE, customer_id: str = "c1") -> str:
-    return path_of(click_url(SETTINGS, message_id, customer_id, index))
+    return path_of(click_url(SETTINGS, KEYS, message_id, customer_id, index))
 
 
 def open_path(message_id: str = MESSAGE, customer_id: str = "c1") -> str:
-    return path_of(open_pixel_url(SETTINGS, message_id, customer_id))
+    return path_of(open_pixel_url(SETTINGS, KEYS, message_id, customer_id))
 
 
 def assert_pixel(response: httpx.Response) -> None:
@@ -119,56 +121,56 @@ def assert_pixel(response: httpx.Response) -> None:
 
 
 def test_urls_carry_signed_tokens() -> None:
-    pixel = open_pixel_url(SETTINGS, MESSAGE, "c1")
+    pixel = open_pixel_url(SETTINGS, KEYS, MESSAGE, "c1")
     assert pixel.startswith("http://test/t/o/") and pixel.endswith(".gif")
-    claim = read_open_token(SETTINGS, pixel[len("http://test/t/o/") : -len(".gif")])
+    claim = read_open_token(KEYS, pixel[len("http://test/t/o/") : -len(".gif")])
     assert (claim.message_id, claim.customer_id, claim.link_index) == (MESSAGE, "c1", None)
-    link = click_url(SETTINGS, MESSAGE, "c1", 3)
-    claim = read_click_token(SETTINGS, link.rsplit("/", 1)[1])
+    link = click_url(SETTINGS, KEYS, MESSAGE, "c1", 3)
+    claim = read_click_token(KEYS, link.rsplit("/", 1)[1])
     assert (claim.purpose, claim.message_id, claim.customer_id, claim.link_index) == (CLICK_PURPOSE, MESSAGE, "c1", 3)
 
 
 def test_a_trailing_slash_in_public_url_makes_no_double_slash() -> None:
     settings = SETTINGS.model_copy(update={"public_url": "https://t.shop.example/"})
-    assert open_pixel_url(settings, "m", "c").startswith("https://t.shop.example/t/o/")
-    assert click_url(settings, "m", "c", 0).startswith("https://t.shop.example/t/c/")
-    assert preferences_url(settings, "c", "m").startswith("https://t.shop.example/v1/preferences/")
+    assert open_pixel_url(settings, KEYS, "m", "c").startswith("https://t.shop.example/t/o/")
+    assert click_url(settings, KEYS, "m", "c", 0).startswith("https://t.shop.example/t/c/")
+    assert preferences_url(settings, KEYS, "c", "m").startswith("https://t.shop.example/v1/preferences/")
 
 
 def test_negative_link_index_is_refused() -> None:
     with pytest.raises(ValueError, match="link_index"):
-        click_url(SETTINGS, MESSAGE, "c1", -1)
+        click_url(SETTINGS, KEYS, MESSAGE, "c1", -1)
 
 
 def test_purposes_do_not_mix() -> None:
     open_token = open_path().removeprefix("/t/o/").removesuffix(".gif")
     click_token = click_path().removeprefix("/t/c/")
     with pytest.raises(InvalidToken):
-        read_click_token(SETTINGS, open_token)
+        read_click_token(KEYS, open_token)
     with pytest.raises(InvalidToken):
-        read_open_token(SETTINGS, click_token)
+        read_open_token(KEYS, click_token)
     with pytest.raises(InvalidToken):
-        read_open_token(SETTINGS, unsubscribe_token(SECRET, "c1", MESSAGE))
+        read_open_token(KEYS, unsubscribe_token(KEYS, "c1", MESSAGE))
 
 
 def test_forged_or_altered_tokens_are_refused() -> None:
     token = click_path(0).removeprefix("/t/c/")
     with pytest.raises(InvalidToken):
-        read_click_token(SETTINGS, alter_payload(token, i="1"))
+        read_click_token(KEYS, alter_payload(token, i="1"))
     with pytest.raises(InvalidToken):
-        read_click_token(SETTINGS, alter_payload(token, c="c2"))
-    forged = click_url(SETTINGS.model_copy(update={"signing_secret": "guess"}), MESSAGE, "c1", 0)
+        read_click_token(KEYS, alter_payload(token, c="c2"))
+    forged = click_url(SETTINGS, GUESSED_KEYS, MESSAGE, "c1", 0)
     with pytest.raises(InvalidToken):
-        read_click_token(SETTINGS, forged.rsplit("/", 1)[1])
+        read_click_token(KEYS, forged.rsplit("/", 1)[1])
     with pytest.raises(MalformedToken):
-        read_tracking_token(SETTINGS, "not-a-token")
+        read_tracking_token(KEYS, "not-a-token")
 
 
 @pytest.mark.parametrize("index", ["-1", "01", "1.0", "²", "", "9999999"])
 def test_odd_link_indexes_are_refused_even_when_signed(index: str) -> None:
-    token = sign(SECRET, {"p": CLICK_PURPOSE, "m": MESSAGE, "c": "c1", "i": index})
+    token = sign(KEYS, {"p": CLICK_PURPOSE, "m": MESSAGE, "c": "c1", "i": index})
     with pytest.raises(InvalidToken):
-        read_click_token(SETTINGS, token)
+        read_click_token(KEYS, token)
 
 
 # --- the open pixel ---------------------------------------------------------------------------
@@ -211,9 +213,9 @@ async def test_each_fetch_is_its_own_open(harness: Harness) -> None:
 async def test_pixel_is_a_gif_for_any_token_and_records_nothing_for_a_bad_one(harness: Harness, path: str) -> None:
     token = open_path().removeprefix("/t/o/").removesuffix(".gif")
     path = {
-        "FORGED": path_of(open_pixel_url(SETTINGS.model_copy(update={"signing_secret": "x"}), MESSAGE, "c1")),
+        "FORGED": path_of(open_pixel_url(SETTINGS, GUESSED_KEYS, MESSAGE, "c1")),
         "CLICK": f"/t/o/{click_path().removeprefix('/t/c/')}.gif",
-        "UNSUBSCRIBE": f"/t/o/{unsubscribe_token(SECRET, 'c1', MESSAGE)}.gif",
+        "UNSUBSCRIBE": f"/t/o/{unsubscribe_token(KEYS, 'c1', MESSAGE)}.gif",
         "ALTERED": f"/t/o/{alter_payload(token, c='c2')}.gif",
     }.get(path, path)
     async with harness.client() as client:
@@ -294,7 +296,7 @@ async def test_no_open_redirect_through_the_query(harness: Harness, query: str) 
 
 
 async def test_forged_click_token_is_404_without_redirect(harness: Harness) -> None:
-    forged = click_url(SETTINGS.model_copy(update={"signing_secret": "guess"}), MESSAGE, "c1", 0)
+    forged = click_url(SETTINGS, GUESSED_KEYS, MESSAGE, "c1", 0)
     async with harness.client() as client:
         response = await client.get(path_of(forged))
         metrics_text = (await client.get("/metrics")).text
@@ -325,7 +327,7 @@ async def test_altered_link_index_or_customer_is_refused(harness: Harness) -> No
         click_path(0, message_id="<unknown@shop.example>"),
         click_path(0, customer_id="c2"),  # validly signed, but the message is c1's
         open_path().removesuffix(".gif").replace("/t/o/", "/t/c/"),  # an open token
-        "/t/c/" + unsubscribe_token(SECRET, "c1", MESSAGE),
+        "/t/c/" + unsubscribe_token(KEYS, "c1", MESSAGE),
     ],
 )
 async def test_click_to_nothing_we_sent_is_404(harness: Harness, path: str) -> None:
