@@ -205,6 +205,7 @@ def create_app(
     *,
     manage_topics: bool | None = None,
     message_reader: MessageReader | None = None,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> FastAPI:
     """Build the ingest API.
 
@@ -212,7 +213,8 @@ def create_app(
     lifespan (aiokafka needs the running loop). `manage_topics` (default: only when the
     real producer is used) runs `ensure_topics` at start-up. `customer_reader` serves
     `GET /v1/customers/{id}` and picks the language of the link pages; `message_reader`
-    finds an email's stored links for the click redirect.
+    finds an email's stored links for the click redirect. `new_event_id` names the events
+    the API makes (those sent without an id, link actions, opens and clicks).
     """
     keys = ApiKeys(settings.api_keys)
     signing_keys = SigningKeys.from_settings(settings)
@@ -350,7 +352,7 @@ def create_app(
     async def post_events(request: Request) -> JSONResponse:
         payload = _decode_json(await _read_body(request, MAX_BODY_BYTES))
         try:
-            events = parse_batch(payload, await clock.now(), lambda: str(uuid.uuid4()))
+            events = parse_batch(payload, await clock.now(), new_event_id)
         except BatchInvalid as exc:
             # Every event of the batch is refused, the valid ones too.
             metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_INVALID).inc(max(exc.total, 1))
@@ -389,8 +391,10 @@ def create_app(
         return JSONResponse(jsonable_encoder(found))
 
     # The pages behind the links in emails, and open/click tracking.
-    app.include_router(pages_router(settings, signing_keys, clock, publish, customer_reader))
-    app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader))
+    app.include_router(pages_router(settings, signing_keys, clock, publish, customer_reader,
+                                    new_event_id=new_event_id))
+    app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader,
+                                       new_event_id=new_event_id))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

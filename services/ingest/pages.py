@@ -7,9 +7,10 @@ Rules every page follows:
 * The signed token in the path is the authorisation and the only secret: a forged or
   altered token is refused (400 garbled, 403 bad signature or wrong purpose) before
   anything else happens. Pages are never framed, cached or given a Referer to leak it.
-* Repeating a POST is harmless: the event id derives from the token (and, for the
-  preference form, from the choice and the form it was made on), so a double click is
-  deduplicated by the stager.
+* Every POST is a new event with a fresh event id: unsubscribing, re-subscribing in the
+  shop, then unsubscribing again from the same email must not be dropped as a duplicate.
+  Repeating a POST stays harmless because each effect is idempotent (opted out twice is
+  opted out; the same preferences saved twice are those preferences).
 * French by default, English too: the customer's stored locale decides, `?lang=` (or the
   form's `lang` field) overrides it. A page for someone we cannot identify (a refused
   token, a one-click POST from a mail client for an unknown customer) is bilingual.
@@ -19,11 +20,10 @@ Rules every page follows:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import logging
 import re
-import secrets
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -54,7 +54,6 @@ RETRY_AFTER_SECONDS: Final = 5
 MAX_FORM_BYTES: Final = 16 * 1024
 # The customer lookup only picks a language: never let a slow database hold the page.
 LOOKUP_TIMEOUT_SECONDS: Final = 2.0
-_FORM_NONCE: Final = re.compile(r"[0-9a-f]{32}")
 
 # No script, no external asset, no framing (the one-click button must not be clickjacked),
 # forms only to ourselves, and no Referer carrying the token to the shop's site.
@@ -286,11 +285,6 @@ def refusal(exc: InvalidToken, shop: str) -> HTMLResponse:
     return message_page(None, 403, "invalid_title", "invalid_forged", shop=shop)
 
 
-def link_event_id(prefix: str, *parts: str) -> str:
-    # Same token (and choice) -> same event_id, so a repeated click is deduplicated downstream.
-    return prefix + hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
-
-
 async def read_form(request: Request) -> dict[str, list[str]] | None:
     """The fields of a url-encoded form body; {} for another body; None if it is too big or garbled.
 
@@ -324,8 +318,13 @@ def pages_router(
     clock: Clock,
     publish: Publish,
     customer_reader: CustomerReader | None,
+    *,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> APIRouter:
-    """Unsubscribe, preferences and confirmation pages, published through `publish`."""
+    """Unsubscribe, preferences and confirmation pages, published through `publish`.
+
+    `new_event_id` names each event a POST publishes (a fresh uuid4 by default).
+    """
     router = APIRouter(tags=["links in emails"])
     shop = settings.shop_name
     # Behind a proxy the API may live under a path: forms must post back there.
@@ -369,10 +368,9 @@ def pages_router(
         )
 
     async def publish_one(raw: dict[str, object], lang: Lang | None) -> HTMLResponse | None:
-        """Publishes one link event; a page to answer instead when it could not be."""
-        event_id = str(raw["event_id"])
+        """Publishes one link event under a fresh event id; a page to answer instead when it could not be."""
         try:
-            event = parse_event(raw, await clock.now(), lambda: event_id)
+            event = parse_event({**raw, "event_id": new_event_id()}, await clock.now(), new_event_id)
         except EventInvalid as exc:
             # Only possible if we signed bad data (say, a customer id with spaces).
             log.warning("a validly signed token carries bad data: %s", exc)
@@ -391,9 +389,8 @@ def pages_router(
         except InvalidToken as exc:
             return refusal(exc, shop)
 
-    async def unsubscribe_now(claim: UnsubscribeClaim, event_id: str, lang: Lang | None) -> HTMLResponse:
+    async def unsubscribe_now(claim: UnsubscribeClaim, lang: Lang | None) -> HTMLResponse:
         raw: dict[str, object] = {
-            "event_id": event_id,
             "type": EventType.UNSUBSCRIBED.value,
             "customer_id": claim.customer_id,
             "properties": {"message_id": claim.message_id},
@@ -455,7 +452,7 @@ def pages_router(
             return claim
         form = await read_form(request) or {}
         lang = await lang_for(_field(form, "lang"), claim.customer_id)
-        return await unsubscribe_now(claim, link_event_id("unsub-", token), lang)
+        return await unsubscribe_now(claim, lang)
 
     # --- preferences ---
 
@@ -480,12 +477,7 @@ def pages_router(
         left_set = set(left) if isinstance(left, list | tuple) else set()
         opted_out = found is not None and found.get("consent") == "opted_out"
         action = esc(f"{prefix}/v1/preferences/{token}")
-        # A fresh nonce per page shown: the same form sent twice is one event, while a
-        # later change back to an earlier choice is a new one (see docs/tracking.md).
-        hidden = (
-            f'<input type="hidden" name="lang" value="{shown}">'
-            f'<input type="hidden" name="form" value="{secrets.token_hex(16)}">'
-        )
+        hidden = f'<input type="hidden" name="lang" value="{shown}">'
         notice = f'<p class="notice" role="status">{esc(_say(shown, "prefs_opted_out"))}</p>' if opted_out else ""
         body = (
             f"{header(shown)}"
@@ -522,7 +514,6 @@ def pages_router(
                                 "items": {"type": "string", "enum": list(EMAIL_CATEGORIES)},
                                 "description": "The categories to keep receiving; the others are left",
                             },
-                            "form": {"type": "string", "description": "The page's nonce (32 hex digits)"},
                             "lang": {"type": "string", "enum": list(LANGS)},
                         },
                     }
@@ -548,13 +539,10 @@ def pages_router(
         if action not in ("save", "all") or not set(receive) <= set(EMAIL_CATEGORIES):
             # Not our form (or a tampered one): refuse rather than guess a choice.
             return message_page(lang, 400, "bad_form_title", "bad_form", shop=shop)
-        nonce = _field(form, "form") if form else None
-        nonce = nonce if nonce is not None and _FORM_NONCE.fullmatch(nonce) else ""
         if action == "all":
-            return await unsubscribe_now(claim, link_event_id("unsub-", token, "all", nonce), lang)
+            return await unsubscribe_now(claim, lang)
         left = sorted(set(EMAIL_CATEGORIES) - set(receive))
         raw: dict[str, object] = {
-            "event_id": link_event_id("prefs-", token, ",".join(left), nonce),
             "type": EventType.CUSTOMER_UPDATED.value,
             "customer_id": claim.customer_id,
             "traits": {"unsubscribed_categories": left},
@@ -611,7 +599,6 @@ def pages_router(
         form = await read_form(request) or {}
         lang = await lang_for(_field(form, "lang"), customer_id)
         raw: dict[str, object] = {
-            "event_id": link_event_id("confirm-", token),
             "type": EventType.CONSENT_CONFIRMED.value,
             "customer_id": customer_id,
         }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
 from fastapi import APIRouter
@@ -72,8 +72,10 @@ def tracking_router(
     clock: Clock,
     publish: Publish,
     message_reader: MessageReader | None,
+    *,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> APIRouter:
-    """The open pixel and the click redirect, publishing through `publish`."""
+    """The open pixel and the click redirect, publishing through `publish` (each hit a new event id)."""
     router = APIRouter(tags=["tracking"])
     shop = settings.shop_name
 
@@ -88,7 +90,7 @@ def tracking_router(
 
     async def record(kind: str, raw: dict[str, object], timeout: float | None) -> bool:
         try:
-            event = parse_event(raw, await clock.now(), lambda: str(uuid.uuid4()))
+            event = parse_event(raw, await clock.now(), new_event_id)
         except EventInvalid as exc:
             # Only possible if we signed or stored bad data; never worth failing the shopper.
             log.warning("%s event for message %r is invalid: %s", kind, raw.get("properties"), exc)
