@@ -178,22 +178,36 @@ def unsubscribe_url(settings: Settings, keys: SigningKeys, customer_id: str, mes
     return f"{settings.public_url.rstrip('/')}/v1/unsubscribe/{token}"
 
 
-def confirm_token(keys: SigningKeys, customer_id: str) -> str:
-    return sign(keys, {PURPOSE_KEY: CONFIRM_PURPOSE, "c": customer_id})
+class OutdatedToken(InvalidToken):
+    """Validly signed, but of a form no longer accepted (a confirmation link without its address)."""
 
 
-def read_confirm_token(keys: SigningKeys, token: str) -> str:
-    """The customer a double opt-in confirmation token is for; InvalidToken if it is not one.
+@dataclass(frozen=True)
+class ConfirmClaim:
+    customer_id: str
+    email: str  # the address the link was sent to, lower-cased
 
-    Also accepts the bare `{"c": customer_id}` form (no purpose key), which cannot be
-    mistaken for an unsubscribe token because those always carry a purpose.
+
+def confirm_token(keys: SigningKeys, customer_id: str, email: str) -> str:
+    """Bound to the address it is sent to: confirming proves this address is theirs, not a later one."""
+    return sign(keys, {PURPOSE_KEY: CONFIRM_PURPOSE, "c": customer_id, "e": email.strip().lower()})
+
+
+def read_confirm_token(keys: SigningKeys, token: str) -> ConfirmClaim:
+    """The customer and address a double opt-in confirmation token is for; InvalidToken if it is not one.
+
+    Confirmation tokens made before they carried the address (with or without a purpose key)
+    raise OutdatedToken: they cannot say which address they confirm.
     """
     payload = verify(keys, token)
-    if set(payload) not in ({"c"}, {PURPOSE_KEY, "c"}) or payload.get(PURPOSE_KEY, CONFIRM_PURPOSE) != CONFIRM_PURPOSE:
+    if (not {"c"} <= set(payload) <= {PURPOSE_KEY, "c", "e"}
+            or payload.get(PURPOSE_KEY, CONFIRM_PURPOSE) != CONFIRM_PURPOSE):
         raise InvalidToken("not a confirmation token")
-    return payload["c"]
+    if not payload.get("e"):
+        raise OutdatedToken("a confirmation token without its address")
+    return ConfirmClaim(customer_id=payload["c"], email=payload["e"])
 
 
-def confirm_url(settings: Settings, keys: SigningKeys, customer_id: str) -> str:
-    """The double opt-in confirmation link for one customer."""
-    return f"{settings.public_url.rstrip('/')}/v1/confirm/{confirm_token(keys, customer_id)}"
+def confirm_url(settings: Settings, keys: SigningKeys, customer_id: str, email: str) -> str:
+    """The double opt-in confirmation link for one customer at one address."""
+    return f"{settings.public_url.rstrip('/')}/v1/confirm/{confirm_token(keys, customer_id, email)}"

@@ -107,7 +107,7 @@ def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, s
     links = Links(
         settings.shop_url,
         {"unsubscribe": unsubscribe, "preferences": preferences_url(settings, keys, customer_id, spec.message_id),
-         "confirm": confirm_url(settings, keys, customer_id)},
+         "confirm": confirm_url(settings, keys, customer_id, spec.to_address)},
         lambda index: click_url(settings, keys, spec.message_id, customer_id, index),
     )
     context = template_context(settings, spec, links)

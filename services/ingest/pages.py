@@ -36,8 +36,10 @@ from lifecycle.clock import Clock
 from lifecycle.events import EMAIL_CATEGORIES, EmailCategory, Event, EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
 from lifecycle.tokens import (
+    ConfirmClaim,
     InvalidToken,
     MalformedToken,
+    OutdatedToken,
     SigningKeys,
     UnsubscribeClaim,
     read_confirm_token,
@@ -73,6 +75,10 @@ class PublishFailed(Exception):
     """Kafka did not acknowledge the events in time; nothing can be promised."""
 
 
+class _LookupFailed(Exception):
+    """The customer store did not answer (or none is configured)."""
+
+
 class Publish(Protocol):
     """The ingest API's one publish path (metrics, timeout); raises PublishFailed."""
 
@@ -96,6 +102,10 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "invalid_title": "Lien invalide",
         "invalid_damaged": "Ce lien est incomplet ou abîmé. Copiez-le en entier depuis l’e\u2011mail.",
         "invalid_forged": "Ce lien n’est pas valide.",
+        "invalid_outdated": "Ce lien n’est plus valide. Utilisez celui de l’e\u2011mail le plus récent.",
+        "other_address_title": "Lien pour une autre adresse",
+        "other_address": "Ce lien a été envoyé à une autre adresse que celle de votre compte. "
+        "Confirmez depuis l’e\u2011mail le plus récent.",
         "retry_title": "Veuillez réessayer",
         "retry": "Votre demande n’a pas pu être enregistrée pour le moment. Réessayez dans une minute.",
         "bad_form_title": "Formulaire incomplet",
@@ -139,6 +149,10 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "invalid_title": "Invalid link",
         "invalid_damaged": "This link is incomplete or damaged. Copy it whole from the email.",
         "invalid_forged": "This link is not valid.",
+        "invalid_outdated": "This link is no longer valid. Use the one in the most recent email.",
+        "other_address_title": "Link for another address",
+        "other_address": "This link was sent to another address than your account’s. "
+        "Confirm from the most recent email.",
         "retry_title": "Please try again",
         "retry": "We could not process your request right now. Please try again in a minute.",
         "bad_form_title": "Incomplete form",
@@ -282,6 +296,8 @@ def refusal(exc: InvalidToken, shop: str) -> HTMLResponse:
     """The page for a token we did not sign: we do not know whose it is, so both languages."""
     if isinstance(exc, MalformedToken):
         return message_page(None, 400, "invalid_title", "invalid_damaged", shop=shop)
+    if isinstance(exc, OutdatedToken):
+        return message_page(None, 403, "invalid_title", "invalid_outdated", shop=shop)
     return message_page(None, 403, "invalid_title", "invalid_forged", shop=shop)
 
 
@@ -331,15 +347,25 @@ def pages_router(
     prefix = urlsplit(settings.public_url).path.rstrip("/")
     default_lang = lang_of(settings.default_locale) or FALLBACK_LANG
 
-    async def customer(customer_id: str) -> dict[str, object] | None:
+    async def lookup(customer_id: str) -> dict[str, object] | None:
+        """The stored customer (None when unknown); _LookupFailed when the store does not answer."""
         if customer_reader is None:
-            return None
+            raise _LookupFailed("no customer store configured")
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
                 return await customer_reader(customer_id)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise _LookupFailed(str(exc) or type(exc).__name__) from exc
+
+    async def customer(customer_id: str) -> dict[str, object] | None:
+        """The stored customer for what only shapes a page (language, ticks): None when unknown or unreachable."""
+        if customer_reader is None:
+            return None
+        try:
+            return await lookup(customer_id)
+        except _LookupFailed as exc:
             # Only the language or the ticks depend on it: show the page anyway.
-            log.warning("customer lookup for a link page failed: %s", str(exc) or type(exc).__name__)
+            log.warning("customer lookup for a link page failed: %s", exc)
             return None
 
     async def lang_for(explicit: str | None, customer_id: str) -> Lang | None:
@@ -569,13 +595,38 @@ def pages_router(
 
     # --- double opt-in ---
 
-    @router.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
-    async def confirm_page(token: str, lang: str | None = None) -> HTMLResponse:
+    def confirm_claim(token: str) -> ConfirmClaim | HTMLResponse:
         try:
-            customer_id = read_confirm_token(keys, token)
+            return read_confirm_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
-        shown = await lang_for(lang, customer_id) or default_lang
+
+    def sent_to_current_address(found: Mapping[str, object], claim: ConfirmClaim) -> bool:
+        stored = found.get("email")
+        return isinstance(stored, str) and stored.strip().lower() == claim.email
+
+    def other_address(lang: Lang | None) -> HTMLResponse:
+        return message_page(lang, 403, "other_address_title", "other_address", shop=shop, extra=back_to_shop)
+
+    @router.get(
+        "/v1/confirm/{token}",
+        response_class=HTMLResponse,
+        summary="Double opt-in confirmation page",
+        responses={
+            200: {"description": "The page, with a button that confirms"},
+            400: {"description": "Garbled link"},
+            403: {"description": "Forged or outdated link, or sent to an address the customer no longer has"},
+        },
+    )
+    async def confirm_page(token: str, lang: str | None = None) -> HTMLResponse:
+        claim = confirm_claim(token)
+        if isinstance(claim, HTMLResponse):
+            return claim
+        found = await customer(claim.customer_id)
+        shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
+        # Said now rather than after the button: the POST would refuse it anyway.
+        if found is not None and not sent_to_current_address(found, claim):
+            return other_address(shown)
         body = (
             f"{header(shown)}"
             f'<div class="card"><h1>{esc(_say(shown, "confirm_title"))}</h1>'
@@ -590,17 +641,36 @@ def pages_router(
         "/v1/confirm/{token}",
         response_class=HTMLResponse,
         summary="Confirm a subscription (double opt-in); the token is the authorisation",
+        responses={
+            200: {"description": "Confirmed: consent_confirmed is in Kafka"},
+            400: {"description": "Garbled link"},
+            403: {"description": "Forged or outdated link, unknown customer, or sent to an address the customer "
+                                 "no longer has; nothing is recorded"},
+            503: {"description": "The customer store or Kafka is unavailable; retry after Retry-After"},
+        },
     )
     async def confirm(token: str, request: Request) -> HTMLResponse:
-        try:
-            customer_id = read_confirm_token(keys, token)
-        except InvalidToken as exc:
-            return refusal(exc, shop)
+        claim = confirm_claim(token)
+        if isinstance(claim, HTMLResponse):
+            return claim
         form = await read_form(request) or {}
-        lang = await lang_for(_field(form, "lang"), customer_id)
+        chosen = lang_of(_field(form, "lang"))
+        try:
+            found = await lookup(claim.customer_id)
+        except _LookupFailed as exc:
+            # The address must be checked before anything is recorded: no check, no confirmation.
+            log.warning("customer lookup for a confirmation failed: %s", exc)
+            return retry_page(chosen)
+        lang = chosen or (lang_of(found.get("locale")) if found else None)
+        if found is None:
+            return message_page(lang, 403, "invalid_title", "invalid_outdated", shop=shop)
+        if not sent_to_current_address(found, claim):
+            return other_address(lang)
         raw: dict[str, object] = {
             "type": EventType.CONSENT_CONFIRMED.value,
-            "customer_id": customer_id,
+            "customer_id": claim.customer_id,
+            # As stored (it equals the link's address but for case): the stager checks it is still current.
+            "properties": {"email": found["email"]},
         }
         failed = await publish_one(raw, lang)
         if failed is not None:

@@ -15,7 +15,7 @@ import pytest
 
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
-from lifecycle.tokens import SigningKeys, confirm_url, unsubscribe_url
+from lifecycle.tokens import SigningKeys, confirm_url, read_confirm_token, unsubscribe_url
 from lifecycle.tracking import open_pixel_url, preferences_url, read_click_token
 from services.dispatcher.compose import ComposedEmail, MessageSpec, compose_email
 
@@ -118,9 +118,11 @@ def test_the_open_pixel_ends_the_html() -> None:
 def test_the_confirm_link_is_not_tracked() -> None:
     composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec("double_opt_in_1", "double_opt_in", context={}))
     text, html = parts(reparsed(composed))
-    confirm = confirm_url(SETTINGS, KEYS, "c1")
+    confirm = confirm_url(SETTINGS, KEYS, "c1", "ana@example.com")  # bound to the recipient's address
     assert f'href="{confirm}"' in html and confirm in text
     assert all(link["url"] != confirm for link in composed.links)
+    claim = read_confirm_token(KEYS, confirm.rsplit("/", 1)[1])
+    assert (claim.customer_id, claim.email) == ("c1", "ana@example.com")
 
 
 def test_feedback_links_are_named_for_the_branch_conditions() -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import EventType
 from lifecycle.settings import Settings
-from lifecycle.tokens import SigningKeys, confirm_token, sign, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
 from tests.support.ingest import FakeProducer, lifespan_client
@@ -379,7 +379,7 @@ async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, method: str) -> None:
     forged = unsubscribe_token(OTHER_KEYS, "c1", "m1")
-    wrong_purpose = confirm_token(KEYS, "c1")
+    wrong_purpose = confirm_token(KEYS, "c1", "ana@example.com")
     async with harness.client() as client:
         assert (await client.request(method, f"/v1/unsubscribe/{forged}")).status_code == 403
         assert (await client.request(method, f"/v1/unsubscribe/{wrong_purpose}")).status_code == 403
@@ -402,8 +402,12 @@ async def test_signed_token_with_unusable_customer_id_is_400(harness: Harness) -
     assert harness.producer.sent == []
 
 
-async def test_confirm_link(harness: Harness) -> None:
-    token = sign(KEYS, {"c": "c7"})  # the bare form is accepted too
+async def test_confirm_link() -> None:
+    async def reader(customer_id: str) -> dict[str, object] | None:
+        return {"customer_id": customer_id, "email": "ana@example.com"} if customer_id == "c7" else None
+
+    harness = Harness(reader)
+    token = confirm_token(KEYS, "c7", "ana@example.com")
     async with harness.client() as client:
         page = await client.get(f"/v1/confirm/{token}")
         assert page.status_code == 200

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import (
     EMAIL_CATEGORIES,
+    ConsentConfirmedProperties,
     Event,
     EventInvalid,
     EventType,
@@ -28,7 +29,7 @@ from lifecycle.events import (
     parse_event,
 )
 from lifecycle.settings import Settings
-from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, sign, unsubscribe_token
 from lifecycle.tracking import preferences_url
 from services.ingest.app import create_app
 from services.ingest.pages import lang_of
@@ -389,7 +390,7 @@ FORGED = unsubscribe_token(OTHER_KEYS, "c1", "m1")
 @pytest.mark.parametrize("path", ["/v1/unsubscribe/{}", "/v1/preferences/{}", "/v1/confirm/{}"])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_altered_or_foreign_tokens_are_refused(harness: Harness, path: str, method: str) -> None:
-    foreign = confirm_token(KEYS, "c1") if "confirm" not in path else TOKEN
+    foreign = confirm_token(KEYS, "c1", "ana@example.com") if "confirm" not in path else TOKEN
     altered = TOKEN[:5] + ("A" if TOKEN[5] != "A" else "B") + TOKEN[6:]
     body = {"action": "all", "List-Unsubscribe": "One-Click"}
     async with harness.client() as client:
@@ -415,17 +416,91 @@ async def test_kafka_down_asks_to_retry(harness: Harness) -> None:
 # --- double opt-in ----------------------------------------------------------------------------
 
 
+CONFIRM = confirm_token(KEYS, "c1", "ana@example.com")
+
+
 async def test_confirm_page_in_the_customers_language(harness: Harness) -> None:
-    token = confirm_token(KEYS, "c1")
-    harness.customers.rows["c1"] = {"locale": "en"}
+    harness.customers.rows["c1"] = {"locale": "en", "email": "ana@example.com"}
     async with harness.client() as client:
-        page = await client.get(f"/v1/confirm/{token}")
+        page = await client.get(f"/v1/confirm/{CONFIRM}")
         assert harness.producer.sent == []
-        done = await client.post(f"/v1/confirm/{token}", data={"lang": hidden(page, "lang")})
+        done = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": hidden(page, "lang")})
+    assert_safe_page(page)
     assert "Yes, confirm" in page.text
     assert "Your subscription is confirmed." in done.text
     [event] = harness.producer.events()
     assert event.type is EventType.CONSENT_CONFIRMED
+    assert event.customer_id == "c1"
+    assert event.properties_as(ConsentConfirmedProperties).email == "ana@example.com"
+
+
+async def test_the_address_is_compared_without_case_and_published_as_stored(harness: Harness) -> None:
+    harness.customers.rows["c1"] = {"locale": "fr", "email": "Ana@Example.com"}
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 200
+    [event] = harness.producer.events()
+    assert event.properties_as(ConsentConfirmedProperties).email == "Ana@example.com"  # the domain normalised
+
+
+@pytest.mark.parametrize("stored", ["bea@example.com", None])
+async def test_a_link_sent_to_another_address_confirms_nothing(harness: Harness, stored: str | None) -> None:
+    # The customer changed their address since: the old address must not confirm the new one.
+    harness.customers.rows["c1"] = {"locale": "en", "email": stored}
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{CONFIRM}")
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+        in_french = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": "fr"})
+    for response in (page, done):
+        assert response.status_code == 403
+        assert_safe_page(response)
+        assert html_lang(response) == "en"
+        assert "This link was sent to another address" in response.text
+        assert "Yes, confirm" not in response.text
+    assert in_french.status_code == 403 and "envoyé à une autre adresse" in in_french.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_for_an_unknown_customer_records_nothing(harness: Harness) -> None:
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 403
+    assert "no longer valid" in done.text and "plus valide" in done.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_while_the_customer_store_is_down_asks_to_retry(harness: Harness) -> None:
+    harness.customers.error = OperationalError("SELECT", {}, ConnectionRefusedError("no database"))
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{CONFIRM}")  # a GET changes nothing: shown anyway
+        done = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": "en"})
+    assert page.status_code == 200
+    assert done.status_code == 503
+    assert done.headers["retry-after"] == "5"
+    assert "Please try again" in done.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_without_a_customer_store_asks_to_retry() -> None:
+    harness = Harness(with_reader=False)
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 503
+    assert harness.producer.sent == []
+
+
+@pytest.mark.parametrize("payload", [{"c": "c1"}, {"p": "confirm", "c": "c1"}])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_confirmation_links_without_an_address_are_no_longer_valid(
+    harness: Harness, payload: dict[str, str], method: str
+) -> None:
+    harness.customers.rows["c1"] = {"locale": "en", "email": "ana@example.com"}
+    async with harness.client() as client:
+        response = await client.request(method, f"/v1/confirm/{sign(KEYS, payload)}")
+    assert response.status_code == 403
+    assert_safe_page(response)
+    assert "This link is no longer valid." in response.text and "Ce lien n’est plus valide." in response.text
+    assert harness.producer.sent == []
 
 
 def test_preferences_url_uses_the_unsubscribe_token() -> None:

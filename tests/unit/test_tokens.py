@@ -15,8 +15,10 @@ from pydantic import ValidationError
 
 from lifecycle.settings import Settings
 from lifecycle.tokens import (
+    ConfirmClaim,
     InvalidToken,
     MalformedToken,
+    OutdatedToken,
     SigningKeys,
     confirm_token,
     confirm_url,
@@ -103,18 +105,26 @@ def test_unsubscribe_claim() -> None:
 
 def test_purposes_do_not_mix() -> None:
     with pytest.raises(InvalidToken):
-        read_unsubscribe_token(KEYS, confirm_token(KEYS, "c1"))
+        read_unsubscribe_token(KEYS, confirm_token(KEYS, "c1", "ana@example.com"))
     with pytest.raises(InvalidToken):
         read_unsubscribe_token(KEYS, sign(KEYS, {"c": "c1", "m": "m1"}))
     with pytest.raises(InvalidToken):
         read_confirm_token(KEYS, unsubscribe_token(KEYS, "c1", "m1"))
 
 
-def test_confirm_tokens() -> None:
-    assert read_confirm_token(KEYS, confirm_token(KEYS, "c1")) == "c1"
-    assert read_confirm_token(KEYS, sign(KEYS, {"c": "c1"})) == "c1"  # the bare form
+def test_confirm_tokens_carry_the_lower_cased_address() -> None:
+    claim = read_confirm_token(KEYS, confirm_token(KEYS, "c1", " Ana@Example.COM "))
+    assert (claim.customer_id, claim.email) == ("c1", "ana@example.com")
     with pytest.raises(InvalidToken):
-        read_confirm_token(KEYS, sign(KEYS, {"c": "c1", "x": "y"}))
+        read_confirm_token(KEYS, sign(KEYS, {"c": "c1", "e": "a@b.example", "x": "y"}))
+
+
+@pytest.mark.parametrize("payload", [{"c": "c1"}, {"p": "confirm", "c": "c1"}, {"p": "confirm", "c": "c1", "e": ""}])
+def test_confirm_tokens_without_an_address_are_no_longer_valid(payload: dict[str, str]) -> None:
+    with pytest.raises(OutdatedToken):
+        read_confirm_token(KEYS, sign(KEYS, payload))
+    with pytest.raises(OutdatedToken):  # as made before key ids, too
+        read_confirm_token(KEYS, legacy_token(SECRET, payload))
 
 
 def test_urls() -> None:
@@ -123,8 +133,9 @@ def test_urls() -> None:
     prefix = "https://mail.shop.example/v1/unsubscribe/"
     assert url.startswith(prefix)
     assert read_unsubscribe_token(KEYS, url.removeprefix(prefix)).customer_id == "c1"
-    confirm = confirm_url(settings, KEYS, "c1")
-    assert read_confirm_token(KEYS, confirm.removeprefix("https://mail.shop.example/v1/confirm/")) == "c1"
+    confirm = confirm_url(settings, KEYS, "c1", "ana@example.com")
+    claim = read_confirm_token(KEYS, confirm.removeprefix("https://mail.shop.example/v1/confirm/"))
+    assert claim == ConfirmClaim("c1", "ana@example.com")
 
 
 @given(st.dictionaries(st.text(max_size=10).filter(lambda key: key != "k"), st.text(max_size=30), max_size=5))
@@ -208,10 +219,6 @@ def test_legacy_tokens_verify_against_the_signing_secret() -> None:
         read_unsubscribe_token(ring("k2:two", signing_secret=""), sent)  # the legacy secret retired
     with pytest.raises(InvalidToken):
         read_unsubscribe_token(ring(signing_secret="another"), sent)
-
-
-def test_legacy_confirmation_tokens_in_the_bare_form_still_read() -> None:
-    assert read_confirm_token(ring(), legacy_token("old-secret", {"c": "c1"})) == "c1"
 
 
 @pytest.mark.parametrize(
