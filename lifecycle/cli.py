@@ -227,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from lifecycle.settings import describe_invalid_settings
     from lifecycle.stack import StackError
 
     args = build_parser().parse_args(argv)
@@ -250,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_journeys_validate(args.dir)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        # LIFECYCLE_* values that cannot be used: say which and why, no traceback
+        for line in describe_invalid_settings(exc):
+            print(f"error: {line}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]

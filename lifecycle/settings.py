@@ -11,8 +11,9 @@ from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The id under which LIFECYCLE_SIGNING_SECRET signs and verifies; no entry of LIFECYCLE_SIGNING_KEYS may take it.
@@ -41,6 +42,26 @@ def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
             raise ValueError(f"entry {position}: the id {key_id!r} is used twice")
         keys.append((key_id, secret))
     return keys
+
+
+def check_web_url(value: str, *, base: bool) -> str:
+    """`value` if it is an absolute http(s) URL with a host and no whitespace; ValueError saying why not.
+
+    A `base` URL has paths appended to it (`{shop_url}/cart`), so it may not carry a query or fragment.
+    """
+    example = "like https://shop.example"
+    if not value or any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        raise ValueError(f"must be an absolute http(s) URL without spaces, {example}; got {value!r}")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # reading it checks it
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}); got {value!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an absolute http(s) URL with a host, {example}; got {value!r}")
+    if base and (parts.query or parts.fragment):
+        raise ValueError(f"is a base URL that paths are added to: no ?query or #fragment; got {value!r}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -145,6 +166,16 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
         return value
 
+    @field_validator("shop_url", "public_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_web_url(value, base=True)
+
+    @field_validator("shop_logo_url")
+    @classmethod
+    def _web_url(cls, value: str) -> str:
+        return check_web_url(value, base=False)
+
     @field_validator("signing_keys")
     @classmethod
     def _signing_keys(cls, value: str) -> str:
@@ -170,6 +201,17 @@ class Settings(BaseSettings):
             if value is not None:
                 env[f"LIFECYCLE_{name.upper()}"] = str(value)
         return env
+
+
+def describe_invalid_settings(error: ValidationError) -> list[str]:
+    """One line per problem, naming the variable (`LIFECYCLE_SHOP_URL: must be ...`), never a traceback."""
+    lines = []
+    for problem in error.errors():
+        location = problem.get("loc") or ()
+        name = f"LIFECYCLE_{str(location[0]).upper()}" if location else "settings"
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return lines
 
 
 def load_settings() -> Settings:
