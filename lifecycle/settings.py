@@ -44,6 +44,15 @@ def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
     return keys
 
 
+def check_api_keys(spec: str) -> str:
+    """`spec` if every entry is a plain key or `sha256:<64 hex digits>`; ValueError naming the bad entry."""
+    for position, raw in enumerate(spec.split(","), start=1):
+        entry = raw.strip()
+        if entry.lower().startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", entry[len("sha256:"):]):
+            raise ValueError(f"entry {position} is not sha256:<64 hex digits>")
+    return spec
+
+
 def check_web_url(value: str, *, base: bool) -> str:
     """`value` if it is an absolute http(s) URL with a host and no whitespace; ValueError saying why not.
 
@@ -91,8 +100,10 @@ class Settings(BaseSettings):
     stager_port: int = 8081
     dispatcher_port: int = 8082
 
-    # Comma-separated API keys; store hashes with the `sha256:` prefix.
+    # Comma-separated keys, plain or `sha256:<hex>` (store hashes). Write keys may only send events;
+    # admin keys read customers (and the admin routes).
     api_keys: str = "dev-key"
+    admin_keys: str = "dev-admin-key"
     # The legacy signing key: verifies links made before key ids, signs when signing_keys is empty.
     signing_secret: str = "dev-signing-secret-change-me"
     # Comma-separated id:secret pairs; the first signs, every one verifies (key rotation).
@@ -165,6 +176,11 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
         return value
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _api_keys(cls, value: str) -> str:
+        return check_api_keys(value)
 
     @field_validator("shop_url", "public_url")
     @classmethod

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
@@ -64,10 +65,6 @@ class Accepted(BaseModel):
     accepted: int
 
 
-class ErrorBody(BaseModel):
-    detail: str
-
-
 class EventErrorItem(BaseModel):
     index: int | None
     field: str
@@ -83,9 +80,9 @@ class InvalidEvents(BaseModel):
 
 
 class ApiKeys:
-    """The accepted API keys, held only as SHA-256 digests."""
+    """The accepted keys of one scope, held only as SHA-256 digests."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, setting: str = "LIFECYCLE_API_KEYS") -> None:
         self._digests: list[bytes] = []
         for position, raw in enumerate(spec.split(","), start=1):
             entry = raw.strip()
@@ -98,12 +95,12 @@ class ApiKeys:
                 except ValueError:
                     digest = b""
                 if len(digest) != 32:
-                    raise ValueError(f"LIFECYCLE_API_KEYS entry {position} is not sha256:<64 hex digits>")
+                    raise ValueError(f"{setting} entry {position} is not sha256:<64 hex digits>")
                 self._digests.append(digest)
             else:
                 self._digests.append(hashlib.sha256(entry.encode("utf-8")).digest())
         if not self._digests:
-            log.warning("LIFECYCLE_API_KEYS is empty: every authenticated request will be refused")
+            log.warning("%s is empty: every request needing such a key will be refused", setting)
 
     def check(self, presented: str) -> bool:
         digest = hashlib.sha256(presented.encode("utf-8")).digest()
@@ -112,6 +109,94 @@ class ApiKeys:
         for known in self._digests:
             matched |= hmac.compare_digest(digest, known)
         return matched
+
+
+@dataclass(frozen=True)
+class ScopedKeys:
+    """Write keys (LIFECYCLE_API_KEYS) may only send events; admin keys (LIFECYCLE_ADMIN_KEYS) read and administer.
+
+    A key listed in both settings has both scopes.
+    """
+
+    write: ApiKeys
+    admin: ApiKeys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScopedKeys:
+        return cls(ApiKeys(settings.api_keys, "LIFECYCLE_API_KEYS"),
+                   ApiKeys(settings.admin_keys, "LIFECYCLE_ADMIN_KEYS"))
+
+
+# Two schemes in the OpenAPI document, so a reader (and a fuzzer) sees which key a route wants.
+_write_bearer = HTTPBearer(scheme_name="WriteKey", auto_error=False,
+                           description="A write key from LIFECYCLE_API_KEYS: it may only send events")
+_admin_bearer = HTTPBearer(scheme_name="AdminKey", auto_error=False,
+                           description="An admin key from LIFECYCLE_ADMIN_KEYS: customer reads and admin routes")
+
+
+def _unauthenticated() -> HTTPException:
+    return HTTPException(
+        401,
+        "missing or invalid API key; send the header Authorization: Bearer <key>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _wrong_scope(detail: str) -> HTTPException:
+    return HTTPException(403, detail, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
+def _scoped_keys(request: Request) -> ScopedKeys:
+    keys = getattr(request.app.state, "api_keys", None)
+    if not isinstance(keys, ScopedKeys):
+        raise RuntimeError("the app has no API keys: build it with create_app")
+    return keys
+
+
+async def require_write_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_write_bearer)]
+) -> None:
+    """Dependency of POST /v1/events: a write key, else 401 (no or unknown key) or 403 (an admin key)."""
+    keys = _scoped_keys(request)
+    presented = credentials.credentials.strip() if credentials is not None else ""
+    if presented and keys.write.check(presented):
+        return
+    if presented and keys.admin.check(presented):
+        raise _wrong_scope("this is an admin key; events are sent with a write key (LIFECYCLE_API_KEYS)")
+    raise _unauthenticated()
+
+
+async def require_admin_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
+) -> None:
+    """Dependency of every admin route (customer reads, /v1/admin/*): an admin key, else 401 or 403.
+
+    Use it as `dependencies=[Depends(require_admin_key)]` with `responses={**ADMIN_KEY_RESPONSES, ...}`.
+    """
+    keys = _scoped_keys(request)
+    presented = credentials.credentials.strip() if credentials is not None else ""
+    if presented and keys.admin.check(presented):
+        return
+    if presented and keys.write.check(presented):
+        raise _wrong_scope(
+            "this key may only send events; customer reads need an admin key (LIFECYCLE_ADMIN_KEYS)"
+        )
+    raise _unauthenticated()
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+# The answers of the key checks, for the `responses=` of the routes that use them.
+WRITE_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    403: {"model": ErrorBody, "description": "An admin key: events are sent with a write key"},
+}
+ADMIN_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    403: {"model": ErrorBody, "description": "A write key: it may only send events; this needs an admin key"},
+}
 
 
 # --- metrics middleware ---
@@ -216,7 +301,7 @@ def create_app(
     finds an email's stored links for the click redirect. `new_event_id` names the events
     the API makes (those sent without an id, link actions, opens and clicks).
     """
-    keys = ApiKeys(settings.api_keys)
+    api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
     runtime = _Runtime()
     factory = producer_factory or (lambda: make_producer(settings))
@@ -274,21 +359,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(_MetricsMiddleware)
+    app.state.api_keys = api_keys  # read by require_write_key and require_admin_key
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
     app.add_exception_handler(Exception, internal_error)
-
-    async def require_api_key(request: Request) -> None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip() or not keys.check(credentials.strip()):
-            raise HTTPException(
-                401,
-                "missing or invalid API key; send the header Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
     async def publish(events: Sequence[Event], *, timeout: float | None = None) -> None:
         """The one way events reach Kafka (API, link pages, tracking); PublishFailed if not acknowledged."""
@@ -337,12 +414,12 @@ def create_app(
     @app.post(
         "/v1/events",
         status_code=202,
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(require_write_key)],
         openapi_extra=request_body_doc,
         responses={
             202: {"model": Accepted, "description": "Every event was stored in Kafka"},
             400: {"model": ErrorBody, "description": "The body is not JSON"},
-            401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+            **WRITE_KEY_RESPONSES,
             413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
             422: {"model": InvalidEvents, "description": "Some events are invalid; nothing was stored"},
             503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after Retry-After"},
@@ -365,14 +442,15 @@ def create_app(
 
     @app.get(
         "/v1/customers/{customer_id}",
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(require_admin_key)],
         responses={
             200: {"description": "The customer as stored"},
-            401: {"model": ErrorBody},
-            404: {"model": ErrorBody},
-            503: {"model": ErrorBody},
+            **ADMIN_KEY_RESPONSES,
+            404: {"model": ErrorBody, "description": "No such customer"},
+            501: {"model": ErrorBody, "description": "This API was started without a customer store"},
+            503: {"model": ErrorBody, "description": "The customer store is unavailable; retry after Retry-After"},
         },
-        summary="Read one customer's profile",
+        summary="Read one customer's profile (admin key)",
     )
     async def get_customer(customer_id: str) -> JSONResponse:
         if customer_reader is None:

@@ -25,7 +25,7 @@ ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
 TARGETS = ["base", "overlays/small", "overlays/large"]
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082}
-SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
+SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
@@ -180,7 +180,7 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
     assert data["LIFECYCLE_CLOCK"] == "system"
 
     wanted = {
-        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_signing_secret",
+        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_admin_keys", "lifecycle_signing_secret",
                    "lifecycle_signing_keys"},
         "stager": {"lifecycle_database_url"},
         "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",

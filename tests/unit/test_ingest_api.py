@@ -31,12 +31,14 @@ NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
 KEYS = SigningKeys.from_secret(SECRET)
 OTHER_KEYS = SigningKeys.from_secret("another-secret")
-AUTH = {"Authorization": "Bearer key-one"}
+AUTH = {"Authorization": "Bearer key-one"}  # a write key
+ADMIN = {"Authorization": "Bearer admin-one"}
 
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "api_keys": "key-one, sha256:" + hashlib.sha256(b"key-two").hexdigest(),
+        "api_keys": "key-one, sha256:" + hashlib.sha256(b"key-two").hexdigest() + ", both-scopes",
+        "admin_keys": "admin-one, sha256:" + hashlib.sha256(b"admin-two").hexdigest() + ", both-scopes",
         "signing_secret": SECRET,
         "public_url": "http://test",
         **overrides,
@@ -89,9 +91,10 @@ async def test_start_up_retries_while_kafka_is_not_there(monkeypatch: pytest.Mon
     assert harness.factory_calls == 3
 
 
-def test_bad_api_key_configuration_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="sha256:<64 hex digits>"):
-        create_app(make_settings(api_keys="sha256:nothex"), ManualClock(NOW), FakeProducer)
+@pytest.mark.parametrize("setting", ["api_keys", "admin_keys"])
+def test_bad_api_key_configuration_is_a_clear_error(setting: str) -> None:
+    with pytest.raises(ValueError, match="entry 2 is not sha256:<64 hex digits>"):
+        create_app(make_settings(**{setting: "k, sha256:nothex"}), ManualClock(NOW), FakeProducer)
 
 
 # --- auth -----------------------------------------------------------------------------------
@@ -118,11 +121,56 @@ async def test_missing_or_wrong_key_is_401(harness: Harness, headers: dict[str, 
     assert harness.producer.sent == []
 
 
-@pytest.mark.parametrize("key", ["key-one", "key-two"])
-async def test_plain_and_hashed_keys_are_accepted(harness: Harness, key: str) -> None:
+@pytest.mark.parametrize("key", ["key-one", "key-two", "both-scopes"])
+async def test_plain_and_hashed_write_keys_send_events(harness: Harness, key: str) -> None:
     async with harness.client() as client:
         response = await client.post("/v1/events", json=event(), headers={"Authorization": f"bearer {key}"})
     assert response.status_code == 202
+
+
+@pytest.mark.parametrize("key", ["admin-one", "admin-two"])
+async def test_an_admin_key_sends_no_events(harness: Harness, key: str) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(), headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert response.json() == {
+        "detail": "this is an admin key; events are sent with a write key (LIFECYCLE_API_KEYS)"
+    }
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope"'
+    assert harness.producer.sent == []
+
+
+async def customer_reader(customer_id: str) -> dict[str, object] | None:
+    return {"customer_id": customer_id} if customer_id == "c1" else None
+
+
+@pytest.mark.parametrize("key", ["key-one", "key-two"])
+async def test_a_write_key_reads_no_customer(key: str) -> None:
+    async with Harness(customer_reader).client() as client:
+        response = await client.get("/v1/customers/c1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith("this key may only send events; customer reads need an admin key")
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope"'
+
+
+@pytest.mark.parametrize("key", ["admin-one", "admin-two", "both-scopes"])
+async def test_plain_and_hashed_admin_keys_read_customers(key: str) -> None:
+    async with Harness(customer_reader).client() as client:
+        response = await client.get("/v1/customers/c1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    assert response.json() == {"customer_id": "c1"}
+
+
+async def test_the_admin_dependency_guards_new_routes() -> None:
+    """What another router gets from `Depends(require_admin_key)`."""
+    from fastapi import Depends
+
+    harness = Harness()
+    harness.app.get("/v1/admin/ping", dependencies=[Depends(ingest_app.require_admin_key)])(lambda: {"ok": True})
+    async with harness.client() as client:
+        assert (await client.get("/v1/admin/ping", headers=ADMIN)).status_code == 200
+        assert (await client.get("/v1/admin/ping", headers=AUTH)).status_code == 403
+        assert (await client.get("/v1/admin/ping")).status_code == 401
 
 
 # --- accepting events -----------------------------------------------------------------------
@@ -311,8 +359,8 @@ async def test_customer_found_and_not_found() -> None:
 
     harness = Harness(reader)
     async with harness.client() as client:
-        found = await client.get("/v1/customers/c1", headers=AUTH)
-        missing = await client.get("/v1/customers/nobody", headers=AUTH)
+        found = await client.get("/v1/customers/c1", headers=ADMIN)
+        missing = await client.get("/v1/customers/nobody", headers=ADMIN)
     assert found.status_code == 200
     assert found.json() == {
         "customer_id": "c1",
@@ -328,14 +376,14 @@ async def test_customer_store_down_is_503() -> None:
         raise OperationalError("SELECT", {}, ConnectionRefusedError())
 
     async with Harness(reader).client() as client:
-        response = await client.get("/v1/customers/c1", headers=AUTH)
+        response = await client.get("/v1/customers/c1", headers=ADMIN)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
 
 
 async def test_customer_lookup_not_configured(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.get("/v1/customers/c1", headers=AUTH)
+        response = await client.get("/v1/customers/c1", headers=ADMIN)
     assert response.status_code == 501
 
 
@@ -438,7 +486,7 @@ async def test_readyz_follows_kafka(harness: Harness) -> None:
 
 async def test_metrics_use_route_templates(harness: Harness) -> None:
     async with harness.client() as client:
-        await client.get("/v1/customers/secret-customer-42", headers=AUTH)
+        await client.get("/v1/customers/secret-customer-42", headers=ADMIN)
         await client.post("/v1/events", json={"events": [event("consent_confirmed")]}, headers=AUTH)
         await client.post("/v1/events", json={"type": "nope"}, headers=AUTH)
         await client.get("/no/such/path")
