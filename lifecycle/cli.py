@@ -27,8 +27,14 @@ def _virtual_settings() -> Settings:
 def cmd_service(name: str) -> int:
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
+    from lifecycle.settings import insecure_defaults
 
     settings = _settings()
+    refused = insecure_defaults(settings, name)
+    if refused:
+        for problem in refused:
+            print(f"{name}: not starting: {problem}", file=sys.stderr)
+        return 1
     setup_logging(settings.log_format, settings.log_level)
     try:
         if name == "ingest":

@@ -5,8 +5,10 @@ Every field is documented in docs/settings.md; keep the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
@@ -109,6 +111,8 @@ class Settings(BaseSettings):
     # Comma-separated id:secret pairs; the first signs, every one verifies (key rotation).
     signing_keys: str = ""
 
+    # production refuses to start with the development keys and secrets; the local stack runs as local
+    environment: Literal["local", "production"] = "production"
     clock: Literal["system", "virtual"] = "system"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless writing to a terminal
     log_level: str = "INFO"
@@ -217,6 +221,61 @@ class Settings(BaseSettings):
             if value is not None:
                 env[f"LIFECYCLE_{name.upper()}"] = str(value)
         return env
+
+
+# The secrets each service holds: what it must not run with in production.
+SERVICE_SECRETS: Final[Mapping[str, tuple[str, ...]]] = {
+    "ingest": ("api_keys", "admin_keys", "signing"),
+    "stager": (),  # it signs nothing and serves no API
+    "dispatcher": ("signing",),  # the links in emails and the Message-IDs
+}
+_LOCAL_HINT: Final = "(or LIFECYCLE_ENVIRONMENT=local for a local stack)"
+
+
+def insecure_defaults(settings: Settings, service: str) -> list[str]:
+    """What keeps `service` from starting in production: development keys and secrets, or none at all.
+
+    One line per setting, naming it; empty in the local environment. Secrets are never quoted.
+    """
+    if settings.environment == "local":
+        return []
+    problems: list[str] = []
+    wanted = SERVICE_SECRETS[service]
+    # either development key is refused in either setting, in plain or hashed form
+    development_keys = {_key_digest(str(Settings.model_fields[name].default)) for name in ("api_keys", "admin_keys")}
+    for name in ("api_keys", "admin_keys"):
+        if name not in wanted:
+            continue
+        variable = f"LIFECYCLE_{name.upper()}"
+        entries = [entry.strip() for entry in getattr(settings, name).split(",") if entry.strip()]
+        digests = {_key_digest(entry) for entry in entries}
+        if not entries:
+            problems.append(f"{variable} is empty; set your own keys {_LOCAL_HINT}")
+        elif digests <= development_keys:
+            problems.append(f"{variable} is the development default; set your own keys {_LOCAL_HINT}")
+        elif digests & development_keys:
+            problems.append(f"{variable} still holds a development key; remove it {_LOCAL_HINT}")
+    if "signing" in wanted:
+        default_secret = str(Settings.model_fields["signing_secret"].default)
+        signing_keys = parse_signing_keys(settings.signing_keys)
+        if settings.signing_secret == default_secret:
+            if signing_keys:
+                problems.append("LIFECYCLE_SIGNING_SECRET is the development default and still verifies links; "
+                                "set it to your earlier secret, or empty to retire it, "
+                                f"since LIFECYCLE_SIGNING_KEYS signs {_LOCAL_HINT}")
+            else:
+                problems.append("LIFECYCLE_SIGNING_SECRET is the development default and LIFECYCLE_SIGNING_KEYS is "
+                                f"empty; set your own secret {_LOCAL_HINT}")
+        if any(secret == default_secret for _, secret in signing_keys):
+            problems.append(f"LIFECYCLE_SIGNING_KEYS holds the development secret; set your own {_LOCAL_HINT}")
+    return problems
+
+
+def _key_digest(entry: str) -> bytes:
+    """The SHA-256 of an API key entry, plain or `sha256:<hex>`."""
+    if entry.lower().startswith("sha256:"):
+        return bytes.fromhex(entry[len("sha256:"):])
+    return hashlib.sha256(entry.encode("utf-8")).digest()
 
 
 def describe_invalid_settings(error: ValidationError) -> list[str]:

@@ -45,8 +45,11 @@ HEALTH_TIMEOUT = 60.0
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """The current environment plus every setting as LIFECYCLE_*, for child processes."""
-    return {**os.environ, **settings_env(settings)}
+    """The current environment plus every setting as LIFECYCLE_*, for child processes.
+
+    Always the local environment: the stack runs with the development keys, which production refuses.
+    """
+    return {**os.environ, **settings_env(settings), "LIFECYCLE_ENVIRONMENT": "local"}
 
 
 def _service_port(settings: Settings, name: str) -> int:

@@ -51,6 +51,7 @@ def test_compose_file_structure_everywhere_and_docker_compose_config_where_an_en
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == ROOT / "deploy" / "Dockerfile"
         assert service["command"] == [name]
         environment = service["environment"]
+        assert environment["LIFECYCLE_ENVIRONMENT"] == "local", "a development stack with development keys"
         assert environment["LIFECYCLE_KAFKA_BOOTSTRAP"].split(":")[0] == "kafka"
         assert "@postgres:" in environment["LIFECYCLE_DATABASE_URL"]
         assert environment["LIFECYCLE_SMTP_HOST"] == "mailpit"

@@ -178,6 +178,7 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
     assert not {f"LIFECYCLE_{s}" for s in SECRET_SETTINGS} & set(data), "secrets do not go in the ConfigMap"
     assert data["LIFECYCLE_INGEST_HOST"] == "0.0.0.0"
     assert data["LIFECYCLE_CLOCK"] == "system"
+    assert data["LIFECYCLE_ENVIRONMENT"] == "production", "production refuses the development secrets"
 
     wanted = {
         "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_admin_keys", "lifecycle_signing_secret",

@@ -27,6 +27,7 @@ SMTP_PORT = 2625
 
 def integration_settings(run_dir: Path) -> Settings:
     return Settings(
+        environment="local",
         run_dir=run_dir,
         kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
         postgres_port=POSTGRES_PORT,

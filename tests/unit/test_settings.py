@@ -1,12 +1,14 @@
-"""Settings refused at load with a clear message: URLs, and how the command line reports them."""
+"""Settings refused with a clear message: at load (URLs), and at start-up in production (development secrets)."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 from pydantic import ValidationError
 
 from lifecycle.cli import main
-from lifecycle.settings import Settings, describe_invalid_settings
+from lifecycle.settings import SERVICE_SECRETS, Settings, describe_invalid_settings, insecure_defaults
 
 
 @pytest.mark.parametrize("field", ["shop_url", "public_url", "shop_logo_url"])
@@ -55,3 +57,68 @@ def test_the_command_line_names_each_bad_setting_without_a_traceback(
     assert "error: LIFECYCLE_SHOP_URL: must be an absolute http(s) URL" in errors
     assert "error: LIFECYCLE_SIGNING_KEYS: entry 2: the id 'k1' is used twice" in errors
     assert "Traceback" not in errors and "s3cr3t" not in errors  # secrets never reach the output
+
+
+# --- production refuses the development keys and secrets ----------------------------------------
+
+OWN = {"api_keys": "sha256:" + "1" * 64, "admin_keys": "admin-of-ours", "signing_secret": "ours-0123456789"}
+
+
+def test_production_is_the_default_and_refuses_every_development_secret() -> None:
+    settings = Settings()
+    assert settings.environment == "production"
+    assert [line.split(" ")[0] for line in insecure_defaults(settings, "ingest")] == [
+        "LIFECYCLE_API_KEYS", "LIFECYCLE_ADMIN_KEYS", "LIFECYCLE_SIGNING_SECRET"]
+    [signing] = insecure_defaults(settings, "dispatcher")
+    assert signing == ("LIFECYCLE_SIGNING_SECRET is the development default and LIFECYCLE_SIGNING_KEYS is empty; "
+                       "set your own secret (or LIFECYCLE_ENVIRONMENT=local for a local stack)")
+    assert insecure_defaults(settings, "stager") == []  # it holds none of these secrets
+
+
+def test_the_local_environment_runs_with_the_development_defaults() -> None:
+    local = Settings(environment="local")
+    assert all(insecure_defaults(local, service) == [] for service in SERVICE_SECRETS)
+
+
+def test_own_keys_and_secrets_start_everywhere() -> None:
+    settings = Settings(**OWN)
+    assert all(insecure_defaults(settings, service) == [] for service in SERVICE_SECRETS)
+    rotated = Settings(**{**OWN, "signing_secret": "", "signing_keys": "k2:ours-abcdef"})
+    assert insecure_defaults(rotated, "ingest") == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"api_keys": ""}, "LIFECYCLE_API_KEYS is empty"),
+        ({"admin_keys": " , "}, "LIFECYCLE_ADMIN_KEYS is empty"),
+        ({"api_keys": "sha256:" + hashlib.sha256(b"dev-key").hexdigest()}, "LIFECYCLE_API_KEYS is the development"),
+        ({"admin_keys": "ours, dev-key"}, "LIFECYCLE_ADMIN_KEYS still holds a development key"),
+        ({"api_keys": "ours, dev-admin-key"}, "LIFECYCLE_API_KEYS still holds a development key"),
+        ({"signing_secret": "dev-signing-secret-change-me", "signing_keys": "k1:ours-abcdef"},
+         "LIFECYCLE_SIGNING_SECRET is the development default and still verifies links"),
+        ({"signing_keys": "k1:dev-signing-secret-change-me"}, "LIFECYCLE_SIGNING_KEYS holds the development secret"),
+    ],
+)
+def test_each_insecure_setting_is_named(changes: dict[str, str], expected: str) -> None:
+    [problem] = insecure_defaults(Settings(**{**OWN, **changes}), "ingest")
+    assert problem.startswith(expected)
+    assert problem.endswith("(or LIFECYCLE_ENVIRONMENT=local for a local stack)")
+    assert "ours-abcdef" not in problem
+
+
+@pytest.mark.parametrize("service", ["ingest", "dispatcher"])
+def test_a_service_refuses_to_start_with_one_line_per_setting_and_exit_1(
+        service: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("ENVIRONMENT", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SECRETS_DIR"):
+        monkeypatch.delenv(f"LIFECYCLE_{name}", raising=False)
+    assert main([service]) == 1  # refused before it reaches for a database or Kafka
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith(f"{service}: not starting: LIFECYCLE_") for line in lines)
+    assert any("LIFECYCLE_SIGNING_SECRET is the development default" in line for line in lines)
+
+
+def test_the_local_stack_runs_its_services_as_local() -> None:
+    from lifecycle.stack import service_env
+
+    assert service_env(Settings())["LIFECYCLE_ENVIRONMENT"] == "local"
