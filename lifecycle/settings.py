@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
+    # /metrics of the ingest API, kept off its public port
+    ingest_metrics_port: int = 8083
     stager_port: int = 8081
     dispatcher_port: int = 8082
 

@@ -30,9 +30,8 @@ from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -480,22 +479,13 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness: Kafka is reachable", responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
-        producer = runtime.producer
-        if producer is None:
-            return JSONResponse({"status": "unavailable", "detail": "producer not started"}, status_code=503)
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await producer.client.fetch_all_metadata()
-        except Exception as exc:  # any failure means "not ready"; the probe must answer
-            return JSONResponse(
-                {"status": "unavailable", "detail": f"Kafka unreachable: {str(exc) or type(exc).__name__}"},
-                status_code=503,
-            )
+        problem = await not_ready_because(runtime.producer)
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "detail": problem}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # No /metrics here: Prometheus reads it on LIFECYCLE_INGEST_METRICS_PORT (services/ingest/main.py),
+    # which is not published with the API.
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -525,6 +515,18 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def not_ready_because(producer: AIOKafkaProducer | None) -> str | None:
+    """Why events cannot be published now (None: they can): the readiness of the API."""
+    if producer is None:
+        return "producer not started"
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await producer.client.fetch_all_metadata()
+    except Exception as exc:  # any failure means "not ready"; the probe must answer
+        return f"Kafka unreachable: {str(exc) or type(exc).__name__}"
+    return None
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

@@ -1,19 +1,35 @@
-"""Run the ingest API: `run(settings)` serves it with uvicorn until SIGINT/SIGTERM."""
+"""Run the ingest API: `run(settings)` serves it with uvicorn until SIGINT/SIGTERM.
+
+Two listeners in one process: the API on LIFECYCLE_INGEST_PORT (public: the shop and the
+links in emails) and /metrics (with /healthz and /readyz) on LIFECYCLE_INGEST_METRICS_PORT,
+for Prometheus only, so the metrics are never served where the internet reaches.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from lifecycle.clock import make_clock
 from lifecycle.kafka import ensure_topics
+from lifecycle.probes import start_probe_server
 from lifecycle.runtime import StartupError, retry_until, wait_for_database
 from lifecycle.settings import Settings
-from services.ingest.app import create_app
+from services.ingest.app import create_app, not_ready_because
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def start_metrics_server(settings: Settings, app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The metrics port of the ingest API: the stager's and dispatcher's probe server, ready when `app` is."""
+
+    async def ready() -> bool:
+        return await not_ready_because(getattr(app.state, "producer", None)) is None
+
+    return start_probe_server(settings.ingest_host, settings.ingest_metrics_port, ready, settings.clock)
 
 
 async def _serve(settings: Settings) -> None:
@@ -41,7 +57,15 @@ async def _serve(settings: Settings) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             lifespan="on",
         )
-        await uvicorn.Server(config).serve()
+        api = uvicorn.Server(config)
+        # A task that starts once the API serves: the API installs its signal handlers first, the
+        # metrics server's go on top and hand a SIGTERM on to the API's once it has stopped.
+        metrics_server, metrics_task = start_metrics_server(settings, app)
+        try:
+            await api.serve()
+        finally:
+            metrics_server.should_exit = True
+            await metrics_task
     finally:
         # Close pooled connections in the loop that opened them.
         await engine.dispose()
@@ -51,6 +75,6 @@ def run(settings: Settings) -> None:
     try:
         asyncio.run(_serve(settings))
     except SystemExit as exc:
-        # uvicorn exits this way when the port is taken or start-up failed; it logged why.
+        # uvicorn exits this way when a port is taken or start-up failed; it logged why.
         if exc.code not in (0, None):
             raise StartupError("the ingest API did not start (see the log above)") from None

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingest API (default registry, served on /metrics).
+"""Prometheus metrics of the ingest API (default registry, served on /metrics of LIFECYCLE_INGEST_METRICS_PORT).
 
 Labels are bounded: `route` is the route template (never a customer id or token),
 `type` an EventType, `reason` one of the REFUSED_* constants, `kind` open or click and

@@ -25,6 +25,8 @@ ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
 TARGETS = ["base", "overlays/small", "overlays/large"]
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082}
+# where Prometheus scrapes each service: ingest on its own metrics port, never its public API's
+METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082}
 SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -113,7 +115,9 @@ def test_the_operator_resources_are_well_formed(rendered: tuple[str, tuple[Resou
     for endpoint in spec["endpoints"]:
         assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels"}
         assert endpoint["path"] == "/metrics"
-        assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in selected)
+        for service in selected:
+            [scraped] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+            assert scraped["port"] == METRICS_PORTS[_component(service)], _component(service)
 
     [rule] = _of(resources, "PrometheusRule").values()
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -139,7 +143,12 @@ def test_every_deployment_is_probed_drained_bounded_and_unprivileged(
         assert container["args"] == [service]
         port = int(config[f"LIFECYCLE_{service.upper()}_PORT"])
         assert port == SERVICES[service]
-        assert [p["containerPort"] for p in container["ports"]] == [port] and container["ports"][0]["name"] == "http"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if service == "ingest":
+            assert ports == {"http": port, "metrics": int(config["LIFECYCLE_INGEST_METRICS_PORT"])}
+            assert ports["metrics"] == METRICS_PORTS["ingest"]
+        else:
+            assert ports == {"http": port}
         assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
@@ -161,7 +170,8 @@ def test_every_deployment_is_probed_drained_bounded_and_unprivileged(
     assert len(images) == 1, f"one image for every service and the migration: {images}"
     for kubernetes_service in _of(resources, "Service").values():
         component = _component(kubernetes_service)
-        assert [p["port"] for p in kubernetes_service["spec"]["ports"]] == [SERVICES[component]]
+        assert sorted(p["port"] for p in kubernetes_service["spec"]["ports"]) == sorted(
+            {SERVICES[component], METRICS_PORTS[component]})
         assert kubernetes_service["spec"]["selector"]["app.kubernetes.io/component"] == component
 
 

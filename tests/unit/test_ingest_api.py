@@ -6,8 +6,10 @@ a delivery future, and `client.fetch_all_metadata()`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -25,7 +27,8 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
-from tests.support.ingest import FakeProducer, lifespan_client
+from services.ingest.main import start_metrics_server
+from tests.support.ingest import FakeProducer, lifespan_client, metrics_text
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
@@ -490,7 +493,7 @@ async def test_metrics_use_route_templates(harness: Harness) -> None:
         await client.post("/v1/events", json={"events": [event("consent_confirmed")]}, headers=AUTH)
         await client.post("/v1/events", json={"type": "nope"}, headers=AUTH)
         await client.get("/no/such/path")
-        text = (await client.get("/metrics")).text
+        text = metrics_text()
     assert "secret-customer-42" not in text
     assert 'lifecycle_ingest_requests_total{route="/v1/customers/{customer_id}",status="501"}' in text
     assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in text
@@ -500,6 +503,45 @@ async def test_metrics_use_route_templates(harness: Harness) -> None:
     assert 'lifecycle_ingest_events_refused_total{reason="invalid"}' in text
     assert "lifecycle_ingest_request_duration_seconds_bucket" in text
     assert "lifecycle_ingest_produce_duration_seconds_count" in text
+
+
+async def test_metrics_are_not_on_the_public_api(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.get("/metrics")
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    assert response.status_code == 404
+    assert "/metrics" not in paths
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_metrics_have_their_own_port_with_the_apis_readiness(harness: Harness) -> None:
+    settings = make_settings(ingest_metrics_port=_free_port())
+    app = create_app(settings, ManualClock(NOW), lambda: harness.producer)
+    async with lifespan_client(app) as api:
+        await api.post("/v1/events", json=event(), headers=AUTH)
+        server, task = start_metrics_server(settings, app)
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    await asyncio.sleep(0.01)
+            base = f"http://127.0.0.1:{settings.ingest_metrics_port}"
+            async with httpx.AsyncClient(base_url=base) as client:
+                exported = await client.get("/metrics")
+                ready = await client.get("/readyz")
+                harness.producer.client.reachable = False
+                not_ready = await client.get("/readyz")
+        finally:
+            server.should_exit = True
+            await task
+    assert exported.status_code == 200
+    assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in exported.text
+    assert (ready.status_code, not_ready.status_code) == (200, 503)
 
 
 def _refs(node: object) -> set[str]:

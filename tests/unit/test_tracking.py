@@ -35,7 +35,7 @@ from lifecycle.tracking import (
 from services.ingest import tracking
 from services.ingest.app import create_app
 from services.ingest.tracking import PIXEL_GIF
-from tests.support.ingest import FakeProducer, lifespan_client
+from tests.support.ingest import FakeProducer, lifespan_client, metrics_text
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
@@ -228,10 +228,10 @@ async def test_pixel_when_kafka_is_down_is_still_a_gif(harness: Harness) -> None
     harness.producer.ack_error = KafkaConnectionError("down")
     async with harness.client() as client:
         response = await client.get(open_path())
-        metrics_text = (await client.get("/metrics")).text
+        exported = metrics_text()
     assert_pixel(response)
     assert harness.producer.sent == []
-    assert 'lifecycle_ingest_tracking_total{kind="open",outcome="not_recorded"}' in metrics_text
+    assert 'lifecycle_ingest_tracking_total{kind="open",outcome="not_recorded"}' in exported
 
 
 async def test_pixel_when_the_message_store_is_down_records_the_open_without_details(harness: Harness) -> None:
@@ -299,12 +299,12 @@ async def test_forged_click_token_is_404_without_redirect(harness: Harness) -> N
     forged = click_url(SETTINGS, GUESSED_KEYS, MESSAGE, "c1", 0)
     async with harness.client() as client:
         response = await client.get(path_of(forged))
-        metrics_text = (await client.get("/metrics")).text
+        exported = metrics_text()
     assert response.status_code == 404
     assert "location" not in response.headers
     assert response.headers["content-type"].startswith("text/html")
     assert harness.producer.sent == []
-    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="invalid_token"}' in metrics_text
+    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="invalid_token"}' in exported
 
 
 async def test_altered_link_index_or_customer_is_refused(harness: Harness) -> None:
@@ -364,11 +364,11 @@ async def test_click_when_kafka_is_down_still_redirects(harness: Harness) -> Non
     harness.producer.ack_error = KafkaConnectionError("down")
     async with harness.client() as client:
         response = await client.get(click_path(0))
-        metrics_text = (await client.get("/metrics")).text
+        exported = metrics_text()
     assert response.status_code == 302
     assert response.headers["location"] == SHOP_LINK
     assert harness.producer.sent == []
-    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="not_recorded"}' in metrics_text
+    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="not_recorded"}' in exported
 
 
 async def test_click_does_not_wait_long_for_a_hanging_kafka(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -407,11 +407,11 @@ async def test_tracking_metrics_use_bounded_labels(harness: Harness) -> None:
         await client.get(click_path(0))
         await client.get(open_path())
         await client.get("/t/c/garbage")
-        metrics_text = (await client.get("/metrics")).text
-    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="recorded"}' in metrics_text
-    assert 'lifecycle_ingest_tracking_total{kind="open",outcome="recorded"}' in metrics_text
-    assert 'route="/t/c/{token}"' in metrics_text
-    assert 'route="/t/o/{token}.gif"' in metrics_text
-    assert MESSAGE not in metrics_text
-    routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in metrics_text.splitlines() if 'route="' in line}
+        exported = metrics_text()
+    assert 'lifecycle_ingest_tracking_total{kind="click",outcome="recorded"}' in exported
+    assert 'lifecycle_ingest_tracking_total{kind="open",outcome="recorded"}' in exported
+    assert 'route="/t/c/{token}"' in exported
+    assert 'route="/t/o/{token}.gif"' in exported
+    assert MESSAGE not in exported
+    routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in exported.splitlines() if 'route="' in line}
     assert {route for route in routes if route.startswith("/t/")} == {"/t/c/{token}", "/t/o/{token}.gif"}
