@@ -6,6 +6,7 @@ Every field is documented in docs/settings.md; keep the two in step.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -115,6 +116,18 @@ class Settings(BaseSettings):
 
     # production refuses to start with the development keys and secrets; the local stack runs as local
     environment: Literal["local", "production"] = "production"
+    # Rate limits, per minute (0: none). The pixel and the click always answer; beyond a limit they
+    # record nothing. The pages answer 429.
+    open_limit_per_token_per_minute: int = Field(default=1, ge=0)
+    open_limit_per_ip_per_minute: int = Field(default=600, ge=0)  # image proxies share addresses
+    click_limit_per_token_per_minute: int = Field(default=3, ge=0)
+    click_limit_per_ip_per_minute: int = Field(default=120, ge=0)
+    page_limit_per_token_per_minute: int = Field(default=20, ge=0)
+    page_limit_per_ip_per_minute: int = Field(default=60, ge=0)
+    rate_limit_max_keys: int = Field(default=10_000, ge=1)  # per limit: addresses or tokens remembered
+    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips): addresses, CIDRs or *
+    forwarded_allow_ips: str = "127.0.0.1"
+
     clock: Literal["system", "virtual"] = "system"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless writing to a terminal
     log_level: str = "INFO"
@@ -181,6 +194,22 @@ class Settings(BaseSettings):
             time.fromisoformat(value)
         except ValueError:
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str) -> str:
+        # uvicorn would silently take a typo for a host name that never matches: say so here.
+        for entry in (part.strip() for part in value.split(",")):
+            if entry == "*":
+                continue
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry, strict=False)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a network like 10.0.0.0/8, or *") from None
         return value
 
     @field_validator("api_keys", "admin_keys")

@@ -290,6 +290,7 @@ def create_app(
     manage_topics: bool | None = None,
     message_reader: MessageReader | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the ingest API.
 
@@ -298,7 +299,8 @@ def create_app(
     real producer is used) runs `ensure_topics` at start-up. `customer_reader` serves
     `GET /v1/customers/{id}` and picks the language of the link pages; `message_reader`
     finds an email's stored links for the click redirect. `new_event_id` names the events
-    the API makes (those sent without an id, link actions, opens and clicks).
+    the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
+    the clock of the rate limits of the links in emails.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -469,9 +471,9 @@ def create_app(
 
     # The pages behind the links in emails, and open/click tracking.
     app.include_router(pages_router(settings, signing_keys, clock, publish, customer_reader,
-                                    new_event_id=new_event_id))
+                                    new_event_id=new_event_id, monotonic=monotonic))
     app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader,
-                                       new_event_id=new_event_id))
+                                       new_event_id=new_event_id, monotonic=monotonic))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

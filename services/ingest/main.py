@@ -23,6 +23,20 @@ from services.ingest.app import create_app, not_ready_because
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
+def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """The public API's server: X-Forwarded-For names the client (whose address the rate limits
+    count) only when it comes from LIFECYCLE_FORWARDED_ALLOW_IPS."""
+    return uvicorn.Config(
+        app,
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        lifespan="on",
+    )
+
+
 def start_metrics_server(settings: Settings, app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """The metrics port of the ingest API: the stager's and dispatcher's probe server, ready when `app` is."""
 
@@ -50,14 +64,7 @@ async def _serve(settings: Settings) -> None:
             manage_topics=False,
             message_reader=make_message_reader(engine),
         )
-        config = uvicorn.Config(
-            app,
-            host=settings.ingest_host,
-            port=settings.ingest_port,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            lifespan="on",
-        )
-        api = uvicorn.Server(config)
+        api = uvicorn.Server(api_config(settings, app))
         # A task that starts once the API serves: the API installs its signal handlers first, the
         # metrics server's go on top and hand a SIGTERM on to the API's once it has stopped.
         metrics_server, metrics_task = start_metrics_server(settings, app)

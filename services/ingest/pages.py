@@ -15,6 +15,8 @@ Rules every page follows:
   form's `lang` field) overrides it. A page for someone we cannot identify (a refused
   token, a one-click POST from a mail client for an unknown customer) is bilingual.
 * Small, self-contained HTML: inline CSS, no script, no external asset.
+* Rate limited per client address and per token (LIFECYCLE_PAGE_LIMIT_PER_*): beyond, a
+  bilingual `429` page with Retry-After, before any lookup or publishing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
@@ -45,6 +49,7 @@ from lifecycle.tokens import (
     read_confirm_token,
     read_unsubscribe_token,
 )
+from services.ingest.ratelimit import RateLimiter, client_address, token_key
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,8 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "Confirmez depuis l’e\u2011mail le plus récent.",
         "retry_title": "Veuillez réessayer",
         "retry": "Votre demande n’a pas pu être enregistrée pour le moment. Réessayez dans une minute.",
+        "limited_title": "Trop de demandes",
+        "limited": "Ce lien a été ouvert trop souvent en peu de temps. Réessayez dans une minute.",
         "bad_form_title": "Formulaire incomplet",
         "bad_form": "Ce formulaire n’a pas pu être lu. Revenez à la page des préférences et réessayez.",
         "unsub_title": "Se désinscrire",
@@ -155,6 +162,8 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "Confirm from the most recent email.",
         "retry_title": "Please try again",
         "retry": "We could not process your request right now. Please try again in a minute.",
+        "limited_title": "Too many requests",
+        "limited": "This link was opened too often in a short time. Please try again in a minute.",
         "bad_form_title": "Incomplete form",
         "bad_form": "This form could not be read. Go back to the preferences page and try again.",
         "unsub_title": "Unsubscribe",
@@ -328,6 +337,26 @@ def _field(form: Mapping[str, list[str]], name: str) -> str | None:
 # --- the router -------------------------------------------------------------------------
 
 
+OpenApiResponses = dict[int | str, dict[str, Any]]
+
+
+def html_answer(description: str) -> dict[str, Any]:
+    """An OpenAPI response that is one of these HTML pages."""
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+# Every answer of the pages, for their OpenAPI `responses=`.
+_SHOWN: Final[OpenApiResponses] = {200: html_answer("The page")}
+_REFUSED_LINK: Final[OpenApiResponses] = {
+    400: html_answer("Garbled link (or, on a POST, a form that is not ours); nothing is recorded"),
+    403: html_answer("Forged link, a link of another purpose, or one signed with a retired key"),
+    429: html_answer("This address or this link was used too often; retry after Retry-After (bilingual page)"),
+}
+_NOT_RECORDED: Final[OpenApiResponses] = {
+    503: html_answer("Kafka or the customer store is unavailable; retry after Retry-After"),
+}
+
+
 def pages_router(
     settings: Settings,
     keys: SigningKeys,
@@ -336,16 +365,36 @@ def pages_router(
     customer_reader: CustomerReader | None,
     *,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> APIRouter:
     """Unsubscribe, preferences and confirmation pages, published through `publish`.
 
-    `new_event_id` names each event a POST publishes (a fresh uuid4 by default).
+    `new_event_id` names each event a POST publishes (a fresh uuid4 by default); `monotonic`
+    is the rate limits' clock.
     """
     router = APIRouter(tags=["links in emails"])
     shop = settings.shop_name
     # Behind a proxy the API may live under a path: forms must post back there.
     prefix = urlsplit(settings.public_url).path.rstrip("/")
     default_lang = lang_of(settings.default_locale) or FALLBACK_LANG
+    by_address = RateLimiter(settings.page_limit_per_ip_per_minute, max_keys=settings.rate_limit_max_keys,
+                             now=monotonic)
+    by_token = RateLimiter(settings.page_limit_per_token_per_minute, max_keys=settings.rate_limit_max_keys,
+                           now=monotonic)
+
+    def over_limit(request: Request, token: str) -> HTMLResponse | None:
+        """The 429 page when this address or this link was used too often, else None.
+
+        Checked once the token is known good (a forged one costs a MAC and is refused anyway), and
+        before any lookup or publishing. The address first: a refusal there spends nothing of the token's.
+        """
+        verdict = by_address.check(client_address(request))
+        if verdict.allowed:
+            verdict = by_token.check(token_key(token))
+        if verdict.allowed:
+            return None
+        retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after)))}
+        return message_page(None, 429, "limited_title", "limited", shop=shop, headers=retry)
 
     async def lookup(customer_id: str) -> dict[str, object] | None:
         """The stored customer (None when unknown); _LookupFailed when the store does not answer."""
@@ -426,11 +475,14 @@ def pages_router(
             return failed
         return message_page(lang, 200, "unsub_done_title", "unsub_done", shop=shop, extra=back_to_shop)
 
-    @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
-    async def unsubscribe_page(token: str, lang: str | None = None) -> HTMLResponse:
+    @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page",
+                responses={**_SHOWN, **_REFUSED_LINK})
+    async def unsubscribe_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         shown = await lang_for(lang, claim.customer_id) or default_lang
         # A GET must never act: link scanners and mail previews follow links. The form POSTs.
         body = (
@@ -470,12 +522,15 @@ def pages_router(
         response_class=HTMLResponse,
         summary="One-click unsubscribe (RFC 8058); the token is the authorisation",
         openapi_extra=form_body_doc,
+        responses={200: html_answer("Unsubscribed: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
     async def unsubscribe(token: str, request: Request) -> HTMLResponse:
         # The body (List-Unsubscribe=One-Click) carries no information: the token says it all.
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request) or {}
         lang = await lang_for(_field(form, "lang"), claim.customer_id)
         return await unsubscribe_now(claim, lang)
@@ -492,11 +547,14 @@ def pages_router(
             f'<span class="hint">{esc(_say(lang, f"cat_{category}_hint"))}</span></span></label>'
         )
 
-    @router.get("/v1/preferences/{token}", response_class=HTMLResponse, summary="Email preferences page")
-    async def preferences_page(token: str, lang: str | None = None) -> HTMLResponse:
+    @router.get("/v1/preferences/{token}", response_class=HTMLResponse, summary="Email preferences page",
+                responses={**_SHOWN, **_REFUSED_LINK})
+    async def preferences_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         found = await customer(claim.customer_id)
         shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
         left = found.get("unsubscribed_categories") if found else None
@@ -553,11 +611,14 @@ def pages_router(
         response_class=HTMLResponse,
         summary="Save email preferences, or unsubscribe from all marketing; the token is the authorisation",
         openapi_extra=preferences_body_doc,
+        responses={200: html_answer("Saved: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
     async def save_preferences(token: str, request: Request) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request)
         action = _field(form, "action") if form else None
         receive = form.get("receive", []) if form else []
@@ -613,15 +674,17 @@ def pages_router(
         response_class=HTMLResponse,
         summary="Double opt-in confirmation page",
         responses={
-            200: {"description": "The page, with a button that confirms"},
-            400: {"description": "Garbled link"},
-            403: {"description": "Forged or outdated link, or sent to an address the customer no longer has"},
+            200: html_answer("The page, with a button that confirms"),
+            **_REFUSED_LINK,
+            403: html_answer("Forged or outdated link, or sent to an address the customer no longer has"),
         },
     )
-    async def confirm_page(token: str, lang: str | None = None) -> HTMLResponse:
+    async def confirm_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = confirm_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         found = await customer(claim.customer_id)
         shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
         # Said now rather than after the button: the POST would refuse it anyway.
@@ -642,17 +705,19 @@ def pages_router(
         response_class=HTMLResponse,
         summary="Confirm a subscription (double opt-in); the token is the authorisation",
         responses={
-            200: {"description": "Confirmed: consent_confirmed is in Kafka"},
-            400: {"description": "Garbled link"},
-            403: {"description": "Forged or outdated link, unknown customer, or sent to an address the customer "
-                                 "no longer has; nothing is recorded"},
-            503: {"description": "The customer store or Kafka is unavailable; retry after Retry-After"},
+            200: html_answer("Confirmed: consent_confirmed is in Kafka"),
+            **_REFUSED_LINK,
+            403: html_answer("Forged or outdated link, unknown customer, or sent to an address the customer "
+                             "no longer has; nothing is recorded"),
+            **_NOT_RECORDED,
         },
     )
     async def confirm(token: str, request: Request) -> HTMLResponse:
         claim = confirm_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request) or {}
         chosen = lang_of(_field(form, "lang"))
         try:

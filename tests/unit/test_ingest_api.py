@@ -27,7 +27,7 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
-from services.ingest.main import start_metrics_server
+from services.ingest.main import api_config, start_metrics_server
 from tests.support.ingest import FakeProducer, lifespan_client, metrics_text
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -513,6 +513,14 @@ async def test_metrics_are_not_on_the_public_api(harness: Harness) -> None:
     assert "/metrics" not in paths
 
 
+def test_the_public_server_trusts_x_forwarded_for_only_from_the_configured_proxies() -> None:
+    settings = make_settings(forwarded_allow_ips="10.0.0.0/8")
+    config = api_config(settings, create_app(settings, ManualClock(NOW), FakeProducer))
+    assert config.proxy_headers is True
+    assert config.forwarded_allow_ips == "10.0.0.0/8"
+    assert (config.host, config.port) == (settings.ingest_host, settings.ingest_port)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -542,6 +550,35 @@ async def test_metrics_have_their_own_port_with_the_apis_readiness(harness: Harn
     assert exported.status_code == 200
     assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in exported.text
     assert (ready.status_code, not_ready.status_code) == (200, 503)
+
+
+# Every status each route can answer (a fuzzer holds the API to its document).
+ANSWERS = {
+    ("post", "/v1/events"): {"202", "400", "401", "403", "413", "422", "503"},
+    ("get", "/v1/customers/{customer_id}"): {"200", "401", "403", "404", "501", "503"},
+    ("get", "/v1/unsubscribe/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/unsubscribe/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/v1/preferences/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/preferences/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/v1/confirm/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/confirm/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/t/o/{token}.gif"): {"200"},  # always the image, beyond the rate limits too
+    ("get", "/t/c/{token}"): {"302", "400", "404", "503"},  # always redirected, beyond the rate limits too
+    ("get", "/healthz"): {"200"},
+    ("get", "/readyz"): {"200", "503"},
+}
+
+
+async def test_openapi_documents_every_answer_of_every_route(harness: Harness) -> None:
+    async with harness.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    routes = {(method, path): operation for path, operations in document["paths"].items()
+              for method, operation in operations.items()}
+    assert set(routes) == set(ANSWERS)
+    for route, answers in ANSWERS.items():
+        assert answers <= set(routes[route]["responses"]), route
+    assert routes[("post", "/v1/events")]["security"] == [{"WriteKey": []}]
+    assert routes[("get", "/v1/customers/{customer_id}")]["security"] == [{"AdminKey": []}]
 
 
 def _refs(node: object) -> set[str]:

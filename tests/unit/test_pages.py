@@ -59,10 +59,11 @@ class Harness:
         self.producer = FakeProducer()
         self.customers = Customers()
         self.issued_ids = 0
+        self.seconds = 0.0  # the rate limits' monotonic clock
         values: dict[str, Any] = {"signing_secret": SECRET, "public_url": "http://test", "api_keys": "k", **settings}
         self.app: FastAPI = create_app(
             Settings(**values), ManualClock(NOW), lambda: self.producer, self.customers if with_reader else None,
-            new_event_id=self.next_event_id,
+            new_event_id=self.next_event_id, monotonic=lambda: self.seconds,
         )
 
     def next_event_id(self) -> str:
@@ -506,3 +507,56 @@ async def test_confirmation_links_without_an_address_are_no_longer_valid(
 def test_preferences_url_uses_the_unsubscribe_token() -> None:
     settings = Settings(signing_secret=SECRET, public_url="http://test")
     assert preferences_url(settings, KEYS, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+
+def assert_too_many(response: httpx.Response, retry_after: str) -> None:
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == retry_after
+    assert_safe_page(response)
+    assert "Trop de demandes" in response.text and "Too many requests" in response.text  # bilingual
+
+
+async def test_a_link_used_too_often_gets_429_then_works_again() -> None:
+    harness = Harness(page_limit_per_token_per_minute=2)
+    async with harness.client() as client:
+        assert (await client.get(f"/v1/unsubscribe/{TOKEN}")).status_code == 200
+        assert (await client.get(f"/v1/preferences/{TOKEN}")).status_code == 200  # the same token
+        assert_too_many(await client.get(f"/v1/unsubscribe/{TOKEN}"), "30")
+        assert_too_many(await client.post(f"/v1/unsubscribe/{TOKEN}", data={"lang": "fr"}), "30")
+        assert_too_many(await client.post(f"/v1/preferences/{TOKEN}", data={"action": "all"}), "30")
+        assert harness.producer.sent == []  # nothing recorded beyond the limit
+        assert (await client.get(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c2', 'm1')}")).status_code == 200
+        harness.seconds += 30
+        assert (await client.post(f"/v1/unsubscribe/{TOKEN}", data={"lang": "fr"})).status_code == 200
+    assert len(harness.producer.sent) == 1
+
+
+async def test_an_address_using_too_many_links_gets_429() -> None:
+    harness = Harness(page_limit_per_ip_per_minute=2)
+    async with harness.client() as client:
+        assert (await client.get(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c1', 'm1')}")).status_code == 200
+        assert (await client.get(f"/v1/preferences/{unsubscribe_token(KEYS, 'c2', 'm2')}")).status_code == 200
+        confirm = confirm_token(KEYS, "c3", "ana@example.com")
+        assert_too_many(await client.get(f"/v1/confirm/{confirm}"), "30")
+        assert_too_many(await client.post(f"/v1/confirm/{confirm}"), "30")
+    assert harness.producer.sent == []
+
+
+async def test_refused_links_are_refused_without_spending_the_limits() -> None:
+    harness = Harness(page_limit_per_ip_per_minute=1)
+    async with harness.client() as client:
+        for _ in range(5):
+            assert (await client.get(f"/v1/unsubscribe/{FORGED}")).status_code == 403
+        assert (await client.get(f"/v1/unsubscribe/{TOKEN}")).status_code == 200
+
+
+async def test_the_openapi_document_lists_every_answer_of_the_pages(harness: Harness) -> None:
+    async with harness.client() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/v1/unsubscribe/{token}", "/v1/preferences/{token}", "/v1/confirm/{token}"):
+        assert {"200", "400", "403", "429"} <= set(paths[path]["get"]["responses"]), path
+        assert {"200", "400", "403", "429", "503"} <= set(paths[path]["post"]["responses"]), path
+        assert "text/html" in paths[path]["post"]["responses"]["429"]["content"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from lifecycle.cli import main
 from lifecycle.settings import SERVICE_SECRETS, Settings, describe_invalid_settings, insecure_defaults
+
+
+def settings_with(values: dict[str, Any]) -> Settings:
+    return Settings(**values)
 
 
 @pytest.mark.parametrize("field", ["shop_url", "public_url", "shop_logo_url"])
@@ -29,7 +34,7 @@ from lifecycle.settings import SERVICE_SECRETS, Settings, describe_invalid_setti
 )
 def test_urls_must_be_absolute_web_urls(field: str, value: str, reason: str) -> None:
     with pytest.raises(ValidationError) as caught:
-        Settings(**{field: value})
+        settings_with({field: value})
     [line] = describe_invalid_settings(caught.value)
     assert line.startswith(f"LIFECYCLE_{field.upper()}: ") and reason in line
 
@@ -38,7 +43,7 @@ def test_urls_must_be_absolute_web_urls(field: str, value: str, reason: str) -> 
 @pytest.mark.parametrize("value", ["https://shop.example/?ref=mail", "https://shop.example/#top"])
 def test_base_urls_take_no_query_or_fragment(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match="no \\?query or #fragment"):
-        Settings(**{field: value})
+        settings_with({field: value})
 
 
 def test_good_urls_are_kept_as_given() -> None:
@@ -61,7 +66,8 @@ def test_the_command_line_names_each_bad_setting_without_a_traceback(
 
 # --- production refuses the development keys and secrets ----------------------------------------
 
-OWN = {"api_keys": "sha256:" + "1" * 64, "admin_keys": "admin-of-ours", "signing_secret": "ours-0123456789"}
+OWN: dict[str, Any] = {"api_keys": "sha256:" + "1" * 64, "admin_keys": "admin-of-ours",
+                       "signing_secret": "ours-0123456789"}
 
 
 def test_production_is_the_default_and_refuses_every_development_secret() -> None:
@@ -81,9 +87,9 @@ def test_the_local_environment_runs_with_the_development_defaults() -> None:
 
 
 def test_own_keys_and_secrets_start_everywhere() -> None:
-    settings = Settings(**OWN)
+    settings = settings_with(OWN)
     assert all(insecure_defaults(settings, service) == [] for service in SERVICE_SECRETS)
-    rotated = Settings(**{**OWN, "signing_secret": "", "signing_keys": "k2:ours-abcdef"})
+    rotated = settings_with({**OWN, "signing_secret": "", "signing_keys": "k2:ours-abcdef"})
     assert insecure_defaults(rotated, "ingest") == []
 
 
@@ -101,7 +107,7 @@ def test_own_keys_and_secrets_start_everywhere() -> None:
     ],
 )
 def test_each_insecure_setting_is_named(changes: dict[str, str], expected: str) -> None:
-    [problem] = insecure_defaults(Settings(**{**OWN, **changes}), "ingest")
+    [problem] = insecure_defaults(settings_with({**OWN, **changes}), "ingest")
     assert problem.startswith(expected)
     assert problem.endswith("(or LIFECYCLE_ENVIRONMENT=local for a local stack)")
     assert "ours-abcdef" not in problem
@@ -122,3 +128,23 @@ def test_the_local_stack_runs_its_services_as_local() -> None:
     from lifecycle.stack import service_env
 
     assert service_env(Settings())["LIFECYCLE_ENVIRONMENT"] == "local"
+
+
+# --- rate limits and the client's address ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "::1, fd00::/8", "*"])
+def test_trusted_proxies_are_addresses_networks_or_everyone(value: str) -> None:
+    assert settings_with({"forwarded_allow_ips": value}).forwarded_allow_ips == value
+
+
+@pytest.mark.parametrize("value", ["localhost", "10.0.0.0/33", "127.0.0.1,", "10.0.0.1 10.0.0.2"])
+def test_a_trusted_proxy_typo_is_an_error_not_a_silent_no_match(value: str) -> None:
+    with pytest.raises(ValidationError, match=r"not an IP address, a network like 10\.0\.0\.0/8, or \*"):
+        settings_with({"forwarded_allow_ips": value})
+
+
+def test_limits_cannot_be_negative() -> None:
+    with pytest.raises(ValidationError):
+        settings_with({"page_limit_per_ip_per_minute": -1})
+    assert settings_with({"page_limit_per_ip_per_minute": 0}).page_limit_per_ip_per_minute == 0  # 0: no limit

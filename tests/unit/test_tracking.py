@@ -12,12 +12,15 @@ import json
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from sqlalchemy.exc import OperationalError
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from lifecycle.clock import ManualClock
 from lifecycle.events import EmailClickedProperties, EmailOpenedProperties, EventType
@@ -68,14 +71,16 @@ class Messages:
 
 
 class Harness:
-    def __init__(self, with_reader: bool = True) -> None:
+    def __init__(self, with_reader: bool = True, **settings: Any) -> None:
         self.producer = FakeProducer()
         self.messages = Messages()
+        self.seconds = 0.0  # the rate limits' monotonic clock
         self.app: FastAPI = create_app(
-            SETTINGS,
+            SETTINGS.model_copy(update=settings),
             ManualClock(NOW),
             lambda: self.producer,
             message_reader=self.messages if with_reader else None,
+            monotonic=lambda: self.seconds,
         )
 
     def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
@@ -194,6 +199,7 @@ async def test_pixel_records_one_open_with_the_message_details(harness: Harness)
 async def test_each_fetch_is_its_own_open(harness: Harness) -> None:
     async with harness.client() as client:
         await client.get(open_path())
+        harness.seconds += 60  # one open per pixel a minute is recorded
         await client.get(open_path())
     first, second = harness.producer.events()
     assert first.event_id != second.event_id
@@ -415,3 +421,77 @@ async def test_tracking_metrics_use_bounded_labels(harness: Harness) -> None:
     assert MESSAGE not in exported
     routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in exported.splitlines() if 'route="' in line}
     assert {route for route in routes if route.startswith("/t/")} == {"/t/c/{token}", "/t/o/{token}.gif"}
+
+
+# --- rate limits: the answer never changes, only what is recorded --------------------------------
+
+
+def tracked(kind: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value("lifecycle_ingest_tracking_total", {"kind": kind, "outcome": outcome})
+    return value or 0.0
+
+
+async def test_a_flood_of_one_pixel_records_one_open_a_minute(harness: Harness) -> None:
+    limited_before = tracked("open", "limited")
+    async with harness.client() as client:
+        for _ in range(50):
+            assert_pixel(await client.get(open_path()))
+        assert len(harness.producer.sent) == 1
+        harness.seconds += 59
+        assert_pixel(await client.get(open_path()))
+        assert len(harness.producer.sent) == 1
+        harness.seconds += 1
+        assert_pixel(await client.get(open_path()))
+    assert len(harness.producer.sent) == 2
+    assert tracked("open", "limited") - limited_before == 50
+
+
+async def test_pixels_beyond_the_address_limit_record_nothing() -> None:
+    harness = Harness(open_limit_per_ip_per_minute=3)
+    async with harness.client() as client:
+        for n in range(6):  # six different emails, one address
+            assert_pixel(await client.get(open_path(message_id=f"<m{n}@shop.example>")))
+    assert len(harness.producer.sent) == 3
+
+
+async def test_a_flood_of_clicks_always_redirects_and_records_a_few_a_minute(harness: Harness) -> None:
+    limited_before = tracked("click", "limited")
+    async with harness.client() as client:
+        for _ in range(20):
+            response = await client.get(click_path(0))
+            assert response.status_code == 302 and response.headers["location"] == SHOP_LINK
+        harness.seconds += 20  # the bucket gives one more click every 20 s
+        await client.get(click_path(0))
+    assert len(harness.producer.sent) == 4  # three at once, one more 20 s later
+    assert tracked("click", "limited") - limited_before == 17
+
+
+async def test_clicks_beyond_the_address_limit_still_redirect() -> None:
+    harness = Harness(click_limit_per_ip_per_minute=1)
+    async with harness.client() as client:
+        first = await client.get(click_path(0))
+        second = await client.get(click_path(1))
+    assert (first.status_code, second.status_code) == (302, 302)
+    assert second.headers["location"] == "https://shop.example/p/9"
+    [event] = harness.producer.events()
+    assert event.properties_as(EmailClickedProperties).link == "cart"
+
+
+async def test_limits_are_per_client_address_and_forwarded_only_by_trusted_proxies() -> None:
+    harness = Harness(open_limit_per_ip_per_minute=1, open_limit_per_token_per_minute=0)
+    # uvicorn's proxy middleware, as LIFECYCLE_FORWARDED_ALLOW_IPS configures it
+    behind_proxy = ProxyHeadersMiddleware(harness.app, trusted_hosts="10.0.0.0/8")  # type: ignore[arg-type]
+
+    async def fetch(peer: str, forwarded_for: str | None = None) -> None:
+        transport = httpx.ASGITransport(app=behind_proxy, client=(peer, 4711))  # type: ignore[arg-type]
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert_pixel(await client.get(open_path(), headers=headers))
+
+    async with harness.client():
+        await fetch("10.0.0.2", "203.0.113.1")  # through the proxy: the shopper's address counts
+        await fetch("10.0.0.2", "203.0.113.2")
+        await fetch("10.0.0.3", "203.0.113.2")  # another proxy pod, the same shopper: limited
+        await fetch("198.51.100.7", "203.0.113.3")  # not a trusted proxy: its own address counts
+        await fetch("198.51.100.7", "203.0.113.4")  # limited, whatever it claims to forward
+    assert len(harness.producer.sent) == 3
