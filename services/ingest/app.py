@@ -64,6 +64,10 @@ class Accepted(BaseModel):
     accepted: int
 
 
+class ErrorBody(BaseModel):
+    detail: str
+
+
 class EventErrorItem(BaseModel):
     index: int | None
     field: str
@@ -181,10 +185,6 @@ async def require_admin_key(
             "this key may only send events; customer reads need an admin key (LIFECYCLE_ADMIN_KEYS)"
         )
     raise _unauthenticated()
-
-
-class ErrorBody(BaseModel):
-    detail: str
 
 
 # The answers of the key checks, for the `responses=` of the routes that use them.

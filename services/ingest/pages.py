@@ -114,7 +114,7 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "retry_title": "Veuillez réessayer",
         "retry": "Votre demande n’a pas pu être enregistrée pour le moment. Réessayez dans une minute.",
         "limited_title": "Trop de demandes",
-        "limited": "Ce lien a été ouvert trop souvent en peu de temps. Réessayez dans une minute.",
+        "limited": "Cette page a été demandée trop souvent en peu de temps. Réessayez dans une minute.",
         "bad_form_title": "Formulaire incomplet",
         "bad_form": "Ce formulaire n’a pas pu être lu. Revenez à la page des préférences et réessayez.",
         "unsub_title": "Se désinscrire",
@@ -163,7 +163,7 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "retry_title": "Please try again",
         "retry": "We could not process your request right now. Please try again in a minute.",
         "limited_title": "Too many requests",
-        "limited": "This link was opened too often in a short time. Please try again in a minute.",
+        "limited": "This page was asked for too often in a short time. Please try again in a minute.",
         "bad_form_title": "Incomplete form",
         "bad_form": "This form could not be read. Go back to the preferences page and try again.",
         "unsub_title": "Unsubscribe",
@@ -302,7 +302,7 @@ def shop_header(shop: str, extra: str = "") -> str:
 
 
 def refusal(exc: InvalidToken, shop: str) -> HTMLResponse:
-    """The page for a token we did not sign: we do not know whose it is, so both languages."""
+    """The page for a refused token: we cannot trust whose it is, so both languages."""
     if isinstance(exc, MalformedToken):
         return message_page(None, 400, "invalid_title", "invalid_damaged", shop=shop)
     if isinstance(exc, OutdatedToken):
@@ -445,7 +445,7 @@ def pages_router(
     async def publish_one(raw: dict[str, object], lang: Lang | None) -> HTMLResponse | None:
         """Publishes one link event under a fresh event id; a page to answer instead when it could not be."""
         try:
-            event = parse_event({**raw, "event_id": new_event_id()}, await clock.now(), new_event_id)
+            event = parse_event(raw, await clock.now(), new_event_id)  # raw has no event_id: a fresh one
         except EventInvalid as exc:
             # Only possible if we signed bad data (say, a customer id with spaces).
             log.warning("a validly signed token carries bad data: %s", exc)
