@@ -64,10 +64,12 @@ async def _serve(settings: Settings) -> None:
             manage_topics=False,
             message_reader=make_message_reader(engine),
         )
-        api = uvicorn.Server(api_config(settings, app))
-        # A task that starts once the API serves: the API installs its signal handlers first, the
-        # metrics server's go on top and hand a SIGTERM on to the API's once it has stopped.
+        # Both are uvicorn servers, and each uvicorn config sets up uvicorn's loggers for the whole
+        # process: the API's is made last, so its logging is what it always was.
         metrics_server, metrics_task = start_metrics_server(settings, app)
+        api = uvicorn.Server(api_config(settings, app))
+        # The metrics task starts once the API serves: the API installs its signal handlers first, the
+        # metrics server's go on top and hand a SIGTERM on to the API's once it has stopped.
         try:
             await api.serve()
         finally:
