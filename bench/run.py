@@ -44,9 +44,10 @@ BATCH = 100
 
 def bench_settings(run_dir: Path) -> Settings:
     return Settings(
-        run_dir=run_dir, clock="system", kafka_bootstrap="127.0.0.1:59292", postgres_port=55632,
+        environment="local", run_dir=run_dir, clock="system", kafka_bootstrap="127.0.0.1:59292", postgres_port=55632,
         database_url="postgresql+asyncpg://lifecycle@127.0.0.1:55632/lifecycle", smtp_port=2725,
-        ingest_port=8280, stager_port=8281, dispatcher_port=8282, public_url="http://127.0.0.1:8280",
+        ingest_port=8280, ingest_metrics_port=8283, stager_port=8281, dispatcher_port=8282,
+        public_url="http://127.0.0.1:8280",
     )
 
 

@@ -27,8 +27,14 @@ def _virtual_settings() -> Settings:
 def cmd_service(name: str) -> int:
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
+    from lifecycle.settings import insecure_defaults
 
     settings = _settings()
+    refused = insecure_defaults(settings, name)
+    if refused:
+        for problem in refused:
+            print(f"{name}: not starting: {problem}", file=sys.stderr)
+        return 1
     setup_logging(settings.log_format, settings.log_level)
     try:
         if name == "ingest":
@@ -316,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--seed", type=int, default=1, help="seed of the workload and the faults (default 1)")
     chaos.add_argument("--replicas", type=int, default=2, help="stagers and dispatchers each (default 2)")
     chaos.add_argument("--json", dest="json_path", help="write the totals to this file as JSON")
-    chaos.add_argument("--faults", help="only these fault kinds, comma-separated (default: all; see docs/reliability.md)")
+    chaos.add_argument("--faults", help="only these fault kinds, comma-separated (default: all; "
+                       "docs/reliability.md lists them)")
     dlq = sub.add_parser("dlq", help="the dead-letter topic: events and triggers that could not be handled")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", help="every dead letter, with its error")
@@ -328,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from lifecycle.settings import describe_invalid_settings
     from lifecycle.stack import StackError
 
     args = build_parser().parse_args(argv)
@@ -364,6 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_journeys_validate(args.dir)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        # LIFECYCLE_* values that cannot be used: say which and why, no traceback
+        for line in describe_invalid_settings(exc):
+            print(f"error: {line}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]

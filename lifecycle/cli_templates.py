@@ -26,6 +26,7 @@ from typing import Any
 from lifecycle.core.journeys import Journey, SendStep
 from lifecycle.settings import Settings
 from lifecycle.templates import SAMPLE_CONTEXT, TemplateError, Templates
+from lifecycle.tokens import SigningKeys
 
 PREVIEW_CUSTOMER_ID = "preview"
 CHROMIUM = "/usr/bin/chromium"
@@ -102,7 +103,7 @@ def _compose(args: argparse.Namespace, settings: Settings, to_address: str | Non
         to_address=address, customer=customer, context=copy.deepcopy(SAMPLE_CONTEXT["context"]),
         extras=_extras(journey, step, now, customer.get("timezone")), date=now,
     )
-    composed = compose_email(settings, templates, spec)
+    composed = compose_email(settings, SigningKeys.from_settings(settings), templates, spec)
     return _Email(template, composed.locale, composed.message, composed.links)
 
 

@@ -294,6 +294,12 @@ class NoProperties(Properties):
     """For types whose meaning is entirely in the envelope (properties must be empty)."""
 
 
+class ConsentConfirmedProperties(Properties):
+    email: Email | None = Field(
+        default=None, description="The address confirmed: the one the confirmation link was sent to"
+    )
+
+
 class UnsubscribedProperties(Properties):
     message_id: Identifier | None = Field(default=None, description="The email the link came from")
 
@@ -370,6 +376,7 @@ class EmailComplainedProperties(Properties):
 
 EventProperties = (
     NoProperties
+    | ConsentConfirmedProperties
     | UnsubscribedProperties
     | PageViewedProperties
     | ProductViewedProperties
@@ -387,7 +394,7 @@ EventProperties = (
 PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
     EventType.CUSTOMER_SIGNED_UP: NoProperties,
     EventType.CUSTOMER_UPDATED: NoProperties,
-    EventType.CONSENT_CONFIRMED: NoProperties,
+    EventType.CONSENT_CONFIRMED: ConsentConfirmedProperties,
     EventType.UNSUBSCRIBED: UnsubscribedProperties,
     EventType.PAGE_VIEWED: PageViewedProperties,
     EventType.PRODUCT_VIEWED: ProductViewedProperties,

@@ -1,4 +1,8 @@
-"""The small HTTP side of the consumer services: /healthz, /readyz, /metrics."""
+"""The small HTTP side of the services: /healthz, /readyz, /metrics.
+
+The stager and the dispatcher serve it on their port; the ingest API on its metrics port,
+apart from the public API (services/ingest/main.py).
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -138,6 +139,32 @@ def _same(expected: object, actual: object) -> bool:
     return expected == actual
 
 
+def first_plain_key(spec: str, setting: str) -> str:
+    keys = [k.strip() for k in spec.split(",") if k.strip()]
+    plain = [k for k in keys if not k.lower().startswith("sha256:")]
+    if not plain:
+        raise ScenarioError(f"the scenario runner needs one plain key in {setting} (hashes cannot be sent)")
+    return plain[0]
+
+
+class ScopedKeyAuth(httpx.Auth):
+    """The write key on POST /v1/events, the admin key on customer reads and admin routes; nothing
+    elsewhere (the links in emails carry their own token) and never over an explicit Authorization."""
+
+    def __init__(self, write_key: str, admin_key: str) -> None:
+        self.write_key = write_key
+        self.admin_key = admin_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        path = request.url.path
+        if "Authorization" not in request.headers:
+            if path.startswith(("/v1/customers/", "/v1/admin/")):
+                request.headers["Authorization"] = f"Bearer {self.admin_key}"
+            elif path == "/v1/events":
+                request.headers["Authorization"] = f"Bearer {self.write_key}"
+        yield request
+
+
 class ScenarioRunner:
     def __init__(self, settings: Settings, engine: AsyncEngine, watch: PipelineWatch) -> None:
         self.settings = settings
@@ -146,7 +173,7 @@ class ScenarioRunner:
         self.sink_dir = mail_dir(settings)
         self.http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{settings.ingest_port}",
-            headers={"Authorization": f"Bearer {self.api_key()}"},
+            auth=ScopedKeyAuth(write_key=self.api_key(), admin_key=self.admin_key()),
             timeout=30,
         )
         self._consumed = 0
@@ -154,14 +181,12 @@ class ScenarioRunner:
         self._overrides: dict[str, Any] = {}
 
     def api_key(self) -> str:
-        keys = [k.strip() for k in self.settings.api_keys.split(",") if k.strip()]
-        plain = [k for k in keys if not k.startswith("sha256:")]
-        if not plain:
-            raise ScenarioError("the scenario runner needs one plain API key in LIFECYCLE_API_KEYS")
-        return plain[0]
+        """The write key the runner sends events with: the first plain key of LIFECYCLE_API_KEYS."""
+        return first_plain_key(self.settings.api_keys, "LIFECYCLE_API_KEYS")
 
     def admin_key(self) -> str:
-        return self.api_key()
+        """The admin key the runner reads customers with: the first plain key of LIFECYCLE_ADMIN_KEYS."""
+        return first_plain_key(self.settings.admin_keys, "LIFECYCLE_ADMIN_KEYS")
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -277,8 +302,7 @@ class ScenarioRunner:
         """Apply a journey written inline, as `lifecycle journeys apply` would; it must be accepted."""
         if not isinstance(definition, dict):
             raise ScenarioError(f"{where}: journey must be a mapping in the journey file format")
-        response = await self.http.post("/v1/admin/journeys", json=definition,
-                                        headers={"Authorization": f"Bearer {self.admin_key()}"})
+        response = await self.http.post("/v1/admin/journeys", json=definition)  # with the admin key
         if response.status_code not in (200, 201):
             try:
                 body = response.json()

@@ -5,18 +5,80 @@ Every field is documented in docs/settings.md; keep the two in step.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
+import re
+from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The id under which LIFECYCLE_SIGNING_SECRET signs and verifies; no entry of LIFECYCLE_SIGNING_KEYS may take it.
+SIGNING_SECRET_KEY_ID: Final = "secret"
+_SIGNING_KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
+    """`id:secret,id:secret` as [(id, secret), ...] in the order given; ValueError naming the bad entry.
+
+    Messages never repeat a secret: they end up in logs.
+    """
+    keys: list[tuple[str, str]] = []
+    for position, raw in enumerate(spec.split(","), start=1):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key_id, separator, secret = (part.strip() for part in entry.partition(":"))
+        if not separator or not secret:
+            raise ValueError(f"entry {position} is not id:secret")
+        if not _SIGNING_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"entry {position}: a key id is 1 to 32 letters, digits, '-' or '_'")
+        if key_id == SIGNING_SECRET_KEY_ID:
+            raise ValueError(f"entry {position}: the id {key_id!r} is reserved for LIFECYCLE_SIGNING_SECRET")
+        if any(key_id == known for known, _ in keys):
+            raise ValueError(f"entry {position}: the id {key_id!r} is used twice")
+        keys.append((key_id, secret))
+    return keys
+
+
+def check_api_keys(spec: str) -> str:
+    """`spec` if every entry is a plain key or `sha256:<64 hex digits>`; ValueError naming the bad entry."""
+    for position, raw in enumerate(spec.split(","), start=1):
+        entry = raw.strip()
+        if entry.lower().startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", entry[len("sha256:"):]):
+            raise ValueError(f"entry {position} is not sha256:<64 hex digits>")
+    return spec
+
+
+def check_web_url(value: str, *, base: bool) -> str:
+    """`value` if it is an absolute http(s) URL with a host and no whitespace; ValueError saying why not.
+
+    A `base` URL has paths appended to it (`{shop_url}/cart`), so it may not carry a query or fragment.
+    """
+    example = "like https://shop.example"
+    if not value or any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        raise ValueError(f"must be an absolute http(s) URL without spaces, {example}; got {value!r}")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # reading it checks it
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}); got {value!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an absolute http(s) URL with a host, {example}; got {value!r}")
+    if base and (parts.query or parts.fragment):
+        raise ValueError(f"is a base URL that paths are added to: no ?query or #fragment; got {value!r}")
+    return value
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
+    # Inputs stay out of error messages: several settings are secrets.
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore", hide_input_in_errors=True)
 
     # Where things are
     database_url: str = "postgresql+asyncpg://lifecycle@127.0.0.1:55432/lifecycle"
@@ -40,12 +102,33 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
+    # /metrics of the ingest API, kept off its public port
+    ingest_metrics_port: int = 8083
     stager_port: int = 8081
     dispatcher_port: int = 8082
 
-    # Comma-separated API keys; store hashes with the `sha256:` prefix.
+    # Comma-separated keys, plain or `sha256:<hex>` (store hashes). Write keys may only send events;
+    # admin keys read customers (and the admin routes).
     api_keys: str = "dev-key"
+    admin_keys: str = "dev-admin-key"
+    # The legacy signing key: verifies links made before key ids, signs when signing_keys is empty.
     signing_secret: str = "dev-signing-secret-change-me"
+    # Comma-separated id:secret pairs; the first signs, every one verifies (key rotation).
+    signing_keys: str = ""
+
+    # production refuses to start with the development keys and secrets; the local stack runs as local
+    environment: Literal["local", "production"] = "production"
+    # Rate limits, per minute (0: none). The pixel and the click always answer; beyond a limit they
+    # record nothing. The pages answer 429.
+    open_limit_per_token_per_minute: int = Field(default=1, ge=0)
+    open_limit_per_ip_per_minute: int = Field(default=600, ge=0)  # image proxies share addresses
+    click_limit_per_token_per_minute: int = Field(default=3, ge=0)
+    click_limit_per_ip_per_minute: int = Field(default=120, ge=0)
+    page_limit_per_token_per_minute: int = Field(default=20, ge=0)
+    page_limit_per_ip_per_minute: int = Field(default=60, ge=0)
+    rate_limit_max_keys: int = Field(default=10_000, ge=1)  # per limit: addresses or tokens remembered
+    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips): addresses, CIDRs or *
+    forwarded_allow_ips: str = "127.0.0.1"
 
     clock: Literal["system", "virtual"] = "system"
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless writing to a terminal
@@ -124,6 +207,51 @@ class Settings(BaseSettings):
                              f"smtp_timeout_seconds plus 5 s ({needed:g})")
         return self
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str) -> str:
+        # uvicorn would silently take a typo for a host name that never matches: say so here.
+        for entry in (part.strip() for part in value.split(",")):
+            if entry == "*":
+                continue
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry, strict=False)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a network like 10.0.0.0/8, or *") from None
+        return value
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _api_keys(cls, value: str) -> str:
+        return check_api_keys(value)
+
+    @field_validator("shop_url", "public_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_web_url(value, base=True)
+
+    @field_validator("shop_logo_url")
+    @classmethod
+    def _web_url(cls, value: str) -> str:
+        return check_web_url(value, base=False)
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _signing_keys(cls, value: str) -> str:
+        parse_signing_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _some_signing_key(self) -> Settings:
+        if not self.signing_secret and not parse_signing_keys(self.signing_keys):
+            raise ValueError(
+                "links in emails need a signing key: set LIFECYCLE_SIGNING_KEYS or LIFECYCLE_SIGNING_SECRET"
+            )
+        return self
+
     @property
     def mail_from_address(self) -> str:
         return parseaddr(self.mail_from)[1] or self.mail_from
@@ -135,6 +263,72 @@ class Settings(BaseSettings):
             if value is not None:
                 env[f"LIFECYCLE_{name.upper()}"] = str(value)
         return env
+
+
+# The secrets each service holds: what it must not run with in production.
+SERVICE_SECRETS: Final[Mapping[str, tuple[str, ...]]] = {
+    "ingest": ("api_keys", "admin_keys", "signing"),
+    "stager": (),  # it signs nothing and serves no API
+    "dispatcher": ("signing",),  # the links in emails and the Message-IDs
+}
+_LOCAL_HINT: Final = "(or LIFECYCLE_ENVIRONMENT=local for a local stack)"
+
+
+def insecure_defaults(settings: Settings, service: str) -> list[str]:
+    """What keeps `service` from starting in production: development keys and secrets, or none at all.
+
+    One line per setting, naming it; empty in the local environment. Secrets are never quoted.
+    """
+    if settings.environment == "local":
+        return []
+    problems: list[str] = []
+    wanted = SERVICE_SECRETS[service]
+    # either development key is refused in either setting, in plain or hashed form
+    development_keys = {_key_digest(str(Settings.model_fields[name].default)) for name in ("api_keys", "admin_keys")}
+    for name in ("api_keys", "admin_keys"):
+        if name not in wanted:
+            continue
+        variable = f"LIFECYCLE_{name.upper()}"
+        entries = [entry.strip() for entry in getattr(settings, name).split(",") if entry.strip()]
+        digests = {_key_digest(entry) for entry in entries}
+        if not entries:
+            problems.append(f"{variable} is empty; set your own keys {_LOCAL_HINT}")
+        elif digests <= development_keys:
+            problems.append(f"{variable} is the development default; set your own keys {_LOCAL_HINT}")
+        elif digests & development_keys:
+            problems.append(f"{variable} still holds a development key; remove it {_LOCAL_HINT}")
+    if "signing" in wanted:
+        default_secret = str(Settings.model_fields["signing_secret"].default)
+        signing_keys = parse_signing_keys(settings.signing_keys)
+        if settings.signing_secret == default_secret:
+            if signing_keys:
+                problems.append("LIFECYCLE_SIGNING_SECRET is the development default and still verifies links; "
+                                "set it to your earlier secret, or empty to retire it, "
+                                f"since LIFECYCLE_SIGNING_KEYS signs {_LOCAL_HINT}")
+            else:
+                problems.append("LIFECYCLE_SIGNING_SECRET is the development default and LIFECYCLE_SIGNING_KEYS is "
+                                f"empty; set your own secret {_LOCAL_HINT}")
+        if any(secret == default_secret for _, secret in signing_keys):
+            problems.append(f"LIFECYCLE_SIGNING_KEYS holds the development secret; set your own {_LOCAL_HINT}")
+    return problems
+
+
+def _key_digest(entry: str) -> bytes:
+    """The SHA-256 of an API key entry, plain or `sha256:<hex>`."""
+    if entry.lower().startswith("sha256:"):
+        return bytes.fromhex(entry[len("sha256:"):])
+    return hashlib.sha256(entry.encode("utf-8")).digest()
+
+
+def describe_invalid_settings(error: ValidationError) -> list[str]:
+    """One line per problem, naming the variable (`LIFECYCLE_SHOP_URL: must be ...`), never a traceback."""
+    lines = []
+    for problem in error.errors():
+        location = problem.get("loc") or ()
+        name = f"LIFECYCLE_{str(location[0]).upper()}" if location else "settings"
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return lines
 
 
 def load_settings() -> Settings:

@@ -49,7 +49,10 @@ def chaos_settings(run_dir: Path) -> Settings:
         stager_port=STAGER_PORT_BASE,
         dispatcher_port=DISPATCHER_PORT_BASE,
         public_url=f"http://127.0.0.1:{INGEST_PORT}",
-        api_keys=f"{WRITE_KEY},{ADMIN_KEY}",  # TODO admin keys once scoped
+        api_keys=WRITE_KEY,
+        admin_keys=ADMIN_KEY,
+        environment="local",
+        ingest_metrics_port=INGEST_METRICS_PORT,
         clock="system",
         log_format="json",
         cart_abandon_minutes=0.75,  # workload.CART_ABANDON
@@ -145,8 +148,7 @@ class ChaosStack:
     # --- the services ------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return {**service_env(self.settings), "LIFECYCLE_ENVIRONMENT": "local",
-                "LIFECYCLE_ADMIN_KEYS": ADMIN_KEY, "LIFECYCLE_INGEST_METRICS_PORT": str(INGEST_METRICS_PORT)}
+        return service_env(self.settings)
 
     def member(self, name: str) -> Member:
         kind = name.split("-")[0]

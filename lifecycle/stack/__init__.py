@@ -45,8 +45,11 @@ HEALTH_TIMEOUT = 60.0
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """The current environment plus every setting as LIFECYCLE_*, for child processes."""
-    return {**os.environ, **settings_env(settings)}
+    """The current environment plus every setting as LIFECYCLE_*, for child processes.
+
+    Always the local environment: the stack runs with the development keys, which production refuses.
+    """
+    return {**os.environ, **settings_env(settings), "LIFECYCLE_ENVIRONMENT": "local"}
 
 
 def _service_port(settings: Settings, name: str) -> int:
@@ -137,9 +140,11 @@ def start_services(settings: Settings) -> None:
         if processes.is_running(run_dir, name):
             say(f"{name}: already running")
             continue
-        port = _service_port(settings, name)
-        if processes.port_open("127.0.0.1", port):
-            raise StackError(f"{name}: port 127.0.0.1:{port} is already in use by another process")
+        # ingest also listens on its metrics port
+        ports = [_service_port(settings, name)] + ([settings.ingest_metrics_port] if name == "ingest" else [])
+        for port in ports:
+            if processes.port_open("127.0.0.1", port):
+                raise StackError(f"{name}: port 127.0.0.1:{port} is already in use by another process")
         pid = processes.spawn(run_dir, name, [sys.executable, "-m", "lifecycle.cli", name], env=env)
         say(f"{name}: starting (pid {pid}), log {processes.log_file(run_dir, name)}")
         started.append(name)

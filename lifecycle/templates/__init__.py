@@ -33,7 +33,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from mjml import mjml2html
 
 from lifecycle.templates.formatting import FILTERS, FORMAT_LOCALE_KEY, format_locale_for
-from lifecycle.templates.links import UNTRACKED, Links, shop_links
+from lifecycle.templates.links import UNTRACKED, Links, is_web_url, shop_links, url_segment
 from lifecycle.templates.text import mjml_to_text, unknown_elements
 
 __all__ = [
@@ -342,6 +342,9 @@ class Templates:
                 keep_trailing_newline=True,
             )
             env.filters.update(FILTERS)
+            # data from events goes into URLs only through these: `{{ id|url_segment }}`, `url is web_url`
+            env.filters["url_segment"] = url_segment
+            env.tests["web_url"] = is_web_url
             env.globals["track"] = _track
             self._envs[locale] = env
         return env

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Mapping
+from urllib.parse import quote, urlsplit
 
 from jinja2.exceptions import UndefinedError
 
@@ -20,6 +21,39 @@ UNTRACKED = ("unsubscribe", "preferences", "confirm")
 PRODUCT_PREFIX = "product:"
 # href="..." or href='...' in rendered MJML; values come out of autoescaped Jinja, so quotes are escaped
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+
+
+def url_segment(value: object) -> str:
+    """`value` as one URL path segment: `/`, `?`, `#`, `%`, spaces and non-ASCII are percent-encoded,
+    so data from events (a product id) cannot leave its segment or change the URL's meaning."""
+    return quote(str(value), safe="")
+
+
+def product_url(shop_url: str, product_id: str) -> str:
+    """The shop's page of a product: `{shop}/products/{id}`, the id encoded as one segment."""
+    base = shop_url.rstrip("/")
+    segment = url_segment(product_id)
+    if segment in (".", ".."):
+        # Browsers resolve a dot segment (/products/.. is the site root): no product page can be
+        # named so, and the link goes to the shop instead.
+        return shop_url
+    return f"{base}/products/{segment}"
+
+
+def product_image_url(shop_url: str, product_id: str) -> str:
+    """The shop's picture of a product: `{shop}/images/{id}.jpg`, the id encoded as one segment."""
+    return f"{shop_url.rstrip('/')}/images/{url_segment(product_id)}.jpg"
+
+
+def is_web_url(value: object) -> bool:
+    """An absolute http(s) URL with a host and nothing a browser would read differently (spaces, controls)."""
+    if not isinstance(value, str) or not value or any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed port or IPv6 literal
+        return False
 
 
 def shop_links(shop_url: str) -> dict[str, str]:
@@ -61,7 +95,7 @@ class Links:
         if name in self._named:
             return self.track(self._named[name], name)
         if name.startswith(PRODUCT_PREFIX) and len(name) > len(PRODUCT_PREFIX):
-            return self.track(f"{self._shop}/products/{name[len(PRODUCT_PREFIX):]}", name)
+            return self.track(product_url(self._shop, name[len(PRODUCT_PREFIX):]), name)
         known = ", ".join([*sorted(self._named), *UNTRACKED, "product:<id>"])
         raise UndefinedError(f"no link named {name!r}; links are {known}")
 
@@ -70,9 +104,14 @@ class Links:
                                           or name.startswith(PRODUCT_PREFIX))
 
     def track(self, url: str, name: str | None = None) -> str:
-        """The tracked URL for `url`, recorded under `name` (default: the URL itself)."""
+        """The tracked URL for `url`, recorded under `name` (default: the URL itself).
+
+        Only web links: the click redirect follows nothing else, so anything else would be a dead link.
+        """
         if url in self._final:
             return url
+        if not is_web_url(url):
+            raise UndefinedError(f"track() takes an absolute http(s) URL without spaces, got {url[:80]!r}")
         key = (name or url, url)
         found = self._by_key.get(key)
         if found is not None:
@@ -89,7 +128,7 @@ class Links:
 
         def replace(match: re.Match[str]) -> str:
             url = html.unescape(match.group(3)).strip()
-            if url in self._final or not url.lower().startswith(("http://", "https://")):
+            if url in self._final or not is_web_url(url):
                 return match.group(0)
             return f"{match.group(1)}{match.group(2)}{html.escape(self.track(url))}{match.group(2)}"
 

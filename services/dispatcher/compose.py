@@ -19,7 +19,7 @@ from typing import Any
 
 from lifecycle.settings import Settings
 from lifecycle.templates import Links, Templates, with_open_pixel
-from lifecycle.tokens import confirm_url, unsubscribe_url
+from lifecycle.tokens import SigningKeys, confirm_url, unsubscribe_url
 from lifecycle.tracking import click_url, open_pixel_url, preferences_url
 
 
@@ -100,14 +100,15 @@ def template_context(settings: Settings, spec: MessageSpec, links: Links) -> dic
     }
 
 
-def compose_email(settings: Settings, templates: Templates, spec: MessageSpec) -> ComposedEmail:
+def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> ComposedEmail:
+    """The email of `spec`; every link in it is signed with `keys` (built once: `SigningKeys.from_settings`)."""
     customer_id = str(spec.customer["customer_id"])
-    unsubscribe = unsubscribe_url(settings, customer_id, spec.message_id)
+    unsubscribe = unsubscribe_url(settings, keys, customer_id, spec.message_id)
     links = Links(
         settings.shop_url,
-        {"unsubscribe": unsubscribe, "preferences": preferences_url(settings, customer_id, spec.message_id),
-         "confirm": confirm_url(settings, customer_id)},
-        lambda index: click_url(settings, spec.message_id, customer_id, index),
+        {"unsubscribe": unsubscribe, "preferences": preferences_url(settings, keys, customer_id, spec.message_id),
+         "confirm": confirm_url(settings, keys, customer_id, spec.to_address)},
+        lambda index: click_url(settings, keys, spec.message_id, customer_id, index),
     )
     context = template_context(settings, spec, links)
     locale = spec.customer.get("locale")
@@ -133,7 +134,7 @@ def compose_email(settings: Settings, templates: Templates, spec: MessageSpec) -
     message["Content-Language"] = rendered.locale  # after make_alternative, which moves Content-* headers
     message.attach(_text_part("plain", rendered.text))
     message.attach(_text_part("html", with_open_pixel(rendered.html,
-                                                      open_pixel_url(settings, spec.message_id, customer_id))))
+                                                      open_pixel_url(settings, keys, spec.message_id, customer_id))))
     return ComposedEmail(message=message, links=links.collected(), locale=rendered.locale)
 
 

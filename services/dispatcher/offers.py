@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from lifecycle.core.journeys import Journey, Run, SendStep
 from lifecycle.core.offers import TierThresholds, new_coupon_code, tier_of
 from lifecycle.settings import Settings
+from lifecycle.templates.links import product_image_url, product_url
 
 
 def thresholds(settings: Settings) -> TierThresholds:
@@ -95,7 +96,7 @@ async def recommendations(conn: AsyncConnection, customer_id: str, limit: int,
     return [
         {"product_id": row.product_id, "name": row.name, "price": float(row.price or 0),
          "currency": row.currency or "EUR",
-         "url": f"{settings.shop_url}/products/{row.product_id}",
-         "image_url": f"{settings.shop_url}/images/{row.product_id}.jpg"}
+         "url": product_url(settings.shop_url, row.product_id),
+         "image_url": product_image_url(settings.shop_url, row.product_id)}
         for row in rows
     ]

@@ -51,6 +51,7 @@ from lifecycle.journey_catalog import JourneyCatalog
 from lifecycle.settings import Settings
 from lifecycle.smtp import retry_delay
 from lifecycle.templates import TemplateError, Templates
+from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec, compose_email
 
@@ -128,6 +129,7 @@ class DispatcherStore:
         self.catalog = catalog
         self.templates = templates
         self.policy = send_policy(settings)
+        self.keys = SigningKeys.from_settings(settings)
 
     async def _run_journeys(self, conn: AsyncConnection, runs: list[Run],
                             current: dict[str, tuple[int, Journey]]) -> dict[int, tuple[int | None, Journey | None]]:
@@ -306,7 +308,7 @@ class DispatcherStore:
             assert recipient.email is not None
             extras = await self._extras(conn, journey, run, step, customer_id, decision, now, recipient.timezone)
             try:
-                composed = compose_email(self.settings, self.templates, MessageSpec(
+                composed = compose_email(self.settings, self.keys, self.templates, MessageSpec(
                     journey=journey.name, step=step.number, template=decision.template,
                     message_id=message_id, to_address=recipient.email,
                     customer={**profile, "customer_id": customer_id},
@@ -402,7 +404,9 @@ class DispatcherStore:
         return found
 
     def _message_id(self, run_id: int, step: int) -> str:
-        digest = hashlib.sha256(f"{self.settings.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
+        # The key that signs links: with only LIFECYCLE_SIGNING_SECRET set it is that secret, so
+        # Message-IDs stay what they were before key rotation existed.
+        digest = hashlib.sha256(f"{self.keys.signing_secret}:{run_id}:{step}".encode()).hexdigest()[:16]
         domain = self.settings.mail_from.rsplit("@", 1)[-1].strip(">") or "lifecycle.local"
         return f"<{run_id}.{step}.{digest}@{domain}>"
 

@@ -23,15 +23,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +40,7 @@ from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
+from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
@@ -83,9 +84,9 @@ class InvalidEvents(BaseModel):
 
 
 class ApiKeys:
-    """The accepted API keys, held only as SHA-256 digests."""
+    """The accepted keys of one scope, held only as SHA-256 digests."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, setting: str = "LIFECYCLE_API_KEYS") -> None:
         self._digests: list[bytes] = []
         for position, raw in enumerate(spec.split(","), start=1):
             entry = raw.strip()
@@ -98,12 +99,12 @@ class ApiKeys:
                 except ValueError:
                     digest = b""
                 if len(digest) != 32:
-                    raise ValueError(f"LIFECYCLE_API_KEYS entry {position} is not sha256:<64 hex digits>")
+                    raise ValueError(f"{setting} entry {position} is not sha256:<64 hex digits>")
                 self._digests.append(digest)
             else:
                 self._digests.append(hashlib.sha256(entry.encode("utf-8")).digest())
         if not self._digests:
-            log.warning("LIFECYCLE_API_KEYS is empty: every authenticated request will be refused")
+            log.warning("%s is empty: every request needing such a key will be refused", setting)
 
     def check(self, presented: str) -> bool:
         digest = hashlib.sha256(presented.encode("utf-8")).digest()
@@ -112,6 +113,90 @@ class ApiKeys:
         for known in self._digests:
             matched |= hmac.compare_digest(digest, known)
         return matched
+
+
+@dataclass(frozen=True)
+class ScopedKeys:
+    """Write keys (LIFECYCLE_API_KEYS) may only send events; admin keys (LIFECYCLE_ADMIN_KEYS) read and administer.
+
+    A key listed in both settings has both scopes.
+    """
+
+    write: ApiKeys
+    admin: ApiKeys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScopedKeys:
+        return cls(ApiKeys(settings.api_keys, "LIFECYCLE_API_KEYS"),
+                   ApiKeys(settings.admin_keys, "LIFECYCLE_ADMIN_KEYS"))
+
+
+# Two schemes in the OpenAPI document, so a reader (and a fuzzer) sees which key a route wants.
+_write_bearer = HTTPBearer(scheme_name="WriteKey", auto_error=False,
+                           description="A write key from LIFECYCLE_API_KEYS: it may only send events")
+_admin_bearer = HTTPBearer(scheme_name="AdminKey", auto_error=False,
+                           description="An admin key from LIFECYCLE_ADMIN_KEYS: customer reads and admin routes")
+
+
+def _unauthenticated() -> HTTPException:
+    return HTTPException(
+        401,
+        "missing or invalid API key; send the header Authorization: Bearer <key>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _wrong_scope(detail: str) -> HTTPException:
+    return HTTPException(403, detail, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
+def _scoped_keys(request: Request) -> ScopedKeys:
+    keys = getattr(request.app.state, "api_keys", None)
+    if not isinstance(keys, ScopedKeys):
+        raise RuntimeError("the app has no API keys: build it with create_app")
+    return keys
+
+
+async def require_write_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_write_bearer)]
+) -> None:
+    """Dependency of POST /v1/events: a write key, else 401 (no or unknown key) or 403 (an admin key)."""
+    keys = _scoped_keys(request)
+    presented = credentials.credentials.strip() if credentials is not None else ""
+    if presented and keys.write.check(presented):
+        return
+    if presented and keys.admin.check(presented):
+        raise _wrong_scope("this is an admin key; events are sent with a write key (LIFECYCLE_API_KEYS)")
+    raise _unauthenticated()
+
+
+async def require_admin_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
+) -> None:
+    """Dependency of every admin route (customer reads, /v1/admin/*): an admin key, else 401 or 403.
+
+    Use it as `dependencies=[Depends(require_admin_key)]` with `responses={**ADMIN_KEY_RESPONSES, ...}`.
+    """
+    keys = _scoped_keys(request)
+    presented = credentials.credentials.strip() if credentials is not None else ""
+    if presented and keys.admin.check(presented):
+        return
+    if presented and keys.write.check(presented):
+        raise _wrong_scope(
+            "this key may only send events; customer reads need an admin key (LIFECYCLE_ADMIN_KEYS)"
+        )
+    raise _unauthenticated()
+
+
+# The answers of the key checks, for the `responses=` of the routes that use them.
+WRITE_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    403: {"model": ErrorBody, "description": "An admin key: events are sent with a write key"},
+}
+ADMIN_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    403: {"model": ErrorBody, "description": "A write key: it may only send events; this needs an admin key"},
+}
 
 
 # --- metrics middleware ---
@@ -233,6 +318,8 @@ def create_app(
     message_reader: MessageReader | None = None,
     fence_writer: FenceWriter | None = None,
     journey_store: JourneyStore | None = None,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the ingest API.
 
@@ -240,10 +327,13 @@ def create_app(
     lifespan (aiokafka needs the running loop). `manage_topics` (default: only when the
     real producer is used) runs `ensure_topics` at start-up. `customer_reader` serves
     `GET /v1/customers/{id}` and picks the language of the link pages; `message_reader`
-    finds an email's stored links for the click redirect; `fence_writer` records acknowledged
+    finds an email's stored links for the click redirect. `new_event_id` names the events
+    the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
+    the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
     opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes.
     """
-    keys = ApiKeys(settings.api_keys)
+    api_keys = ScopedKeys.from_settings(settings)
+    signing_keys = SigningKeys.from_settings(settings)
     runtime = _Runtime()
     factory = producer_factory or (lambda: make_producer(settings))
     create_topics = producer_factory is None if manage_topics is None else manage_topics
@@ -300,21 +390,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(_MetricsMiddleware)
+    app.state.api_keys = api_keys  # read by require_write_key and require_admin_key
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
     app.add_exception_handler(Exception, internal_error)
-
-    async def require_api_key(request: Request) -> None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip() or not keys.check(credentials.strip()):
-            raise HTTPException(
-                401,
-                "missing or invalid API key; send the header Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
     async def publish(events: Sequence[Event], *, timeout: float | None = None) -> None:
         """The one way events reach Kafka (API, link pages, tracking); PublishFailed if not acknowledged."""
@@ -373,12 +455,12 @@ def create_app(
     @app.post(
         "/v1/events",
         status_code=202,
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(require_write_key)],
         openapi_extra=request_body_doc,
         responses={
             202: {"model": Accepted, "description": "Every event was stored in Kafka"},
             400: {"model": ErrorBody, "description": "The body is not JSON"},
-            401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+            **WRITE_KEY_RESPONSES,
             413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
             422: {"model": InvalidEvents, "description": "Some events are invalid; nothing was stored"},
             503: {"model": ErrorBody, "description": "Kafka is unavailable; retry after Retry-After"},
@@ -388,7 +470,7 @@ def create_app(
     async def post_events(request: Request) -> JSONResponse:
         payload = _with_derived_ids(_decode_json(await _read_body(request, MAX_BODY_BYTES)))
         try:
-            events = parse_batch(payload, await clock.now(), lambda: str(uuid.uuid4()))
+            events = parse_batch(payload, await clock.now(), new_event_id)
         except BatchInvalid as exc:
             # Every event of the batch is refused, the valid ones too.
             metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_INVALID).inc(max(exc.total, 1))
@@ -401,14 +483,15 @@ def create_app(
 
     @app.get(
         "/v1/customers/{customer_id}",
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(require_admin_key)],
         responses={
             200: {"description": "The customer as stored"},
-            401: {"model": ErrorBody},
-            404: {"model": ErrorBody},
-            503: {"model": ErrorBody},
+            **ADMIN_KEY_RESPONSES,
+            404: {"model": ErrorBody, "description": "No such customer"},
+            501: {"model": ErrorBody, "description": "This API was started without a customer store"},
+            503: {"model": ErrorBody, "description": "The customer store is unavailable; retry after Retry-After"},
         },
-        summary="Read one customer's profile",
+        summary="Read one customer's profile (admin key)",
     )
     async def get_customer(customer_id: str) -> JSONResponse:
         if customer_reader is None:
@@ -427,9 +510,11 @@ def create_app(
         return JSONResponse(jsonable_encoder(found))
 
     # The pages behind the links in emails, and open/click tracking.
-    app.include_router(pages_router(settings, clock, publish, customer_reader))
-    app.include_router(tracking_router(settings, clock, publish, message_reader))
-    app.include_router(admin_router(journey_store, [Depends(require_api_key)]))
+    app.include_router(pages_router(settings, signing_keys, clock, publish, customer_reader,
+                                    new_event_id=new_event_id, monotonic=monotonic))
+    app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader,
+                                       new_event_id=new_event_id, monotonic=monotonic))
+    app.include_router(admin_router(journey_store, [Depends(require_admin_key)]))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -437,22 +522,13 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness: Kafka is reachable", responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
-        producer = runtime.producer
-        if producer is None:
-            return JSONResponse({"status": "unavailable", "detail": "producer not started"}, status_code=503)
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await producer.client.fetch_all_metadata()
-        except Exception as exc:  # any failure means "not ready"; the probe must answer
-            return JSONResponse(
-                {"status": "unavailable", "detail": f"Kafka unreachable: {str(exc) or type(exc).__name__}"},
-                status_code=503,
-            )
+        problem = await not_ready_because(runtime.producer)
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "detail": problem}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # No /metrics here: Prometheus reads it on LIFECYCLE_INGEST_METRICS_PORT (services/ingest/main.py),
+    # which is not published with the API.
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -482,6 +558,18 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def not_ready_because(producer: AIOKafkaProducer | None) -> str | None:
+    """Why events cannot be published now (None: they can): the readiness of the API."""
+    if producer is None:
+        return "producer not started"
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await producer.client.fetch_all_metadata()
+    except Exception as exc:  # any failure means "not ready"; the probe must answer
+        return f"Kafka unreachable: {str(exc) or type(exc).__name__}"
+    return None
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

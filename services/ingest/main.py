@@ -1,23 +1,53 @@
-"""Run the ingest API: `run(settings)` serves it with uvicorn until SIGINT/SIGTERM."""
+"""Run the ingest API: `run(settings)` serves it with uvicorn until SIGINT/SIGTERM.
+
+Two listeners in one process: the API on LIFECYCLE_INGEST_PORT (public: the shop and the
+links in emails) and /metrics (with /healthz and /readyz) on LIFECYCLE_INGEST_METRICS_PORT,
+for Prometheus only, so the metrics are never served where the internet reaches.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import uvicorn
+from fastapi import FastAPI
 
 from lifecycle.clock import make_clock
 from lifecycle.db.engine import make_engine
 from lifecycle.journey_catalog import register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics
+from lifecycle.probes import start_probe_server
 from lifecycle.runtime import StartupError, retry_until, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
-from services.ingest.app import create_app
+from services.ingest.app import create_app, not_ready_because
 from services.ingest.stores import PgJourneyStore, make_fence_writer
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """The public API's server: X-Forwarded-For names the client (whose address the rate limits
+    count) only when it comes from LIFECYCLE_FORWARDED_ALLOW_IPS."""
+    return uvicorn.Config(
+        app,
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        lifespan="on",
+    )
+
+
+def start_metrics_server(settings: Settings, app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The metrics port of the ingest API: the stager's and dispatcher's probe server, ready when `app` is."""
+
+    async def ready() -> bool:
+        return await not_ready_because(getattr(app.state, "producer", None)) is None
+
+    return start_probe_server(settings.ingest_host, settings.ingest_metrics_port, ready, settings.clock)
 
 
 async def _serve(settings: Settings) -> None:
@@ -43,14 +73,17 @@ async def _serve(settings: Settings) -> None:
             fence_writer=make_fence_writer(engine),
             journey_store=PgJourneyStore(engine, templates),
         )
-        config = uvicorn.Config(
-            app,
-            host=settings.ingest_host,
-            port=settings.ingest_port,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            lifespan="on",
-        )
-        await uvicorn.Server(config).serve()
+        # Both are uvicorn servers, and each uvicorn config sets up uvicorn's loggers for the whole
+        # process: the API's is made last, so its logging is what it always was.
+        metrics_server, metrics_task = start_metrics_server(settings, app)
+        api = uvicorn.Server(api_config(settings, app))
+        # The metrics task starts once the API serves: the API installs its signal handlers first, the
+        # metrics server's go on top and hand a SIGTERM on to the API's once it has stopped.
+        try:
+            await api.serve()
+        finally:
+            metrics_server.should_exit = True
+            await metrics_task
     finally:
         # Close pooled connections in the loop that opened them.
         await engine.dispose()
@@ -60,6 +93,6 @@ def run(settings: Settings) -> None:
     try:
         asyncio.run(_serve(settings))
     except SystemExit as exc:
-        # uvicorn exits this way when the port is taken or start-up failed; it logged why.
+        # uvicorn exits this way when a port is taken or start-up failed; it logged why.
         if exc.code not in (0, None):
             raise StartupError("the ingest API did not start (see the log above)") from None

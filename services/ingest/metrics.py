@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingest API (default registry, served on /metrics).
+"""Prometheus metrics of the ingest API (default registry, served on /metrics of LIFECYCLE_INGEST_METRICS_PORT).
 
 Labels are bounded: `route` is the route template (never a customer id or token),
 `type` an EventType, `reason` one of the REFUSED_* constants, `kind` open or click and
@@ -42,8 +42,10 @@ UNMATCHED_ROUTE: Final = "unmatched"
 # Kafka did not take (the pixel or redirect was still answered). invalid_token: forged,
 # altered or garbled. unknown_message: no such email, link or customer for a valid token.
 # lookup_failed: the email store did not answer (a click cannot be redirected then).
+# limited: a valid hit beyond the per-token or per-address rate limit, answered but not recorded.
 TRACKING_RECORDED: Final = "recorded"
 TRACKING_NOT_RECORDED: Final = "not_recorded"
 TRACKING_INVALID_TOKEN: Final = "invalid_token"
 TRACKING_UNKNOWN_MESSAGE: Final = "unknown_message"
 TRACKING_LOOKUP_FAILED: Final = "lookup_failed"
+TRACKING_LIMITED: Final = "limited"

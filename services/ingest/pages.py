@@ -7,23 +7,27 @@ Rules every page follows:
 * The signed token in the path is the authorisation and the only secret: a forged or
   altered token is refused (400 garbled, 403 bad signature or wrong purpose) before
   anything else happens. Pages are never framed, cached or given a Referer to leak it.
-* Repeating a POST is harmless: the event id derives from the token (and, for the
-  preference form, from the choice and the form it was made on), so a double click is
-  deduplicated by the stager.
+* Every POST is a new event with a fresh event id: unsubscribing, re-subscribing in the
+  shop, then unsubscribing again from the same email must not be dropped as a duplicate.
+  Repeating a POST stays harmless because each effect is idempotent (opted out twice is
+  opted out; the same preferences saved twice are those preferences).
 * French by default, English too: the customer's stored locale decides, `?lang=` (or the
   form's `lang` field) overrides it. A page for someone we cannot identify (a refused
   token, a one-click POST from a mail client for an unknown customer) is bilingual.
 * Small, self-contained HTML: inline CSS, no script, no external asset.
+* Rate limited per client address and per token (LIFECYCLE_PAGE_LIMIT_PER_*): beyond, a
+  bilingual `429` page with Retry-After, before any lookup or publishing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import logging
+import math
 import re
-import secrets
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -36,12 +40,16 @@ from lifecycle.clock import Clock
 from lifecycle.events import EMAIL_CATEGORIES, EmailCategory, Event, EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
 from lifecycle.tokens import (
+    ConfirmClaim,
     InvalidToken,
     MalformedToken,
+    OutdatedToken,
+    SigningKeys,
     UnsubscribeClaim,
     read_confirm_token,
     read_unsubscribe_token,
 )
+from services.ingest.ratelimit import RateLimiter, client_address, token_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,6 @@ RETRY_AFTER_SECONDS: Final = 5
 MAX_FORM_BYTES: Final = 16 * 1024
 # The customer lookup only picks a language: never let a slow database hold the page.
 LOOKUP_TIMEOUT_SECONDS: Final = 2.0
-_FORM_NONCE: Final = re.compile(r"[0-9a-f]{32}")
 
 # No script, no external asset, no framing (the one-click button must not be clickjacked),
 # forms only to ourselves, and no Referer carrying the token to the shop's site.
@@ -71,6 +78,10 @@ SECURITY_HEADERS: Final[Mapping[str, str]] = {
 
 class PublishFailed(Exception):
     """Kafka did not acknowledge the events in time; nothing can be promised."""
+
+
+class _LookupFailed(Exception):
+    """The customer store did not answer (or none is configured)."""
 
 
 class Publish(Protocol):
@@ -96,8 +107,14 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "invalid_title": "Lien invalide",
         "invalid_damaged": "Ce lien est incomplet ou abîmé. Copiez-le en entier depuis l’e\u2011mail.",
         "invalid_forged": "Ce lien n’est pas valide.",
+        "invalid_outdated": "Ce lien n’est plus valide. Utilisez celui de l’e\u2011mail le plus récent.",
+        "other_address_title": "Lien pour une autre adresse",
+        "other_address": "Ce lien a été envoyé à une autre adresse que celle de votre compte. "
+        "Confirmez depuis l’e\u2011mail le plus récent.",
         "retry_title": "Veuillez réessayer",
         "retry": "Votre demande n’a pas pu être enregistrée pour le moment. Réessayez dans une minute.",
+        "limited_title": "Trop de demandes",
+        "limited": "Cette page a été demandée trop souvent en peu de temps. Réessayez dans une minute.",
         "bad_form_title": "Formulaire incomplet",
         "bad_form": "Ce formulaire n’a pas pu être lu. Revenez à la page des préférences et réessayez.",
         "unsub_title": "Se désinscrire",
@@ -139,8 +156,14 @@ TEXTS: Final[Mapping[Lang, Mapping[str, str]]] = {
         "invalid_title": "Invalid link",
         "invalid_damaged": "This link is incomplete or damaged. Copy it whole from the email.",
         "invalid_forged": "This link is not valid.",
+        "invalid_outdated": "This link is no longer valid. Use the one in the most recent email.",
+        "other_address_title": "Link for another address",
+        "other_address": "This link was sent to another address than your account’s. "
+        "Confirm from the most recent email.",
         "retry_title": "Please try again",
         "retry": "We could not process your request right now. Please try again in a minute.",
+        "limited_title": "Too many requests",
+        "limited": "This page was asked for too often in a short time. Please try again in a minute.",
         "bad_form_title": "Incomplete form",
         "bad_form": "This form could not be read. Go back to the preferences page and try again.",
         "unsub_title": "Unsubscribe",
@@ -279,15 +302,12 @@ def shop_header(shop: str, extra: str = "") -> str:
 
 
 def refusal(exc: InvalidToken, shop: str) -> HTMLResponse:
-    """The page for a token we did not sign: we do not know whose it is, so both languages."""
+    """The page for a refused token: we cannot trust whose it is, so both languages."""
     if isinstance(exc, MalformedToken):
         return message_page(None, 400, "invalid_title", "invalid_damaged", shop=shop)
+    if isinstance(exc, OutdatedToken):
+        return message_page(None, 403, "invalid_title", "invalid_outdated", shop=shop)
     return message_page(None, 403, "invalid_title", "invalid_forged", shop=shop)
-
-
-def link_event_id(prefix: str, *parts: str) -> str:
-    # Same token (and choice) -> same event_id, so a repeated click is deduplicated downstream.
-    return prefix + hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
 async def read_form(request: Request) -> dict[str, list[str]] | None:
@@ -317,28 +337,84 @@ def _field(form: Mapping[str, list[str]], name: str) -> str | None:
 # --- the router -------------------------------------------------------------------------
 
 
+OpenApiResponses = dict[int | str, dict[str, Any]]
+
+
+def html_answer(description: str) -> dict[str, Any]:
+    """An OpenAPI response that is one of these HTML pages."""
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+# Every answer of the pages, for their OpenAPI `responses=`.
+_SHOWN: Final[OpenApiResponses] = {200: html_answer("The page")}
+_REFUSED_LINK: Final[OpenApiResponses] = {
+    400: html_answer("Garbled link (or, on a POST, a form that is not ours); nothing is recorded"),
+    403: html_answer("Forged link, a link of another purpose, or one signed with a retired key"),
+    429: html_answer("This address or this link was used too often; retry after Retry-After (bilingual page)"),
+}
+_NOT_RECORDED: Final[OpenApiResponses] = {
+    503: html_answer("Kafka or the customer store is unavailable; retry after Retry-After"),
+}
+
+
 def pages_router(
     settings: Settings,
+    keys: SigningKeys,
     clock: Clock,
     publish: Publish,
     customer_reader: CustomerReader | None,
+    *,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> APIRouter:
-    """Unsubscribe, preferences and confirmation pages, published through `publish`."""
+    """Unsubscribe, preferences and confirmation pages, published through `publish`.
+
+    `new_event_id` names each event a POST publishes (a fresh uuid4 by default); `monotonic`
+    is the rate limits' clock.
+    """
     router = APIRouter(tags=["links in emails"])
     shop = settings.shop_name
     # Behind a proxy the API may live under a path: forms must post back there.
     prefix = urlsplit(settings.public_url).path.rstrip("/")
     default_lang = lang_of(settings.default_locale) or FALLBACK_LANG
+    by_address = RateLimiter(settings.page_limit_per_ip_per_minute, max_keys=settings.rate_limit_max_keys,
+                             now=monotonic)
+    by_token = RateLimiter(settings.page_limit_per_token_per_minute, max_keys=settings.rate_limit_max_keys,
+                           now=monotonic)
 
-    async def customer(customer_id: str) -> dict[str, object] | None:
-        if customer_reader is None:
+    def over_limit(request: Request, token: str) -> HTMLResponse | None:
+        """The 429 page when this address or this link was used too often, else None.
+
+        Checked once the token is known good (a forged one costs a MAC and is refused anyway), and
+        before any lookup or publishing. The address first: a refusal there spends nothing of the token's.
+        """
+        verdict = by_address.check(client_address(request))
+        if verdict.allowed:
+            verdict = by_token.check(token_key(token))
+        if verdict.allowed:
             return None
+        retry = {"Retry-After": str(max(1, math.ceil(verdict.retry_after)))}
+        return message_page(None, 429, "limited_title", "limited", shop=shop, headers=retry)
+
+    async def lookup(customer_id: str) -> dict[str, object] | None:
+        """The stored customer (None when unknown); _LookupFailed when the store does not answer."""
+        if customer_reader is None:
+            raise _LookupFailed("no customer store configured")
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
                 return await customer_reader(customer_id)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise _LookupFailed(str(exc) or type(exc).__name__) from exc
+
+    async def customer(customer_id: str) -> dict[str, object] | None:
+        """The stored customer for what only shapes a page (language, ticks): None when unknown or unreachable."""
+        if customer_reader is None:
+            return None
+        try:
+            return await lookup(customer_id)
+        except _LookupFailed as exc:
             # Only the language or the ticks depend on it: show the page anyway.
-            log.warning("customer lookup for a link page failed: %s", str(exc) or type(exc).__name__)
+            log.warning("customer lookup for a link page failed: %s", exc)
             return None
 
     async def lang_for(explicit: str | None, customer_id: str) -> Lang | None:
@@ -367,10 +443,9 @@ def pages_router(
         )
 
     async def publish_one(raw: dict[str, object], lang: Lang | None) -> HTMLResponse | None:
-        """Publishes one link event; a page to answer instead when it could not be."""
-        event_id = str(raw["event_id"])
+        """Publishes one link event under a fresh event id; a page to answer instead when it could not be."""
         try:
-            event = parse_event(raw, await clock.now(), lambda: event_id)
+            event = parse_event(raw, await clock.now(), new_event_id)  # raw has no event_id: a fresh one
         except EventInvalid as exc:
             # Only possible if we signed bad data (say, a customer id with spaces).
             log.warning("a validly signed token carries bad data: %s", exc)
@@ -385,13 +460,12 @@ def pages_router(
 
     def unsubscribe_claim(token: str) -> UnsubscribeClaim | HTMLResponse:
         try:
-            return read_unsubscribe_token(settings.signing_secret, token)
+            return read_unsubscribe_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
 
-    async def unsubscribe_now(claim: UnsubscribeClaim, event_id: str, lang: Lang | None) -> HTMLResponse:
+    async def unsubscribe_now(claim: UnsubscribeClaim, lang: Lang | None) -> HTMLResponse:
         raw: dict[str, object] = {
-            "event_id": event_id,
             "type": EventType.UNSUBSCRIBED.value,
             "customer_id": claim.customer_id,
             "properties": {"message_id": claim.message_id},
@@ -401,11 +475,14 @@ def pages_router(
             return failed
         return message_page(lang, 200, "unsub_done_title", "unsub_done", shop=shop, extra=back_to_shop)
 
-    @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
-    async def unsubscribe_page(token: str, lang: str | None = None) -> HTMLResponse:
+    @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page",
+                responses={**_SHOWN, **_REFUSED_LINK})
+    async def unsubscribe_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         shown = await lang_for(lang, claim.customer_id) or default_lang
         # A GET must never act: link scanners and mail previews follow links. The form POSTs.
         body = (
@@ -445,15 +522,18 @@ def pages_router(
         response_class=HTMLResponse,
         summary="One-click unsubscribe (RFC 8058); the token is the authorisation",
         openapi_extra=form_body_doc,
+        responses={200: html_answer("Unsubscribed: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
     async def unsubscribe(token: str, request: Request) -> HTMLResponse:
         # The body (List-Unsubscribe=One-Click) carries no information: the token says it all.
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request) or {}
         lang = await lang_for(_field(form, "lang"), claim.customer_id)
-        return await unsubscribe_now(claim, link_event_id("unsub-", token), lang)
+        return await unsubscribe_now(claim, lang)
 
     # --- preferences ---
 
@@ -467,23 +547,21 @@ def pages_router(
             f'<span class="hint">{esc(_say(lang, f"cat_{category}_hint"))}</span></span></label>'
         )
 
-    @router.get("/v1/preferences/{token}", response_class=HTMLResponse, summary="Email preferences page")
-    async def preferences_page(token: str, lang: str | None = None) -> HTMLResponse:
+    @router.get("/v1/preferences/{token}", response_class=HTMLResponse, summary="Email preferences page",
+                responses={**_SHOWN, **_REFUSED_LINK})
+    async def preferences_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         found = await customer(claim.customer_id)
         shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
         left = found.get("unsubscribed_categories") if found else None
         left_set = set(left) if isinstance(left, list | tuple) else set()
         opted_out = found is not None and found.get("consent") == "opted_out"
         action = esc(f"{prefix}/v1/preferences/{token}")
-        # A fresh nonce per page shown: the same form sent twice is one event, while a
-        # later change back to an earlier choice is a new one (see docs/tracking.md).
-        hidden = (
-            f'<input type="hidden" name="lang" value="{shown}">'
-            f'<input type="hidden" name="form" value="{secrets.token_hex(16)}">'
-        )
+        hidden = f'<input type="hidden" name="lang" value="{shown}">'
         notice = f'<p class="notice" role="status">{esc(_say(shown, "prefs_opted_out"))}</p>' if opted_out else ""
         body = (
             f"{header(shown)}"
@@ -520,7 +598,6 @@ def pages_router(
                                 "items": {"type": "string", "enum": list(EMAIL_CATEGORIES)},
                                 "description": "The categories to keep receiving; the others are left",
                             },
-                            "form": {"type": "string", "description": "The page's nonce (32 hex digits)"},
                             "lang": {"type": "string", "enum": list(LANGS)},
                         },
                     }
@@ -534,11 +611,14 @@ def pages_router(
         response_class=HTMLResponse,
         summary="Save email preferences, or unsubscribe from all marketing; the token is the authorisation",
         openapi_extra=preferences_body_doc,
+        responses={200: html_answer("Saved: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
     async def save_preferences(token: str, request: Request) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request)
         action = _field(form, "action") if form else None
         receive = form.get("receive", []) if form else []
@@ -546,13 +626,10 @@ def pages_router(
         if action not in ("save", "all") or not set(receive) <= set(EMAIL_CATEGORIES):
             # Not our form (or a tampered one): refuse rather than guess a choice.
             return message_page(lang, 400, "bad_form_title", "bad_form", shop=shop)
-        nonce = _field(form, "form") if form else None
-        nonce = nonce if nonce is not None and _FORM_NONCE.fullmatch(nonce) else ""
         if action == "all":
-            return await unsubscribe_now(claim, link_event_id("unsub-", token, "all", nonce), lang)
+            return await unsubscribe_now(claim, lang)
         left = sorted(set(EMAIL_CATEGORIES) - set(receive))
         raw: dict[str, object] = {
-            "event_id": link_event_id("prefs-", token, ",".join(left), nonce),
             "type": EventType.CUSTOMER_UPDATED.value,
             "customer_id": claim.customer_id,
             "traits": {"unsubscribed_categories": left},
@@ -579,13 +656,40 @@ def pages_router(
 
     # --- double opt-in ---
 
-    @router.get("/v1/confirm/{token}", response_class=HTMLResponse, summary="Double opt-in confirmation page")
-    async def confirm_page(token: str, lang: str | None = None) -> HTMLResponse:
+    def confirm_claim(token: str) -> ConfirmClaim | HTMLResponse:
         try:
-            customer_id = read_confirm_token(settings.signing_secret, token)
+            return read_confirm_token(keys, token)
         except InvalidToken as exc:
             return refusal(exc, shop)
-        shown = await lang_for(lang, customer_id) or default_lang
+
+    def sent_to_current_address(found: Mapping[str, object], claim: ConfirmClaim) -> bool:
+        stored = found.get("email")
+        return isinstance(stored, str) and stored.strip().lower() == claim.email
+
+    def other_address(lang: Lang | None) -> HTMLResponse:
+        return message_page(lang, 403, "other_address_title", "other_address", shop=shop, extra=back_to_shop)
+
+    @router.get(
+        "/v1/confirm/{token}",
+        response_class=HTMLResponse,
+        summary="Double opt-in confirmation page",
+        responses={
+            200: html_answer("The page, with a button that confirms"),
+            **_REFUSED_LINK,
+            403: html_answer("Forged or outdated link, or sent to an address the customer no longer has"),
+        },
+    )
+    async def confirm_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
+        claim = confirm_claim(token)
+        if isinstance(claim, HTMLResponse):
+            return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
+        found = await customer(claim.customer_id)
+        shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
+        # Said now rather than after the button: the POST would refuse it anyway.
+        if found is not None and not sent_to_current_address(found, claim):
+            return other_address(shown)
         body = (
             f"{header(shown)}"
             f'<div class="card"><h1>{esc(_say(shown, "confirm_title"))}</h1>'
@@ -600,18 +704,38 @@ def pages_router(
         "/v1/confirm/{token}",
         response_class=HTMLResponse,
         summary="Confirm a subscription (double opt-in); the token is the authorisation",
+        responses={
+            200: html_answer("Confirmed: consent_confirmed is in Kafka"),
+            **_REFUSED_LINK,
+            403: html_answer("Forged or outdated link, unknown customer, or sent to an address the customer "
+                             "no longer has; nothing is recorded"),
+            **_NOT_RECORDED,
+        },
     )
     async def confirm(token: str, request: Request) -> HTMLResponse:
-        try:
-            customer_id = read_confirm_token(settings.signing_secret, token)
-        except InvalidToken as exc:
-            return refusal(exc, shop)
+        claim = confirm_claim(token)
+        if isinstance(claim, HTMLResponse):
+            return claim
+        if (limited := over_limit(request, token)) is not None:
+            return limited
         form = await read_form(request) or {}
-        lang = await lang_for(_field(form, "lang"), customer_id)
+        chosen = lang_of(_field(form, "lang"))
+        try:
+            found = await lookup(claim.customer_id)
+        except _LookupFailed as exc:
+            # The address must be checked before anything is recorded: no check, no confirmation.
+            log.warning("customer lookup for a confirmation failed: %s", exc)
+            return retry_page(chosen)
+        lang = chosen or (lang_of(found.get("locale")) if found else None)
+        if found is None:
+            return message_page(lang, 403, "invalid_title", "invalid_outdated", shop=shop)
+        if not sent_to_current_address(found, claim):
+            return other_address(lang)
         raw: dict[str, object] = {
-            "event_id": link_event_id("confirm-", token),
             "type": EventType.CONSENT_CONFIRMED.value,
-            "customer_id": customer_id,
+            "customer_id": claim.customer_id,
+            # As stored (it equals the link's address but for case): the stager checks it is still current.
+            "properties": {"email": found["email"]},
         }
         failed = await publish_one(raw, lang)
         if failed is not None:

@@ -9,17 +9,22 @@
   Kafka fails the shopper is still sent on (the click is lost, logged and counted).
 * Opens are a weak signal (mail privacy proxies fetch images unread); clicks are the
   strong one. See docs/tracking.md.
+* Rate limits never change the answer, only what is recorded: at most
+  LIFECYCLE_OPEN_LIMIT_PER_TOKEN_PER_MINUTE opens per pixel and LIFECYCLE_CLICK_LIMIT_PER_TOKEN_PER_MINUTE
+  clicks per link a minute, and nothing beyond the per-address limits, so a flood of hits
+  never becomes a flood of events (counted as `limited`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
@@ -27,10 +32,11 @@ from starlette.background import BackgroundTask
 from lifecycle.clock import Clock
 from lifecycle.events import EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
-from lifecycle.tokens import InvalidToken, MalformedToken
+from lifecycle.tokens import InvalidToken, MalformedToken, SigningKeys
 from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
 from services.ingest import metrics
-from services.ingest.pages import RETRY_AFTER_SECONDS, Publish, PublishFailed, message_page
+from services.ingest.pages import RETRY_AFTER_SECONDS, Publish, PublishFailed, html_answer, message_page
+from services.ingest.ratelimit import RateLimiter, client_address, token_key
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +74,29 @@ def pixel(background: BackgroundTask | None = None) -> Response:
 
 def tracking_router(
     settings: Settings,
+    keys: SigningKeys,
     clock: Clock,
     publish: Publish,
     message_reader: MessageReader | None,
+    *,
+    new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> APIRouter:
-    """The open pixel and the click redirect, publishing through `publish`."""
+    """The open pixel and the click redirect, publishing through `publish` (each hit a new event id).
+
+    `monotonic` is the rate limits' clock.
+    """
     router = APIRouter(tags=["tracking"])
     shop = settings.shop_name
+    keys_kept = settings.rate_limit_max_keys
+    opens_by_address = RateLimiter(settings.open_limit_per_ip_per_minute, max_keys=keys_kept, now=monotonic)
+    opens_by_token = RateLimiter(settings.open_limit_per_token_per_minute, max_keys=keys_kept, now=monotonic)
+    clicks_by_address = RateLimiter(settings.click_limit_per_ip_per_minute, max_keys=keys_kept, now=monotonic)
+    clicks_by_token = RateLimiter(settings.click_limit_per_token_per_minute, max_keys=keys_kept, now=monotonic)
+
+    def within_limits(by_address: RateLimiter, by_token: RateLimiter, request: Request, token: str) -> bool:
+        # The address first: a hit refused there takes nothing from the token's allowance.
+        return by_address.check(client_address(request)).allowed and by_token.check(token_key(token)).allowed
 
     async def message(message_id: str) -> Mapping[str, object] | None:
         if message_reader is None:
@@ -87,7 +109,7 @@ def tracking_router(
 
     async def record(kind: str, raw: dict[str, object], timeout: float | None) -> bool:
         try:
-            event = parse_event(raw, await clock.now(), lambda: str(uuid.uuid4()))
+            event = parse_event(raw, await clock.now(), new_event_id)
         except EventInvalid as exc:
             # Only possible if we signed or stored bad data; never worth failing the shopper.
             log.warning("%s event for message %r is invalid: %s", kind, raw.get("properties"), exc)
@@ -126,14 +148,19 @@ def tracking_router(
     @router.get(
         "/t/o/{token}.gif",
         response_class=Response,
-        responses={200: {"content": {"image/gif": {}}, "description": "A 1x1 transparent GIF, always"}},
+        responses={200: {"content": {"image/gif": {}},
+                         "description": "A 1x1 transparent GIF, always: for any token, and beyond the rate limits"}},
         summary="Open-tracking pixel (an unreliable signal: privacy proxies prefetch images)",
     )
-    async def open_pixel(token: str) -> Response:
+    async def open_pixel(token: str, request: Request) -> Response:
         try:
-            claim = read_open_token(settings, token)
+            claim = read_open_token(keys, token)
         except InvalidToken:
             metrics.TRACKING.labels(kind="open", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
+            return pixel()
+        if not within_limits(opens_by_address, opens_by_token, request, token):
+            # The same image all the same: the client cannot tell, and nothing is looked up or published.
+            metrics.TRACKING.labels(kind="open", outcome=metrics.TRACKING_LIMITED).inc()
             return pixel()
         # Recorded after the image is sent: the mail client never waits on Kafka.
         return pixel(BackgroundTask(record_open, claim))
@@ -146,16 +173,17 @@ def tracking_router(
         response_class=RedirectResponse,
         status_code=302,
         responses={
-            302: {"description": "To the link stored with the email, and nowhere else"},
-            400: {"description": "Garbled link"},
-            404: {"description": "Forged link, unknown email or link"},
-            503: {"description": "The email store is unavailable"},
+            302: {"description": "To the link stored with the email, and nowhere else; beyond the rate limits "
+                                 "too (only the recording is skipped)"},
+            400: html_answer("Garbled link"),
+            404: html_answer("Forged link, unknown email or link"),
+            503: html_answer("The email store is unavailable; retry after Retry-After"),
         },
         summary="Click redirect: records email_clicked, then goes to the email's stored link",
     )
-    async def click(token: str) -> Response:
+    async def click(token: str, request: Request) -> Response:
         try:
-            claim = read_click_token(settings, token)
+            claim = read_click_token(keys, token)
         except InvalidToken as exc:
             metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_INVALID_TOKEN).inc()
             if isinstance(exc, MalformedToken):
@@ -173,6 +201,11 @@ def tracking_router(
             metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_UNKNOWN_MESSAGE).inc()
             return not_found()
         name, url = target
+        redirect = RedirectResponse(url, status_code=302, headers={**NO_CACHE, "Referrer-Policy": "no-referrer"})
+        if not within_limits(clicks_by_address, clicks_by_token, request, token):
+            # A real shopper still goes where the link leads; only the recording is skipped.
+            metrics.TRACKING.labels(kind="click", outcome=metrics.TRACKING_LIMITED).inc()
+            return redirect
         raw: dict[str, object] = {
             "type": EventType.EMAIL_CLICKED.value,
             "customer_id": claim.customer_id,
@@ -185,7 +218,7 @@ def tracking_router(
         }
         # Before the redirect: once the browser has left, nothing more reaches us.
         await record("click", raw, CLICK_PUBLISH_TIMEOUT_SECONDS)
-        return RedirectResponse(url, status_code=302, headers={**NO_CACHE, "Referrer-Policy": "no-referrer"})
+        return redirect
 
     return router
 

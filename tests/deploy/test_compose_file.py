@@ -19,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 APP_SERVICES = {"migrate": None, "ingest": 8080, "stager": 8081, "dispatcher": 8082}
+METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082}  # ingest's metrics are off its API port
 
 
 def _docker_engine() -> tuple[bool, str]:
@@ -51,6 +52,7 @@ def test_compose_file_structure_everywhere_and_docker_compose_config_where_an_en
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == ROOT / "deploy" / "Dockerfile"
         assert service["command"] == [name]
         environment = service["environment"]
+        assert environment["LIFECYCLE_ENVIRONMENT"] == "local", "a development stack with development keys"
         assert environment["LIFECYCLE_KAFKA_BOOTSTRAP"].split(":")[0] == "kafka"
         assert "@postgres:" in environment["LIFECYCLE_DATABASE_URL"]
         assert environment["LIFECYCLE_SMTP_HOST"] == "mailpit"
@@ -65,7 +67,9 @@ def test_compose_file_structure_everywhere_and_docker_compose_config_where_an_en
     assert inline["rule_files"] == local["rule_files"]
     assert [job["job_name"] for job in inline["scrape_configs"]] == [job["job_name"] for job in local["scrape_configs"]]
     assert [job["static_configs"][0]["targets"] for job in inline["scrape_configs"]] == \
-        [[f"{name}:{port}"] for name, port in APP_SERVICES.items() if port is not None]
+        [[f"{name}:{port}"] for name, port in METRICS_PORTS.items()]
+    assert [job["static_configs"][0]["targets"] for job in local["scrape_configs"]] == \
+        [[f"127.0.0.1:{port}"] for port in METRICS_PORTS.values()]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller", "KRaft, no ZooKeeper"
 
     engine, why = _docker_engine()

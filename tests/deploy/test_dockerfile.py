@@ -59,7 +59,7 @@ def test_one_multi_stage_image_for_every_service_running_as_a_user() -> None:
     assert json.loads(next(a for k, a in instructions if k == "ENTRYPOINT")) == ["lifecycle"]
     assert json.loads(next(a for k, a in instructions if k == "CMD"))[0] in COMMANDS
     exposed = next(a for k, a in instructions if k == "EXPOSE").split()
-    assert exposed == ["8080", "8081", "8082"]
+    assert exposed == ["8080", "8081", "8082", "8083"]  # 8083: ingest's metrics
     env = " ".join(a for k, a in instructions if k == "ENV")
     assert "LIFECYCLE_INGEST_HOST=0.0.0.0" in env, "services must listen beyond the container's loopback"
 

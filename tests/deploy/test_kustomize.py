@@ -25,7 +25,9 @@ ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
 TARGETS = ["base", "overlays/small", "overlays/large"]
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082}
-SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "SIGNING_SECRET", "SMTP_PASSWORD"}
+# where Prometheus scrapes each service: ingest on its own metrics port, never its public API's
+METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082}
+SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
@@ -113,7 +115,9 @@ def test_the_operator_resources_are_well_formed(rendered: tuple[str, tuple[Resou
     for endpoint in spec["endpoints"]:
         assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels"}
         assert endpoint["path"] == "/metrics"
-        assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in selected)
+        for service in selected:
+            [scraped] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+            assert scraped["port"] == METRICS_PORTS[_component(service)], _component(service)
 
     [rule] = _of(resources, "PrometheusRule").values()
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -139,7 +143,12 @@ def test_every_deployment_is_probed_drained_bounded_and_unprivileged(
         assert container["args"] == [service]
         port = int(config[f"LIFECYCLE_{service.upper()}_PORT"])
         assert port == SERVICES[service]
-        assert [p["containerPort"] for p in container["ports"]] == [port] and container["ports"][0]["name"] == "http"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if service == "ingest":
+            assert ports == {"http": port, "metrics": int(config["LIFECYCLE_INGEST_METRICS_PORT"])}
+            assert ports["metrics"] == METRICS_PORTS["ingest"]
+        else:
+            assert ports == {"http": port}
         assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
@@ -161,7 +170,8 @@ def test_every_deployment_is_probed_drained_bounded_and_unprivileged(
     assert len(images) == 1, f"one image for every service and the migration: {images}"
     for kubernetes_service in _of(resources, "Service").values():
         component = _component(kubernetes_service)
-        assert [p["port"] for p in kubernetes_service["spec"]["ports"]] == [SERVICES[component]]
+        assert sorted(p["port"] for p in kubernetes_service["spec"]["ports"]) == sorted(
+            {SERVICES[component], METRICS_PORTS[component]})
         assert kubernetes_service["spec"]["selector"]["app.kubernetes.io/component"] == component
 
 
@@ -178,11 +188,14 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
     assert not {f"LIFECYCLE_{s}" for s in SECRET_SETTINGS} & set(data), "secrets do not go in the ConfigMap"
     assert data["LIFECYCLE_INGEST_HOST"] == "0.0.0.0"
     assert data["LIFECYCLE_CLOCK"] == "system"
+    assert data["LIFECYCLE_ENVIRONMENT"] == "production", "production refuses the development secrets"
 
     wanted = {
-        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_signing_secret"},
+        "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_admin_keys", "lifecycle_signing_secret",
+                   "lifecycle_signing_keys"},
         "stager": {"lifecycle_database_url"},
-        "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_smtp_password"},
+        "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",
+                       "lifecycle_smtp_password"},
         "migrate": {"lifecycle_database_url"},
     }
     workloads = [*_of(resources, "Deployment").values(), *_of(resources, "Job").values()]
@@ -201,7 +214,9 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
         assert all(item["key"] == item["path"] for s in sources for item in s["items"])
         assert keys == wanted[_component(workload)], _component(workload)
         optional = {item["key"] for s in sources if s.get("optional") for item in s["items"]}
-        assert optional <= {"lifecycle_smtp_password"}, "a required secret must not be optional"
+        # the SMTP password only for SMTP AUTH, the signing keys only once keys are rotated
+        assert optional <= {"lifecycle_smtp_password", "lifecycle_signing_keys"}, \
+            "a required secret must not be optional"
 
 
 def test_consumers_scale_up_to_the_partition_count_and_ingest_on_cpu(

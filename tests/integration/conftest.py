@@ -27,6 +27,7 @@ SMTP_PORT = 2625
 
 def integration_settings(run_dir: Path) -> Settings:
     return Settings(
+        environment="local",
         run_dir=run_dir,
         kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
         postgres_port=POSTGRES_PORT,
@@ -34,6 +35,7 @@ def integration_settings(run_dir: Path) -> Settings:
         smtp_host="127.0.0.1",
         smtp_port=SMTP_PORT,
         ingest_port=8180,
+        ingest_metrics_port=8183,
         stager_port=8181,
         dispatcher_port=8182,
         public_url="http://127.0.0.1:8180",

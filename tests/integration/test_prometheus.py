@@ -56,7 +56,9 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def prometheus(pipeline: Settings, tmp_path: Path) -> Iterator[str]:
-    """Prometheus scraping the pipeline's three services every second, with the alert rules; its base URL."""
+    """Prometheus scraping the pipeline's three services every second, with the alert rules; its base URL.
+
+    Ingest's metrics are on their own port, never on the public API's."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: run `bash scripts/install-ops-tools.sh`", pytrace=False)
@@ -66,7 +68,7 @@ def prometheus(pipeline: Settings, tmp_path: Path) -> Iterator[str]:
         "rule_files": [str(MONITORING / "alerts.yml")],
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{service_port}"]}]}
-            for job, service_port in (("ingest", pipeline.ingest_port), ("stager", pipeline.stager_port),
+            for job, service_port in (("ingest", pipeline.ingest_metrics_port), ("stager", pipeline.stager_port),
                                       ("dispatcher", pipeline.dispatcher_port))
         ],
     }

@@ -28,6 +28,7 @@ from sqlalchemy import text
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
 from lifecycle.stack.smtp_sink import mail_dir, read_messages
+from lifecycle.tokens import SigningKeys
 from lifecycle.tracking import click_url, open_pixel_url
 from services.ingest.tracking import PIXEL_GIF
 
@@ -192,19 +193,20 @@ async def test_click_redirect_and_open_pixel_for_a_delivered_email(
     assert tracked, "the email's links go through the click tracker"
     click = tracked[0]
     index = 0  # the first tracked link of an email is its first stored link
+    keys = SigningKeys.from_settings(pipeline)
 
     async with httpx.AsyncClient(timeout=30) as client:
         redirected = await client.get(click + "?url=https://evil.example/")
         assert redirected.status_code == 302
         assert redirected.headers["location"] == links[index]["url"]  # never the query's URL
-        beyond = await client.get(click_url(pipeline, message_id, "c-browser-2", len(links)))
+        beyond = await client.get(click_url(pipeline, keys, message_id, "c-browser-2", len(links)))
         assert beyond.status_code == 404 and "location" not in beyond.headers
-        someone_else = await client.get(click_url(pipeline, message_id, "c-browser-1", 0))
+        someone_else = await client.get(click_url(pipeline, keys, message_id, "c-browser-1", 0))
         assert someone_else.status_code == 404 and "location" not in someone_else.headers
         forged = await client.get(_altered(click))
         assert forged.status_code == 404 and "location" not in forged.headers
 
-        pixel = await client.get(open_pixel_url(pipeline, message_id, "c-browser-2"))
+        pixel = await client.get(open_pixel_url(pipeline, keys, message_id, "c-browser-2"))
         assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
         bogus_pixel = await client.get(f"{pipeline.public_url}/t/o/not.atoken.gif")
         assert bogus_pixel.status_code == 200 and bogus_pixel.content == PIXEL_GIF

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
+from prometheus_client import generate_latest
 
 from lifecycle.events import Event
 
@@ -69,3 +70,8 @@ async def lifespan_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+def metrics_text() -> str:
+    """What the ingest's metrics port serves (the default registry): the public app has no /metrics."""
+    return generate_latest().decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import re
 import timeit
 from datetime import UTC, datetime
@@ -14,13 +15,14 @@ import pytest
 
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
-from lifecycle.tokens import confirm_url, unsubscribe_url
+from lifecycle.tokens import SigningKeys, confirm_url, read_confirm_token, unsubscribe_url
 from lifecycle.tracking import open_pixel_url, preferences_url, read_click_token
 from services.dispatcher.compose import ComposedEmail, MessageSpec, compose_email
 
 SETTINGS = Settings(shop_name="Maison Lin", shop_url="https://shop.example", public_url="https://t.shop.example",
                     mail_from="Maison Lin <hello@shop.example>", shop_logo_url="https://shop.example/logo.png",
                     signing_secret="test-secret", default_locale="fr")
+KEYS = SigningKeys.from_settings(SETTINGS)
 TEMPLATES = Templates()
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CART = {"cart_id": "k1", "currency": "EUR", "value": 59.0,
@@ -54,7 +56,7 @@ def reparsed(composed: ComposedEmail) -> EmailMessage:
 
 
 def test_a_multipart_alternative_email_text_then_html_in_utf8() -> None:
-    message = reparsed(compose_email(SETTINGS, TEMPLATES, spec()))
+    message = reparsed(compose_email(SETTINGS, KEYS, TEMPLATES, spec()))
     assert message.get_content_type() == "multipart/alternative"
     kinds = [part.get_content_type() for part in message.iter_parts()]
     assert kinds == ["text/plain", "text/html"]
@@ -69,9 +71,9 @@ def test_a_multipart_alternative_email_text_then_html_in_utf8() -> None:
 
 
 def test_headers() -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec())
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec())
     message = reparsed(composed)
-    unsubscribe = unsubscribe_url(SETTINGS, "c1", "<7.1.abc@shop.example>")
+    unsubscribe = unsubscribe_url(SETTINGS, KEYS, "c1", "<7.1.abc@shop.example>")
     assert message["From"] == "Maison Lin <hello@shop.example>"
     assert message["To"] == "ana@example.com"
     assert message["Subject"] == "Ana, votre panier vous attend"
@@ -86,7 +88,7 @@ def test_headers() -> None:
 
 
 def test_every_link_but_unsubscribe_goes_through_the_click_tracker() -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec())
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec())
     text, html = parts(reparsed(composed))
     names = [link["name"] for link in composed.links]
     assert names == ["shop", "product:p1", "cart", "support"]
@@ -94,36 +96,38 @@ def test_every_link_but_unsubscribe_goes_through_the_click_tracker() -> None:
     tracked = CLICK.findall(html)
     assert tracked and set(CLICK.findall(text)) <= set(tracked)
     for url in tracked:
-        claim = read_click_token(SETTINGS, url.rsplit("/", 1)[1])
+        claim = read_click_token(KEYS, url.rsplit("/", 1)[1])
         assert claim.message_id == "<7.1.abc@shop.example>" and claim.customer_id == "c1"
         assert claim.link_index is not None and 0 <= claim.link_index < len(composed.links)
-    assert {read_click_token(SETTINGS, u.rsplit("/", 1)[1]).link_index for u in tracked} == set(range(len(names)))
+    assert {read_click_token(KEYS, u.rsplit("/", 1)[1]).link_index for u in tracked} == set(range(len(names)))
     hrefs = re.findall(r'href="([^"]+)"', html)
     untracked = [h for h in hrefs if not CLICK.fullmatch(h)]
-    assert sorted(untracked) == sorted([unsubscribe_url(SETTINGS, "c1", "<7.1.abc@shop.example>"),
-                                        preferences_url(SETTINGS, "c1", "<7.1.abc@shop.example>")])
-    assert unsubscribe_url(SETTINGS, "c1", "<7.1.abc@shop.example>") in text
+    assert sorted(untracked) == sorted([unsubscribe_url(SETTINGS, KEYS, "c1", "<7.1.abc@shop.example>"),
+                                        preferences_url(SETTINGS, KEYS, "c1", "<7.1.abc@shop.example>")])
+    assert unsubscribe_url(SETTINGS, KEYS, "c1", "<7.1.abc@shop.example>") in text
     assert "shop.example/cart" not in html  # the target is only in the stored links
 
 
 def test_the_open_pixel_ends_the_html() -> None:
-    _, html = parts(reparsed(compose_email(SETTINGS, TEMPLATES, spec())))
-    pixel = open_pixel_url(SETTINGS, "<7.1.abc@shop.example>", "c1")
+    _, html = parts(reparsed(compose_email(SETTINGS, KEYS, TEMPLATES, spec())))
+    pixel = open_pixel_url(SETTINGS, KEYS, "<7.1.abc@shop.example>", "c1")
     assert f'<img src="{pixel}" width="1" height="1"' in html
     assert html.rstrip().endswith("</body></html>") and html.index(pixel) > html.index("Me désinscrire")
 
 
 def test_the_confirm_link_is_not_tracked() -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec("double_opt_in_1", "double_opt_in", context={}))
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec("double_opt_in_1", "double_opt_in", context={}))
     text, html = parts(reparsed(composed))
-    confirm = confirm_url(SETTINGS, "c1")
+    confirm = confirm_url(SETTINGS, KEYS, "c1", "ana@example.com")  # bound to the recipient's address
     assert f'href="{confirm}"' in html and confirm in text
     assert all(link["url"] != confirm for link in composed.links)
+    claim = read_confirm_token(KEYS, confirm.rsplit("/", 1)[1])
+    assert (claim.customer_id, claim.email) == ("c1", "ana@example.com")
 
 
 def test_feedback_links_are_named_for_the_branch_conditions() -> None:
     order = {**CART, "order_id": "o1"}
-    composed = compose_email(SETTINGS, TEMPLATES, spec("post_purchase_1", "post_purchase", context=order))
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec("post_purchase_1", "post_purchase", context=order))
     by_name = {link["name"]: link["url"] for link in composed.links}
     assert by_name["satisfied"] == "https://shop.example/feedback?answer=satisfied"
     assert by_name["not_satisfied"] == "https://shop.example/feedback?answer=not_satisfied"
@@ -136,20 +140,20 @@ def test_feedback_links_are_named_for_the_branch_conditions() -> None:
     ("de", "fr", "Ana, votre panier vous attend"),
 ])
 def test_the_customers_locale_picks_the_language(locale: str | None, language: str, subject: str) -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec(customer={"locale": locale} if locale else {}))
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec(customer={"locale": locale} if locale else {}))
     assert composed.locale == language
     assert composed.message["Subject"] == subject and composed.message["Content-Language"] == language
 
 
 def test_the_default_locale_setting() -> None:
     english = SETTINGS.model_copy(update={"default_locale": "en"})
-    assert compose_email(english, TEMPLATES, spec(customer={"locale": "de"})).locale == "en"
+    assert compose_email(english, KEYS, TEMPLATES, spec(customer={"locale": "de"})).locale == "en"
 
 
 def test_coupon_in_the_customers_language_and_time_zone() -> None:
     coupon = {"code": "AC-7K2Q9", "kind": "percent", "amount": 10.0, "currency": "EUR",
               "expires_at": datetime(2026, 3, 5, 23, 59, 59, tzinfo=UTC)}
-    composed = compose_email(SETTINGS, TEMPLATES, spec(
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec(
         "abandoned_cart_3", step=3, customer={"locale": "en-US", "timezone": "America/Los_Angeles"},
         extras={"coupon": coupon, "offer": {"percent": 10.0}, "tier": "bronze"}))
     text, html = parts(reparsed(composed))
@@ -160,7 +164,7 @@ def test_coupon_in_the_customers_language_and_time_zone() -> None:
 def test_recommendations_link_to_their_products() -> None:
     products = [{"product_id": "p7", "name": "Silk tie", "price": 35.0, "currency": "EUR",
                  "url": "https://shop.example/products/p7", "image_url": "https://cdn.example/p7.jpg"}]
-    composed = compose_email(SETTINGS, TEMPLATES, spec("win_back_2", "win_back", 2, context={"to": "at_risk"},
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec("win_back_2", "win_back", 2, context={"to": "at_risk"},
                                                        extras={"recommendations": products}))
     text, html = parts(reparsed(composed))
     assert "Silk tie" in text and 'src="https://cdn.example/p7.jpg"' in html
@@ -168,27 +172,45 @@ def test_recommendations_link_to_their_products() -> None:
 
 
 def test_a_variant_subject_is_rendered_with_the_same_context() -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec(
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec(
         customer={"first_name": None, "locale": "fr"},
         extras={"variant": {"name": "b", "subject": "{{ customer.first_name or 'Hé' }}, {{ 12.5|money('EUR') }}"}}))
     assert composed.message["Subject"] == "Hé, 12,50\u00a0€"
 
 
 def test_a_missing_first_name_gives_a_friendly_greeting() -> None:
-    composed = compose_email(SETTINGS, TEMPLATES, spec(customer={"first_name": None, "locale": "en"}))
+    composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec(customer={"first_name": None, "locale": "en"}))
     text, _ = parts(reparsed(composed))
     assert composed.message["Subject"] == "Your cart is waiting for you" and text.count("Hello,") == 1
 
 
 def test_a_template_error_is_a_template_error() -> None:
     with pytest.raises(TemplateError) as caught:
-        compose_email(SETTINGS, TEMPLATES, spec(context={"cart_id": "k1"}))
+        compose_email(SETTINGS, KEYS, TEMPLATES, spec(context={"cart_id": "k1"}))
     assert caught.value.path.name == "_components.mjml"  # where the items are read
     assert "'items' is undefined (keys here: cart_id)" in caught.value.message
     assert re.search(r"used from abandoned_cart_1\.mjml:\d+", caught.value.message)
 
 
 def test_compose_takes_a_few_milliseconds() -> None:
-    compose_email(SETTINGS, TEMPLATES, spec())  # compiled once per process
-    seconds = min(timeit.repeat(lambda: compose_email(SETTINGS, TEMPLATES, spec()), number=20, repeat=3)) / 20
+    compose_email(SETTINGS, KEYS, TEMPLATES, spec())  # compiled once per process
+    seconds = min(timeit.repeat(lambda: compose_email(SETTINGS, KEYS, TEMPLATES, spec()), number=20, repeat=3)) / 20
     assert seconds < 0.05, f"compose took {seconds * 1000:.1f} ms"  # ~3 ms on the project's machine
+
+
+def _message_id(settings: Settings) -> str:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from lifecycle.clock import ManualClock
+    from services.dispatcher.worker import DispatcherStore
+
+    # the engine is never connected: naming a message reads no table
+    store = DispatcherStore(settings, create_async_engine(settings.database_url), ManualClock(NOW), [], TEMPLATES)
+    return store._message_id(41, 2)
+
+
+def test_message_ids_are_unchanged_for_an_install_with_only_the_signing_secret() -> None:
+    digest = hashlib.sha256(b"test-secret:41:2").hexdigest()[:16]
+    assert _message_id(SETTINGS) == f"<41.2.{digest}@shop.example>"
+    rotated = SETTINGS.model_copy(update={"signing_keys": "k2:new-secret"})
+    assert _message_id(rotated) == f"<41.2.{hashlib.sha256(b'new-secret:41:2').hexdigest()[:16]}@shop.example>"

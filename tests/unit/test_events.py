@@ -19,12 +19,12 @@ from lifecycle.events import (
     BatchInvalid,
     CartUpdatedProperties,
     Consent,
+    ConsentConfirmedProperties,
     EmailClickedProperties,
     Event,
     EventInvalid,
     EventType,
     MessageInvalid,
-    NoProperties,
     OrderPlacedProperties,
     PageViewedProperties,
     Traits,
@@ -111,7 +111,21 @@ def test_defaults_filled_by_the_server() -> None:
     assert event.occurred_at == NOW
     assert event.received_at == NOW
     assert event.traits is None
-    assert isinstance(event.properties, NoProperties)
+    assert isinstance(event.properties, ConsentConfirmedProperties)
+    assert event.properties_as(ConsentConfirmedProperties).email is None
+    assert event.to_message() == Event.from_message(event.to_message()).to_message()
+    assert b"email" not in event.to_message()  # no email: on the wire as before
+
+
+def test_consent_confirmed_may_name_the_confirmed_address() -> None:
+    event = parse_event({"type": "consent_confirmed", "customer_id": "c1", "properties": {"email": "ana@example.com"}},
+                        NOW, lambda: "e1")
+    assert event.properties_as(ConsentConfirmedProperties).email == "ana@example.com"
+    assert Event.from_message(event.to_message()) == event
+    with pytest.raises(EventInvalid) as caught:
+        parse_event({"type": "consent_confirmed", "customer_id": "c1", "properties": {"email": "nope"}},
+                    NOW, lambda: "e1")
+    assert [e["field"] for e in caught.value.errors] == ["properties.email"]
 
 
 def test_null_event_id_and_occurred_at_mean_absent() -> None:

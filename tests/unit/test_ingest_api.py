@@ -6,8 +6,10 @@ a delivery future, and `client.fetch_all_metadata()`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -22,19 +24,24 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import EventType
 from lifecycle.settings import Settings
-from lifecycle.tokens import confirm_token, sign, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
 from services.ingest.app import create_app
-from tests.support.ingest import FakeProducer, lifespan_client
+from services.ingest.main import api_config, start_metrics_server
+from tests.support.ingest import FakeProducer, lifespan_client, metrics_text
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
-AUTH = {"Authorization": "Bearer key-one"}
+KEYS = SigningKeys.from_secret(SECRET)
+OTHER_KEYS = SigningKeys.from_secret("another-secret")
+AUTH = {"Authorization": "Bearer key-one"}  # a write key
+ADMIN = {"Authorization": "Bearer admin-one"}
 
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "api_keys": "key-one, sha256:" + hashlib.sha256(b"key-two").hexdigest(),
+        "api_keys": "key-one, sha256:" + hashlib.sha256(b"key-two").hexdigest() + ", both-scopes",
+        "admin_keys": "admin-one, sha256:" + hashlib.sha256(b"admin-two").hexdigest() + ", both-scopes",
         "signing_secret": SECRET,
         "public_url": "http://test",
         **overrides,
@@ -87,9 +94,10 @@ async def test_start_up_retries_while_kafka_is_not_there(monkeypatch: pytest.Mon
     assert harness.factory_calls == 3
 
 
-def test_bad_api_key_configuration_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="sha256:<64 hex digits>"):
-        create_app(make_settings(api_keys="sha256:nothex"), ManualClock(NOW), FakeProducer)
+@pytest.mark.parametrize("setting", ["api_keys", "admin_keys"])
+def test_bad_api_key_configuration_is_a_clear_error(setting: str) -> None:
+    with pytest.raises(ValueError, match="entry 2 is not sha256:<64 hex digits>"):
+        create_app(make_settings(**{setting: "k, sha256:nothex"}), ManualClock(NOW), FakeProducer)
 
 
 # --- auth -----------------------------------------------------------------------------------
@@ -116,11 +124,56 @@ async def test_missing_or_wrong_key_is_401(harness: Harness, headers: dict[str, 
     assert harness.producer.sent == []
 
 
-@pytest.mark.parametrize("key", ["key-one", "key-two"])
-async def test_plain_and_hashed_keys_are_accepted(harness: Harness, key: str) -> None:
+@pytest.mark.parametrize("key", ["key-one", "key-two", "both-scopes"])
+async def test_plain_and_hashed_write_keys_send_events(harness: Harness, key: str) -> None:
     async with harness.client() as client:
         response = await client.post("/v1/events", json=event(), headers={"Authorization": f"bearer {key}"})
     assert response.status_code == 202
+
+
+@pytest.mark.parametrize("key", ["admin-one", "admin-two"])
+async def test_an_admin_key_sends_no_events(harness: Harness, key: str) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json=event(), headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert response.json() == {
+        "detail": "this is an admin key; events are sent with a write key (LIFECYCLE_API_KEYS)"
+    }
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope"'
+    assert harness.producer.sent == []
+
+
+async def customer_reader(customer_id: str) -> dict[str, object] | None:
+    return {"customer_id": customer_id} if customer_id == "c1" else None
+
+
+@pytest.mark.parametrize("key", ["key-one", "key-two"])
+async def test_a_write_key_reads_no_customer(key: str) -> None:
+    async with Harness(customer_reader).client() as client:
+        response = await client.get("/v1/customers/c1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith("this key may only send events; customer reads need an admin key")
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope"'
+
+
+@pytest.mark.parametrize("key", ["admin-one", "admin-two", "both-scopes"])
+async def test_plain_and_hashed_admin_keys_read_customers(key: str) -> None:
+    async with Harness(customer_reader).client() as client:
+        response = await client.get("/v1/customers/c1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    assert response.json() == {"customer_id": "c1"}
+
+
+async def test_the_admin_dependency_guards_new_routes() -> None:
+    """What another router gets from `Depends(require_admin_key)`."""
+    from fastapi import Depends
+
+    harness = Harness()
+    harness.app.get("/v1/admin/ping", dependencies=[Depends(ingest_app.require_admin_key)])(lambda: {"ok": True})
+    async with harness.client() as client:
+        assert (await client.get("/v1/admin/ping", headers=ADMIN)).status_code == 200
+        assert (await client.get("/v1/admin/ping", headers=AUTH)).status_code == 403
+        assert (await client.get("/v1/admin/ping")).status_code == 401
 
 
 # --- accepting events -----------------------------------------------------------------------
@@ -321,8 +374,8 @@ async def test_customer_found_and_not_found() -> None:
 
     harness = Harness(reader)
     async with harness.client() as client:
-        found = await client.get("/v1/customers/c1", headers=AUTH)
-        missing = await client.get("/v1/customers/nobody", headers=AUTH)
+        found = await client.get("/v1/customers/c1", headers=ADMIN)
+        missing = await client.get("/v1/customers/nobody", headers=ADMIN)
     assert found.status_code == 200
     assert found.json() == {
         "customer_id": "c1",
@@ -338,23 +391,22 @@ async def test_customer_store_down_is_503() -> None:
         raise OperationalError("SELECT", {}, ConnectionRefusedError())
 
     async with Harness(reader).client() as client:
-        response = await client.get("/v1/customers/c1", headers=AUTH)
+        response = await client.get("/v1/customers/c1", headers=ADMIN)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
 
 
 async def test_customer_lookup_not_configured(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.get("/v1/customers/c1", headers=AUTH)
+        response = await client.get("/v1/customers/c1", headers=ADMIN)
     assert response.status_code == 501
 
 
 # --- unsubscribe and confirm links ------------------------------------------------------------
 
 
-async def test_unsubscribe_publishes_one_deterministic_event(harness: Harness) -> None:
-    token = unsubscribe_token(SECRET, "c1", "m1")
-    expected_id = "unsub-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+async def test_each_unsubscribe_is_its_own_event(harness: Harness) -> None:
+    token = unsubscribe_token(KEYS, "c1", "m1")
     async with harness.client() as client:
         first = await client.post(
             f"/v1/unsubscribe/{token}",
@@ -367,17 +419,18 @@ async def test_unsubscribe_publishes_one_deterministic_event(harness: Harness) -
         [published] = harness.producer.events()
         assert published.type is EventType.UNSUBSCRIBED
         assert published.customer_id == "c1"
-        assert published.event_id == expected_id
         assert published.properties.message_id == "m1"  # type: ignore[union-attr]
         assert harness.producer.sent[0][1] == b"c1"
-        # Clicking again is harmless: the same event id, deduplicated downstream.
+        # Unsubscribing again from the same email (say, after re-subscribing in the shop) is a new
+        # event, never a duplicate: the stager applies it.
         again = await client.post(f"/v1/unsubscribe/{token}")
         assert again.status_code == 200
-        assert [e.event_id for e in harness.producer.events()] == [expected_id, expected_id]
+        first_id, second_id = (e.event_id for e in harness.producer.events())
+        assert first_id != second_id
 
 
 async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
-    token = unsubscribe_token(SECRET, "c1", "m1")
+    token = unsubscribe_token(KEYS, "c1", "m1")
     async with harness.client() as client:
         response = await client.get(f"/v1/unsubscribe/{token}")
     assert response.status_code == 200
@@ -388,8 +441,8 @@ async def test_unsubscribe_page_does_not_unsubscribe(harness: Harness) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, method: str) -> None:
-    forged = unsubscribe_token("another-secret", "c1", "m1")
-    wrong_purpose = confirm_token(SECRET, "c1")
+    forged = unsubscribe_token(OTHER_KEYS, "c1", "m1")
+    wrong_purpose = confirm_token(KEYS, "c1", "ana@example.com")
     async with harness.client() as client:
         assert (await client.request(method, f"/v1/unsubscribe/{forged}")).status_code == 403
         assert (await client.request(method, f"/v1/unsubscribe/{wrong_purpose}")).status_code == 403
@@ -400,31 +453,37 @@ async def test_forged_or_garbled_unsubscribe_token_is_refused(harness: Harness, 
 async def test_unsubscribe_when_kafka_is_down(harness: Harness) -> None:
     harness.producer.ack_error = KafkaConnectionError("down")
     async with harness.client() as client:
-        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, 'c1', 'm1')}")
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c1', 'm1')}")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
 
 
 async def test_signed_token_with_unusable_customer_id_is_400(harness: Harness) -> None:
     async with harness.client() as client:
-        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(SECRET, ' bad', 'm1')}")
+        response = await client.post(f"/v1/unsubscribe/{unsubscribe_token(KEYS, ' bad', 'm1')}")
     assert response.status_code == 400
     assert harness.producer.sent == []
 
 
-async def test_confirm_link(harness: Harness) -> None:
-    token = sign(SECRET, {"c": "c7"})  # the bare form is accepted too
+async def test_confirm_link() -> None:
+    async def reader(customer_id: str) -> dict[str, object] | None:
+        return {"customer_id": customer_id, "email": "ana@example.com"} if customer_id == "c7" else None
+
+    harness = Harness(reader)
+    token = confirm_token(KEYS, "c7", "ana@example.com")
     async with harness.client() as client:
         page = await client.get(f"/v1/confirm/{token}")
         assert page.status_code == 200
         assert harness.producer.sent == []
         response = await client.post(f"/v1/confirm/{token}")
         assert response.status_code == 200
-        assert (await client.post(f"/v1/confirm/{unsubscribe_token(SECRET, 'c7', 'm')}")).status_code == 403
-    [published] = harness.producer.events()
-    assert published.type is EventType.CONSENT_CONFIRMED
+        assert (await client.post(f"/v1/confirm/{unsubscribe_token(KEYS, 'c7', 'm')}")).status_code == 403
+        # a second opt-in (after signing up again) is a new event, not a duplicate of the first
+        assert (await client.post(f"/v1/confirm/{token}")).status_code == 200
+    published, again = harness.producer.events()
+    assert published.type is again.type is EventType.CONSENT_CONFIRMED
     assert published.customer_id == "c7"
-    assert published.event_id == "confirm-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    assert published.event_id != again.event_id
 
 
 # --- probes, metrics, OpenAPI -----------------------------------------------------------------
@@ -442,11 +501,11 @@ async def test_readyz_follows_kafka(harness: Harness) -> None:
 
 async def test_metrics_use_route_templates(harness: Harness) -> None:
     async with harness.client() as client:
-        await client.get("/v1/customers/secret-customer-42", headers=AUTH)
+        await client.get("/v1/customers/secret-customer-42", headers=ADMIN)
         await client.post("/v1/events", json={"events": [event("consent_confirmed")]}, headers=AUTH)
         await client.post("/v1/events", json={"type": "nope"}, headers=AUTH)
         await client.get("/no/such/path")
-        text = (await client.get("/metrics")).text
+        text = metrics_text()
     assert "secret-customer-42" not in text
     assert 'lifecycle_ingest_requests_total{route="/v1/customers/{customer_id}",status="501"}' in text
     assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in text
@@ -456,6 +515,82 @@ async def test_metrics_use_route_templates(harness: Harness) -> None:
     assert 'lifecycle_ingest_events_refused_total{reason="invalid"}' in text
     assert "lifecycle_ingest_request_duration_seconds_bucket" in text
     assert "lifecycle_ingest_produce_duration_seconds_count" in text
+
+
+async def test_metrics_are_not_on_the_public_api(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.get("/metrics")
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    assert response.status_code == 404
+    assert "/metrics" not in paths
+
+
+def test_the_public_server_trusts_x_forwarded_for_only_from_the_configured_proxies() -> None:
+    settings = make_settings(forwarded_allow_ips="10.0.0.0/8")
+    config = api_config(settings, create_app(settings, ManualClock(NOW), FakeProducer))
+    assert config.proxy_headers is True
+    assert config.forwarded_allow_ips == "10.0.0.0/8"
+    assert (config.host, config.port) == (settings.ingest_host, settings.ingest_port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_metrics_have_their_own_port_with_the_apis_readiness(harness: Harness) -> None:
+    settings = make_settings(ingest_metrics_port=_free_port())
+    app = create_app(settings, ManualClock(NOW), lambda: harness.producer)
+    async with lifespan_client(app) as api:
+        await api.post("/v1/events", json=event(), headers=AUTH)
+        server, task = start_metrics_server(settings, app)
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    await asyncio.sleep(0.01)
+            base = f"http://127.0.0.1:{settings.ingest_metrics_port}"
+            async with httpx.AsyncClient(base_url=base) as client:
+                exported = await client.get("/metrics")
+                ready = await client.get("/readyz")
+                harness.producer.client.reachable = False
+                not_ready = await client.get("/readyz")
+        finally:
+            server.should_exit = True
+            await task
+    assert exported.status_code == 200
+    assert 'lifecycle_ingest_requests_total{route="/v1/events",status="202"}' in exported.text
+    assert (ready.status_code, not_ready.status_code) == (200, 503)
+
+
+# Every status each route can answer (a fuzzer holds the API to its document).
+ANSWERS = {
+    ("post", "/v1/events"): {"202", "400", "401", "403", "413", "422", "503"},
+    ("get", "/v1/customers/{customer_id}"): {"200", "401", "403", "404", "501", "503"},
+    ("get", "/v1/unsubscribe/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/unsubscribe/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/v1/preferences/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/preferences/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/v1/confirm/{token}"): {"200", "400", "403", "429"},
+    ("post", "/v1/confirm/{token}"): {"200", "400", "403", "429", "503"},
+    ("get", "/t/o/{token}.gif"): {"200"},  # always the image, beyond the rate limits too
+    ("get", "/t/c/{token}"): {"302", "400", "404", "503"},  # always redirected, beyond the rate limits too
+    ("get", "/healthz"): {"200"},
+    ("get", "/readyz"): {"200", "503"},
+}
+
+
+async def test_openapi_documents_every_answer_of_every_route(harness: Harness) -> None:
+    async with harness.client() as client:
+        document = (await client.get("/openapi.json")).json()
+    routes = {(method, path): operation for path, operations in document["paths"].items()
+              for method, operation in operations.items()}
+    assert set(routes) == set(ANSWERS)
+    for route, answers in ANSWERS.items():
+        assert answers <= set(routes[route]["responses"]), route
+    assert routes[("post", "/v1/events")]["security"] == [{"WriteKey": []}]
+    assert routes[("get", "/v1/customers/{customer_id}")]["security"] == [{"AdminKey": []}]
 
 
 def _refs(node: object) -> set[str]:

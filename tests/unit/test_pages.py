@@ -6,7 +6,6 @@ what would be published and an in-memory customer store.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import (
     EMAIL_CATEGORIES,
+    ConsentConfirmedProperties,
     Event,
     EventInvalid,
     EventType,
@@ -29,7 +29,7 @@ from lifecycle.events import (
     parse_event,
 )
 from lifecycle.settings import Settings
-from lifecycle.tokens import confirm_token, unsubscribe_token
+from lifecycle.tokens import SigningKeys, confirm_token, sign, unsubscribe_token
 from lifecycle.tracking import preferences_url
 from services.ingest.app import create_app
 from services.ingest.pages import lang_of
@@ -37,9 +37,10 @@ from tests.support.ingest import FakeProducer, lifespan_client
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "test-signing-secret"
-TOKEN = unsubscribe_token(SECRET, "c1", "m1")
+KEYS = SigningKeys.from_secret(SECRET)
+OTHER_KEYS = SigningKeys.from_secret("another-secret")
+TOKEN = unsubscribe_token(KEYS, "c1", "m1")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-NONCE = "0123456789abcdef0123456789abcdef"
 
 
 class Customers:
@@ -57,10 +58,17 @@ class Harness:
     def __init__(self, with_reader: bool = True, **settings: Any) -> None:
         self.producer = FakeProducer()
         self.customers = Customers()
+        self.issued_ids = 0
+        self.seconds = 0.0  # the rate limits' monotonic clock
         values: dict[str, Any] = {"signing_secret": SECRET, "public_url": "http://test", "api_keys": "k", **settings}
         self.app: FastAPI = create_app(
-            Settings(**values), ManualClock(NOW), lambda: self.producer, self.customers if with_reader else None
+            Settings(**values), ManualClock(NOW), lambda: self.producer, self.customers if with_reader else None,
+            new_event_id=self.next_event_id, monotonic=lambda: self.seconds,
         )
+
+    def next_event_id(self) -> str:
+        self.issued_ids += 1
+        return f"id-{self.issued_ids}"
 
     def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
         return lifespan_client(self.app)
@@ -225,8 +233,7 @@ async def test_forms_post_under_the_public_path() -> None:
 # --- one-click unsubscribe --------------------------------------------------------------------
 
 
-async def test_the_pages_button_unsubscribes_once_whatever_the_repeats(harness: Harness) -> None:
-    expected_id = "unsub-" + hashlib.sha256(TOKEN.encode()).hexdigest()[:32]
+async def test_each_press_of_the_unsubscribe_button_is_a_new_event(harness: Harness) -> None:
     async with harness.client() as client:
         page = await client.get(f"/v1/unsubscribe/{TOKEN}")
         body = {"List-Unsubscribe": hidden(page, "List-Unsubscribe"), "lang": hidden(page, "lang")}
@@ -239,9 +246,11 @@ async def test_the_pages_button_unsubscribes_once_whatever_the_repeats(harness: 
     assert html_lang(first) == "fr"
     assert "Vous êtes désinscrit(e)." in first.text
     events = harness.producer.events()
-    assert [e.event_id for e in events] == [expected_id] * 3  # one event downstream
+    # Never deduplicated as one: unsubscribing again after re-subscribing in the shop must count.
+    # Repeats stay harmless downstream: opted out twice is opted out.
+    assert [e.event_id for e in events] == ["id-1", "id-2", "id-3"]
     assert {e.type for e in events} == {EventType.UNSUBSCRIBED}
-    assert events[0].properties_as(UnsubscribedProperties).message_id == "m1"
+    assert {e.properties_as(UnsubscribedProperties).message_id for e in events} == {"m1"}
 
 
 async def test_one_click_answers_in_the_customers_language_or_in_both(harness: Harness) -> None:
@@ -272,7 +281,6 @@ async def test_preference_page_shows_what_the_customer_receives(harness: Harness
     assert re.search(r'value="news" checked', response.text)
     assert not re.search(r'value="offers" checked', response.text)
     assert "currently unsubscribed" not in response.text
-    assert re.fullmatch(r"[0-9a-f]{32}", hidden(response, "form"))
     assert harness.producer.sent == []
 
 
@@ -287,7 +295,7 @@ async def test_saving_preferences_publishes_the_trait(harness: Harness) -> None:
     async with harness.client() as client:
         response = await client.post(
             f"/v1/preferences/{TOKEN}",
-            data={"action": "save", "receive": ["offers", "news"], "form": NONCE, "lang": "en"},
+            data={"action": "save", "receive": ["offers", "news"], "lang": "en"},
         )
     assert response.status_code == 200
     assert_safe_page(response)
@@ -298,7 +306,7 @@ async def test_saving_preferences_publishes_the_trait(harness: Harness) -> None:
     assert event.customer_id == "c1"
     assert event.traits is not None
     assert event.traits.provided() == {"unsubscribed_categories": ["cart_reminders"]}
-    assert event.event_id == "prefs-" + hashlib.sha256(f"{TOKEN}|cart_reminders|{NONCE}".encode()).hexdigest()[:32]
+    assert event.event_id == "id-1"
 
 
 @pytest.mark.parametrize(
@@ -322,33 +330,31 @@ async def test_saved_choices(harness: Harness, receive: list[str], left: list[st
     assert event.traits.provided() == {"unsubscribed_categories": left}
 
 
-async def test_repeating_a_save_is_harmless_and_a_new_choice_is_a_new_event(harness: Harness) -> None:
+async def test_every_save_is_a_new_event_and_repeating_one_changes_nothing_more(harness: Harness) -> None:
     async with harness.client() as client:
-        page = await client.get(f"/v1/preferences/{TOKEN}")
-        form = {"action": "save", "receive": ["offers", "news"], "form": hidden(page, "form"), "lang": "fr"}
+        form = {"action": "save", "receive": ["offers", "news"], "lang": "fr"}
         await client.post(f"/v1/preferences/{TOKEN}", data=form)
         await client.post(f"/v1/preferences/{TOKEN}", data=form)  # a double click
         await client.post(f"/v1/preferences/{TOKEN}", data={**form, "receive": ["news"]})
-        later = await client.get(f"/v1/preferences/{TOKEN}")  # a later visit, back to the first choice
-        await client.post(f"/v1/preferences/{TOKEN}", data={**form, "form": hidden(later, "form")})
-    first, double, other, back = (e.event_id for e in harness.producer.events())
-    assert first == double
-    assert len({first, other, back}) == 3  # changing back later is not swallowed as a duplicate
+        await client.post(f"/v1/preferences/{TOKEN}", data=form)  # later, back to the first choice
+    events = harness.producer.events()
+    assert [e.event_id for e in events] == ["id-1", "id-2", "id-3", "id-4"]  # none swallowed as a duplicate
+    chosen = [e.traits.provided()["unsubscribed_categories"] for e in events if e.traits is not None]
+    assert chosen == [["cart_reminders"], ["cart_reminders"], ["cart_reminders", "offers"], ["cart_reminders"]]
 
 
 async def test_leaving_all_marketing_unsubscribes(harness: Harness) -> None:
     async with harness.client() as client:
-        page = await client.get(f"/v1/preferences/{TOKEN}")
-        form = {"action": "all", "form": hidden(page, "form"), "lang": "fr"}
+        form = {"action": "all", "lang": "fr"}
         response = await client.post(f"/v1/preferences/{TOKEN}", data=form)
         await client.post(f"/v1/preferences/{TOKEN}", data=form)
     assert response.status_code == 200
     assert "Vous êtes désinscrit(e)." in response.text
     first, again = harness.producer.events()
-    assert first.type is EventType.UNSUBSCRIBED
+    assert first.type is again.type is EventType.UNSUBSCRIBED
     assert first.customer_id == "c1"
     assert first.properties_as(UnsubscribedProperties).message_id == "m1"
-    assert first.event_id == again.event_id
+    assert (first.event_id, again.event_id) == ("id-1", "id-2")
 
 
 @pytest.mark.parametrize(
@@ -379,13 +385,13 @@ async def test_oversized_or_foreign_bodies_change_nothing(harness: Harness) -> N
 
 # --- refused tokens ---------------------------------------------------------------------------
 
-FORGED = unsubscribe_token("another-secret", "c1", "m1")
+FORGED = unsubscribe_token(OTHER_KEYS, "c1", "m1")
 
 
 @pytest.mark.parametrize("path", ["/v1/unsubscribe/{}", "/v1/preferences/{}", "/v1/confirm/{}"])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_forged_altered_or_foreign_tokens_are_refused(harness: Harness, path: str, method: str) -> None:
-    foreign = confirm_token(SECRET, "c1") if "confirm" not in path else TOKEN
+    foreign = confirm_token(KEYS, "c1", "ana@example.com") if "confirm" not in path else TOKEN
     altered = TOKEN[:5] + ("A" if TOKEN[5] != "A" else "B") + TOKEN[6:]
     body = {"action": "all", "List-Unsubscribe": "One-Click"}
     async with harness.client() as client:
@@ -411,19 +417,146 @@ async def test_kafka_down_asks_to_retry(harness: Harness) -> None:
 # --- double opt-in ----------------------------------------------------------------------------
 
 
+CONFIRM = confirm_token(KEYS, "c1", "ana@example.com")
+
+
 async def test_confirm_page_in_the_customers_language(harness: Harness) -> None:
-    token = confirm_token(SECRET, "c1")
-    harness.customers.rows["c1"] = {"locale": "en"}
+    harness.customers.rows["c1"] = {"locale": "en", "email": "ana@example.com"}
     async with harness.client() as client:
-        page = await client.get(f"/v1/confirm/{token}")
+        page = await client.get(f"/v1/confirm/{CONFIRM}")
         assert harness.producer.sent == []
-        done = await client.post(f"/v1/confirm/{token}", data={"lang": hidden(page, "lang")})
+        done = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": hidden(page, "lang")})
+    assert_safe_page(page)
     assert "Yes, confirm" in page.text
     assert "Your subscription is confirmed." in done.text
     [event] = harness.producer.events()
     assert event.type is EventType.CONSENT_CONFIRMED
+    assert event.customer_id == "c1"
+    assert event.properties_as(ConsentConfirmedProperties).email == "ana@example.com"
+
+
+async def test_the_address_is_compared_without_case_and_published_as_stored(harness: Harness) -> None:
+    harness.customers.rows["c1"] = {"locale": "fr", "email": "Ana@Example.com"}
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 200
+    [event] = harness.producer.events()
+    assert event.properties_as(ConsentConfirmedProperties).email == "Ana@example.com"  # the domain normalised
+
+
+@pytest.mark.parametrize("stored", ["bea@example.com", None])
+async def test_a_link_sent_to_another_address_confirms_nothing(harness: Harness, stored: str | None) -> None:
+    # The customer changed their address since: the old address must not confirm the new one.
+    harness.customers.rows["c1"] = {"locale": "en", "email": stored}
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{CONFIRM}")
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+        in_french = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": "fr"})
+    for response in (page, done):
+        assert response.status_code == 403
+        assert_safe_page(response)
+        assert html_lang(response) == "en"
+        assert "This link was sent to another address" in response.text
+        assert "Yes, confirm" not in response.text
+    assert in_french.status_code == 403 and "envoyé à une autre adresse" in in_french.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_for_an_unknown_customer_records_nothing(harness: Harness) -> None:
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 403
+    assert "no longer valid" in done.text and "plus valide" in done.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_while_the_customer_store_is_down_asks_to_retry(harness: Harness) -> None:
+    harness.customers.error = OperationalError("SELECT", {}, ConnectionRefusedError("no database"))
+    async with harness.client() as client:
+        page = await client.get(f"/v1/confirm/{CONFIRM}")  # a GET changes nothing: shown anyway
+        done = await client.post(f"/v1/confirm/{CONFIRM}", data={"lang": "en"})
+    assert page.status_code == 200
+    assert done.status_code == 503
+    assert done.headers["retry-after"] == "5"
+    assert "Please try again" in done.text
+    assert harness.producer.sent == []
+
+
+async def test_confirming_without_a_customer_store_asks_to_retry() -> None:
+    harness = Harness(with_reader=False)
+    async with harness.client() as client:
+        done = await client.post(f"/v1/confirm/{CONFIRM}")
+    assert done.status_code == 503
+    assert harness.producer.sent == []
+
+
+@pytest.mark.parametrize("payload", [{"c": "c1"}, {"p": "confirm", "c": "c1"}])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_confirmation_links_without_an_address_are_no_longer_valid(
+    harness: Harness, payload: dict[str, str], method: str
+) -> None:
+    harness.customers.rows["c1"] = {"locale": "en", "email": "ana@example.com"}
+    async with harness.client() as client:
+        response = await client.request(method, f"/v1/confirm/{sign(KEYS, payload)}")
+    assert response.status_code == 403
+    assert_safe_page(response)
+    assert "This link is no longer valid." in response.text and "Ce lien n’est plus valide." in response.text
+    assert harness.producer.sent == []
 
 
 def test_preferences_url_uses_the_unsubscribe_token() -> None:
     settings = Settings(signing_secret=SECRET, public_url="http://test")
-    assert preferences_url(settings, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"
+    assert preferences_url(settings, KEYS, "c1", "m1") == f"http://test/v1/preferences/{TOKEN}"
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+
+def assert_too_many(response: httpx.Response, retry_after: str) -> None:
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == retry_after
+    assert_safe_page(response)
+    assert "Trop de demandes" in response.text and "Too many requests" in response.text  # bilingual
+
+
+async def test_a_link_used_too_often_gets_429_then_works_again() -> None:
+    harness = Harness(page_limit_per_token_per_minute=2)
+    async with harness.client() as client:
+        assert (await client.get(f"/v1/unsubscribe/{TOKEN}")).status_code == 200
+        assert (await client.get(f"/v1/preferences/{TOKEN}")).status_code == 200  # the same token
+        assert_too_many(await client.get(f"/v1/unsubscribe/{TOKEN}"), "30")
+        assert_too_many(await client.post(f"/v1/unsubscribe/{TOKEN}", data={"lang": "fr"}), "30")
+        assert_too_many(await client.post(f"/v1/preferences/{TOKEN}", data={"action": "all"}), "30")
+        assert harness.producer.sent == []  # nothing recorded beyond the limit
+        assert (await client.get(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c2', 'm1')}")).status_code == 200
+        harness.seconds += 30
+        assert (await client.post(f"/v1/unsubscribe/{TOKEN}", data={"lang": "fr"})).status_code == 200
+    assert len(harness.producer.sent) == 1
+
+
+async def test_an_address_using_too_many_links_gets_429() -> None:
+    harness = Harness(page_limit_per_ip_per_minute=2)
+    async with harness.client() as client:
+        assert (await client.get(f"/v1/unsubscribe/{unsubscribe_token(KEYS, 'c1', 'm1')}")).status_code == 200
+        assert (await client.get(f"/v1/preferences/{unsubscribe_token(KEYS, 'c2', 'm2')}")).status_code == 200
+        confirm = confirm_token(KEYS, "c3", "ana@example.com")
+        assert_too_many(await client.get(f"/v1/confirm/{confirm}"), "30")
+        assert_too_many(await client.post(f"/v1/confirm/{confirm}"), "30")
+    assert harness.producer.sent == []
+
+
+async def test_refused_links_are_refused_without_spending_the_limits() -> None:
+    harness = Harness(page_limit_per_ip_per_minute=1)
+    async with harness.client() as client:
+        for _ in range(5):
+            assert (await client.get(f"/v1/unsubscribe/{FORGED}")).status_code == 403
+        assert (await client.get(f"/v1/unsubscribe/{TOKEN}")).status_code == 200
+
+
+async def test_the_openapi_document_lists_every_answer_of_the_pages(harness: Harness) -> None:
+    async with harness.client() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/v1/unsubscribe/{token}", "/v1/preferences/{token}", "/v1/confirm/{token}"):
+        assert {"200", "400", "403", "429"} <= set(paths[path]["get"]["responses"]), path
+        assert {"200", "400", "403", "429", "503"} <= set(paths[path]["post"]["responses"]), path
+        assert "text/html" in paths[path]["post"]["responses"]["429"]["content"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from lifecycle.templates import (
     sample_contexts,
     with_open_pixel,
 )
+from lifecycle.templates.links import product_image_url, product_url
 from lifecycle.templates.text import mjml_to_text
 
 NBSP = "\u00a0"
@@ -380,6 +382,78 @@ def test_links_without_a_tracker_stay_as_they_are() -> None:
     assert links.collected() == [{"name": "cart", "url": "https://shop.example/cart"},
                                  {"name": "product:p9", "url": "https://shop.example/products/p9"}]
     assert "cart" in links and "unsubscribe" in links and "nope" not in links
+
+
+# Product ids come from events: each must stay one path segment of the shop's URL.
+HOSTILE_PRODUCT_IDS = {
+    "../admin": "https://shop.example/products/..%2Fadmin",
+    "a/b": "https://shop.example/products/a%2Fb",
+    "p1?redirect=https://evil.example": "https://shop.example/products/p1%3Fredirect%3Dhttps%3A%2F%2Fevil.example",
+    "p1#frag": "https://shop.example/products/p1%23frag",
+    "p 1": "https://shop.example/products/p%201",
+    "pâté-日本": "https://shop.example/products/p%C3%A2t%C3%A9-%E6%97%A5%E6%9C%AC",
+    '"><script>': "https://shop.example/products/%22%3E%3Cscript%3E",
+    "100%": "https://shop.example/products/100%25",
+    "@evil.example": "https://shop.example/products/%40evil.example",
+    "..": "https://shop.example",  # a dot segment is no product page: the shop instead
+    ".": "https://shop.example",
+}
+
+
+@pytest.mark.parametrize(("product_id", "url"), HOSTILE_PRODUCT_IDS.items())
+def test_product_ids_are_encoded_as_one_path_segment(product_id: str, url: str) -> None:
+    links = Links("https://shop.example/", {}, None)
+    assert links[f"product:{product_id}"] == url
+    assert product_url("https://shop.example", product_id) == url
+
+
+def test_product_image_urls_encode_the_id_too() -> None:
+    assert product_image_url("https://shop.example/", "../x?y") == "https://shop.example/images/..%2Fx%3Fy.jpg"
+
+
+def test_hostile_product_ids_and_names_cannot_change_a_links_meaning_in_an_email() -> None:
+    items = [{"product_id": product_id, "name": f'Mug "{index}"><img src=x onerror=alert(1)>', "quantity": 1,
+              "price": 10.0} for index, product_id in enumerate(HOSTILE_PRODUCT_IDS)]
+    values = context(context={**sample_contexts()[0]["context"], "items": items})
+    rendered = Templates().render("abandoned_cart_1", values, locale="en")
+    stored = {link["name"]: link["url"] for link in values["links"].collected()}
+    for product_id, url in HOSTILE_PRODUCT_IDS.items():
+        assert stored[f"product:{product_id}"] == url  # the redirect target is the encoded URL, nothing else
+    # as a browser parses it: names stay text and attribute values, never elements or attributes
+    tags = _parsed_tags(rendered.html)
+    assert not [tag for tag, _ in tags if tag == "script"]
+    assert not [attrs for _, attrs in tags if "onerror" in attrs]
+    alts = [attrs["alt"] for tag, attrs in tags if tag == "img" and attrs.get("alt", "").startswith("Mug")]
+    assert alts == [item["name"] for item in items]
+    images = [attrs["src"] for tag, attrs in tags if tag == "img"]
+    assert "https://shop.example/images/..%2Fadmin.jpg" in images
+    assert "https://shop.example/images/p1%3Fredirect%3Dhttps%3A%2F%2Fevil.example.jpg" in images
+    assert all(src.startswith("https://shop.example/") for src in images)
+
+
+def _parsed_tags(markup: str) -> list[tuple[str, dict[str, str]]]:
+    found: list[tuple[str, dict[str, str]]] = []
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.append((tag, {name: value or "" for name, value in attrs}))
+
+    Collector().feed(markup)
+    return found
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "//evil.example", "https://shop.example/a b", "", "mailto:x@y"])
+def test_only_web_urls_can_be_tracked(url: str) -> None:
+    with pytest.raises(TemplateError, match="http"):
+        Templates().render_string("{{ track(url) }}", context(url=url))
+
+
+def test_a_recommendation_with_a_non_web_url_falls_back_to_the_shops_links() -> None:
+    values = context(recommendations=[{"product_id": "p9", "name": "Tie", "price": 5.0, "currency": "EUR",
+                                       "url": "javascript:alert(1)", "image_url": "data:image/png;base64,AAAA"}])
+    rendered = Templates().render("win_back_2", values, locale="en")
+    assert "javascript:" not in rendered.html and "data:image" not in rendered.html
+    assert {"name": "product:p9", "url": "https://shop.example/products/p9"} in values["links"].collected()
 
 
 def test_a_plain_mapping_of_links_still_renders() -> None:
