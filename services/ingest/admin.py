@@ -28,6 +28,7 @@ from lifecycle.journey_catalog import (
     definition_text,
 )
 from lifecycle.journey_files import JourneyError
+from services.ingest.answers import ADMIN_KEY_RESPONSES, ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class JourneyStore(Protocol):
 
 
 # --- documentation of the answers -------------------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    detail: str
 
 
 class JourneyProblem(BaseModel):
@@ -126,8 +123,7 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
             200: {"model": AppliedView, "description": "The same definition was already current: nothing changed"},
             201: {"model": AppliedView, "description": "A new version, current from now on"},
             400: {"model": ErrorBody, "description": "The body is not a JSON object or YAML text"},
-            401: {"model": ErrorBody, "description": "Missing or unknown key"},
-            403: {"model": ErrorBody, "description": "The key may not manage journeys"},
+            **ADMIN_KEY_RESPONSES,
             413: {"model": ErrorBody, "description": f"The body is larger than {MAX_DEFINITION_BYTES} bytes"},
             415: {"model": ErrorBody, "description": "Neither application/json nor application/yaml"},
             422: {"model": InvalidJourney, "description": "Not a valid journey; every problem is listed"},
@@ -173,7 +169,8 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
         "/v1/admin/journeys",
         responses={
             200: {"model": JourneyList, "description": "Every journey with all its versions, oldest first"},
-            401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody},
+            **ADMIN_KEY_RESPONSES,
+            503: {"model": ErrorBody, "description": "The journey store is unavailable; retry after Retry-After"},
         },
         summary="List journeys and their versions",
     )
@@ -190,9 +187,9 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
         "/v1/admin/journeys/{name}",
         responses={
             200: {"model": JourneyView, "description": "One journey, every version with its definition"},
-            401: {"model": ErrorBody}, 403: {"model": ErrorBody},
+            **ADMIN_KEY_RESPONSES,
             404: {"model": ErrorBody, "description": "No journey of that name"},
-            503: {"model": ErrorBody},
+            503: {"model": ErrorBody, "description": "The journey store is unavailable; retry after Retry-After"},
         },
         summary="One journey and its versions, with their definitions",
     )

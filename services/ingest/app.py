@@ -43,6 +43,7 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
+from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
 from services.ingest.tracking import MessageReader, tracking_router
 
@@ -63,10 +64,6 @@ STARTUP_ATTEMPT_TIMEOUT_SECONDS: Final = 30.0
 
 class Accepted(BaseModel):
     accepted: int
-
-
-class ErrorBody(BaseModel):
-    detail: str
 
 
 class EventErrorItem(BaseModel):
@@ -188,15 +185,6 @@ async def require_admin_key(
     raise _unauthenticated()
 
 
-# The answers of the key checks, for the `responses=` of the routes that use them.
-WRITE_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
-    403: {"model": ErrorBody, "description": "An admin key: events are sent with a write key"},
-}
-ADMIN_KEY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
-    403: {"model": ErrorBody, "description": "A write key: it may only send events; this needs an admin key"},
-}
 
 
 # --- metrics middleware ---

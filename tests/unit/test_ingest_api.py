@@ -578,6 +578,9 @@ ANSWERS = {
     ("get", "/t/c/{token}"): {"302", "400", "404", "503"},  # always redirected, beyond the rate limits too
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
+    ("post", "/v1/admin/journeys"): {"200", "201", "400", "401", "403", "413", "415", "422", "503"},
+    ("get", "/v1/admin/journeys"): {"200", "401", "403", "503"},
+    ("get", "/v1/admin/journeys/{name}"): {"200", "401", "403", "404", "422", "503"},
 }
 
 
