@@ -1,0 +1,174 @@
+"""Consuming without losing a message or stalling on one: transient failures, poison, the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import namedtuple
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from lifecycle.clock import ManualClock
+from lifecycle.consuming import DeadLetter, TopicWorker, is_transient
+from lifecycle.core.journeys import SendAudience, SendFacts, still_wanted
+from lifecycle.settings import Settings
+
+Record = namedtuple("Record", "offset key value")
+TP = TopicPartition("lifecycle.events", 0)
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[Record]]) -> None:
+        self.batches = batches
+        self.committed_offsets: dict[TopicPartition, int] = {}
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.commit_error: Exception | None = None
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TopicPartition, list[Record]]:
+        return {TP: self.batches.pop(0)} if self.batches else {}
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.committed_offsets.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp, 0))
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _worker(consumer: FakeConsumer, producer: FakeProducer, handle: Any) -> TopicWorker[str]:
+    registry = CollectorRegistry()
+    counters = [Counter(name, name, registry=registry) for name in ("consumed", "unreadable", "dead")]
+
+    def decode(raw: bytes) -> str:
+        if raw.startswith(b"\x00"):
+            raise ValueError("not a message")
+        return raw.decode()
+
+    return TopicWorker(consumer, producer, Settings(), "stager",  # type: ignore[arg-type]
+                       ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), decode, handle, *counters)
+
+
+async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_is_handled() -> None:
+    handled: list[list[str]] = []
+
+    async def handle(values: list[str]) -> None:
+        if "poison" in values:
+            raise KeyError("no such field")
+        handled.append(values)
+
+    consumer = FakeConsumer([[Record(10, b"c1", b"a"), Record(11, b"c2", b"poison"), Record(12, b"c3", b"\x00x"),
+                              Record(13, b"c4", b"b")]])
+    producer = FakeProducer()
+    assert await _worker(consumer, producer, handle).poll_once()
+    assert handled == [["a"], ["b"]]  # the batch failed, then each message on its own
+    letters = [DeadLetter.from_message(value) for _, value, _ in producer.sent]
+    assert [(d.offset, d.attempts, d.key) for d in letters] == [(12, 1, b"c3"), (11, 3, b"c2")]
+    assert letters[0].error.startswith("unreadable") and "KeyError" in letters[1].error
+    assert letters[0].value == b"\x00x"  # kept whole, to be replayed
+    assert consumer.committed_offsets == {TP: 14}
+    assert all(topic == "lifecycle.dead-letters" for topic, _, _ in producer.sent)
+
+
+async def test_a_transient_failure_commits_nothing_and_rewinds() -> None:
+    async def handle(values: list[str]) -> None:
+        raise OperationalError("SELECT", {}, Exception("the database system is shutting down"))
+
+    consumer = FakeConsumer([[Record(5, b"c1", b"a")]])
+    consumer.committed_offsets[TP] = 5
+    producer = FakeProducer()
+    with pytest.raises(OperationalError):
+        await _worker(consumer, producer, handle).poll_once()
+    assert consumer.committed_offsets == {TP: 5} and consumer.seeks == [(TP, 5)]
+    assert producer.sent == []
+
+
+async def test_a_lost_partition_does_not_fail_the_batch() -> None:
+    async def handle(values: list[str]) -> None:
+        return None
+
+    consumer = FakeConsumer([[Record(1, b"c1", b"a")]])
+    consumer.commit_error = CommitFailedError("rebalanced")
+    assert await _worker(consumer, FakeProducer(), handle).poll_once()
+
+
+def _pg_error(cls: type[Exception]) -> DBAPIError:
+    return DBAPIError("SELECT 1", {}, cls("x"))
+
+
+@pytest.mark.parametrize("exc", [
+    OperationalError("SELECT", {}, Exception("gone")),
+    _pg_error(asyncpg.exceptions.AdminShutdownError),
+    _pg_error(asyncpg.exceptions.DeadlockDetectedError),
+    _pg_error(asyncpg.exceptions.LockNotAvailableError),
+    _pg_error(asyncpg.exceptions.CannotConnectNowError),
+    ConnectionRefusedError(111, "refused"),
+    TimeoutError(),
+    KafkaConnectionError("no broker"),
+])
+def test_outages_are_transient(exc: BaseException) -> None:
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    KeyError("x"), ValueError("invalid literal for int()"), IntegrityError("INSERT", {}, Exception("duplicate")),
+    _pg_error(asyncpg.exceptions.UndefinedColumnError),
+])
+def test_bugs_and_bad_data_are_not(exc: BaseException) -> None:
+    assert not is_transient(exc)
+
+
+# --- the check right before SMTP -----------------------------------------------------------------
+
+OFFERS = SendAudience(("opted_in",), True, "offers")
+FACTS = SendFacts("a@example.com", "active", "opted_in", "A@example.com", None, (), ())
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({}, None),
+    ({"run_status": "completed"}, None),  # the last step: the run completed when it was decided
+    ({"run_status": "exited"}, "run_ended:exited"),
+    ({"consent": "opted_out"}, "consent:opted_out"),
+    ({"pending_opt_outs": ("*",)}, "consent:opted_out"),  # acknowledged, not applied yet
+    ({"unsubscribed_categories": ("offers",)}, "preference:offers"),
+    ({"pending_opt_outs": ("offers",)}, "preference:offers"),
+    ({"pending_opt_outs": ("news",)}, None),
+    ({"suppressed": "bounced"}, "suppressed:bounced"),
+    ({"email": "other@example.com"}, "address_changed"),
+    ({"email": None}, "no_email"),
+])
+def test_a_send_is_still_wanted_or_says_why_not(change: dict[str, Any], reason: str | None) -> None:
+    assert still_wanted(OFFERS, FACTS.__class__(**{**FACTS.__dict__, **change})) == reason
+
+
+def test_a_transactional_email_ignores_categories_but_not_an_opt_out() -> None:
+    confirm = SendAudience(("pending",), False, "news")
+    facts = SendFacts("a@example.com", "active", "pending", "a@example.com", None, ("news",), ("news",))
+    assert still_wanted(confirm, facts) is None
+    assert still_wanted(confirm, SendFacts(**{**facts.__dict__, "pending_opt_outs": ("*",)})) == "consent:opted_out"
