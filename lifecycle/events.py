@@ -51,6 +51,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
 )
@@ -101,12 +102,23 @@ EMAIL_CATEGORIES: Final[tuple[EmailCategory, ...]] = ("cart_reminders", "offers"
 # Field types
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What str.strip() strips (str.isspace()), spelled out so that the OpenAPI document's patterns mean
+# exactly what the checks below accept, in any regular expression dialect.
+_SPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_CONTROLS = "\\x00-\\x1f\\x7f"
+# no control character, and no whitespace at either end
+IDENTIFIER_PATTERN: Final = f"^[^{_SPACE}{_CONTROLS}](?:[^{_CONTROLS}]*[^{_SPACE}{_CONTROLS}])?$"
+# Text: no control character but tab, line feed and carriage return (PostgreSQL keeps no NUL), and at
+# least one character that is not whitespace
+_TEXT_CONTROLS = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f"
+TEXT_PATTERN: Final = f"^[^{_TEXT_CONTROLS}]*[^{_SPACE}{_TEXT_CONTROLS}][^{_TEXT_CONTROLS}]*$"
+_TEXT = re.compile(TEXT_PATTERN.removeprefix("^").removesuffix("$"), re.DOTALL)
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def _check_identifier(value: str) -> str:
     # " 42" and "42" would silently become two customers; refuse rather than strip.
-    if value != value.strip() or _CONTROL.search(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise PydanticCustomError("identifier", "must not start or end with whitespace or contain control characters")
     return value
 
@@ -114,6 +126,8 @@ def _check_identifier(value: str) -> str:
 def _check_text(value: str) -> str:
     if not value.strip():
         raise PydanticCustomError("blank", "must not be blank")
+    if not _TEXT.fullmatch(value):
+        raise PydanticCustomError("control", "must not contain control characters (tab and line breaks aside)")
     return value
 
 
@@ -206,43 +220,101 @@ def _sorted_unique(values: list[EmailCategory]) -> list[EmailCategory]:
     return sorted(set(values))
 
 
+STEP_PATTERN: Final = "^[1-9][0-9]{0,5}$"
+
+
+def _whole_number(value: object) -> object:
+    # 3.0 is the integer 3 in JSON (and in JSON Schema); true is not 1 (bool is neither type below)
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _coerce_step(value: object) -> object:
-    # Journey steps may be named or numbered by the sender; keep them as text.
+    # The send step number, as a JSON number or as text; kept as text.
+    value = _whole_number(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
 
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_check_identifier)]
-Text = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_check_text)]
-Link = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_check_identifier)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+def _check_step(value: str) -> str:
+    if not re.fullmatch(STEP_PATTERN.strip("^$"), value):
+        raise PydanticCustomError("step", "must be the number of a send step of the journey: 1, 2, 3 ...")
+    return value
+
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=None, json_schema_extra={"pattern": IDENTIFIER_PATTERN}),
+    AfterValidator(_check_identifier),
+]
+Text = Annotated[str, Field(min_length=1, max_length=512, json_schema_extra={"pattern": TEXT_PATTERN}),
+                 AfterValidator(_check_text)]
+Link = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"pattern": IDENTIFIER_PATTERN}),
+                 AfterValidator(_check_identifier)]
+MONEY_LIMIT: Final = Decimal("100000000000000")  # 10^14: fourteen digits before the point
+
+
+def _round_money(value: Decimal) -> Decimal:
+    # 4 places: a client's float arithmetic (0.1 + 0.2 = 0.30000000000000004) is not an error
+    if not value.is_finite() or not 0 <= value < MONEY_LIMIT:
+        raise PydanticCustomError("money", "must be a positive amount below 10^14 (0 allowed)")
+    exponent = value.as_tuple().exponent
+    return value.quantize(Decimal("0.0001")) if isinstance(exponent, int) and exponent < -4 else value
+
+
+Money = Annotated[
+    Decimal,
+    Field(allow_inf_nan=False),
+    AfterValidator(_round_money),
+    WithJsonSchema({"anyOf": [
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 100_000_000_000_000},
+        {"type": "string", "pattern": "^[0-9]{1,14}(?:\\.[0-9]+)?$"},
+    ], "description": "An amount, rounded to 4 decimal places"}),
+]
 Currency = Annotated[
     str,
     BeforeValidator(_upper),
     Field(description="ISO 4217 code, e.g. EUR", json_schema_extra={"pattern": "^[A-Za-z]{3}$"}),
     AfterValidator(_check_currency),
 ]
-Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
-Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_check_email)]
-Locale = Annotated[str, Field(min_length=2, max_length=35), AfterValidator(_check_locale)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000_000), BeforeValidator(_whole_number)]
+Email = Annotated[str, Field(min_length=3, max_length=254, json_schema_extra={"format": "email"}),
+                  AfterValidator(_check_email)]
+Locale = Annotated[str, Field(min_length=2, max_length=35, json_schema_extra={"pattern": f"^{_LOCALE.pattern}$"}),
+                   AfterValidator(_check_locale)]
 TimeZoneName = Annotated[
     str,
-    Field(min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris"),
+    Field(description="IANA name, e.g. Europe/Paris",
+          json_schema_extra=lambda schema: schema.update(enum=sorted(_timezones()))),
     AfterValidator(_check_timezone),
 ]
+# a month and a day that exist in some year (29 February included)
+_MONTH_DAY = "(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-9])|(?:0[13-9]|1[0-2])-30|(?:0[13578]|1[02])-31)"
 Birthday = Annotated[
     str,
-    Field(min_length=7, max_length=10, description="YYYY-MM-DD or --MM-DD"),
+    Field(description="YYYY-MM-DD or --MM-DD", json_schema_extra=lambda schema: schema.update(anyOf=[
+        {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+        {"type": "string", "pattern": f"^--{_MONTH_DAY}$"},
+    ])),
     AfterValidator(_check_birthday),
 ]
-Code = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_identifier)]
+Code = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": IDENTIFIER_PATTERN}),
+                 AfterValidator(_check_identifier)]
 UnsubscribedCategories = Annotated[
     list[EmailCategory],
     Field(description="Kinds of email the customer left; sorted, without duplicates; empty: receives everything"),
     AfterValidator(_sorted_unique),
 ]
-Step = Annotated[str, BeforeValidator(_coerce_step), Field(min_length=1, max_length=128)]
+Step = Annotated[
+    str, BeforeValidator(_coerce_step),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": 999_999},
+                              {"type": "string", "pattern": STEP_PATTERN}],
+                    "description": "The send step number (from 1), as a number or as text"}),
+    AfterValidator(_check_step),
+]
 UtcDatetime = Annotated[
     AwareDatetime,
     BeforeValidator(_check_datetime_input),
@@ -367,7 +439,8 @@ class EmailClickedProperties(Properties):
 
 class EmailBouncedProperties(Properties):
     message_id: Identifier | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=1024, json_schema_extra={"pattern": TEXT_PATTERN}),
+                      AfterValidator(_check_text)] | None = None
 
 
 class EmailComplainedProperties(Properties):

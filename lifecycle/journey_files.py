@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -28,6 +29,10 @@ from lifecycle.templates import Templates
 BUILTIN_DIR = Path(__file__).parent / "journeys"
 REENTRY_RULES: tuple[Reentry, ...] = ("while_inactive", "restart", "once", "once_per_key")
 CONSENTS = ("opted_in", "pending", "opted_out")
+MAX_STEPS = 999  # send step numbers a click condition may name
+MAX_WEIGHT = 1_000_000
+MAX_AMOUNT = {"percent": 100, "fixed": 1_000_000_000}
+JOURNEY_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,14 @@ class _Reader:
     def plain(self, node: yaml.Node) -> Any:
         return yaml.safe_load(yaml.serialize(node))
 
+    def text(self, node: yaml.Node, field: str) -> str | None:
+        """A scalar that is text (`5`, `true` or `null` are not)."""
+        value = self.plain(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(value, str):
+            self.fail(node, field, "expected text")
+            return None
+        return value
+
 
 def _trigger_match(reader: _Reader, node: yaml.Node, field: str) -> TriggerMatch | None:
     mapping = reader.mapping(node, field)
@@ -99,9 +112,18 @@ def _trigger_match(reader: _Reader, node: yaml.Node, field: str) -> TriggerMatch
     return TriggerMatch(TriggerType(name), where)
 
 
+def _integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _click(reader: _Reader, node: yaml.Node, field: str) -> ClickCondition | None:
     raw = reader.plain(node)
-    if not isinstance(raw, dict) or not isinstance(raw.get("step"), int) or not isinstance(raw.get("link"), str):
+    if not isinstance(raw, dict) or set(raw) != {"step", "link"} or not _integer(raw["step"]) \
+            or not 1 <= raw["step"] <= MAX_STEPS or not isinstance(raw["link"], str):
         reader.fail(node, field, "expected {step: <send step number>, link: <link name>}")
         return None
     return ClickCondition(raw["step"], raw["link"])
@@ -119,11 +141,9 @@ def _steps(reader: _Reader, node: yaml.Node, name: str, templates: Templates | N
         if mapping is None:
             continue
         if set(mapping) == {"wait"}:
-            text = reader.scalar(mapping["wait"], f"{field}.wait")
-            try:
-                steps.append(WaitStep(parse_duration(text or "")))
-            except ValueError as exc:
-                reader.fail(mapping["wait"], f"{field}.wait", str(exc))
+            wait = _duration(reader, mapping["wait"], f"{field}.wait")
+            if wait is not None:
+                steps.append(WaitStep(wait))
             continue
         if "send" not in mapping or len(mapping) != 1:
             reader.fail(item, field, "a step is either {wait: DURATION} or {send: {...}}")
@@ -139,11 +159,17 @@ def _steps(reader: _Reader, node: yaml.Node, name: str, templates: Templates | N
         reader.fail(node, "steps", "a journey needs at least one send step")
     seen: set[str] = set()
     for i, parsed in enumerate(steps):
-        if isinstance(parsed, SendStep):
+        if isinstance(parsed, SendStep) and parsed.id:
             if parsed.id in seen:
                 reader.fail(node.value[i], f"steps[{i}].send.id",
                             f"another send step has the id {parsed.id!r}; give each send step its own `id`")
             seen.add(parsed.id)
+    # A step without an id is known by its template, or by template@number when that is taken.
+    for i, parsed in enumerate(steps):
+        if isinstance(parsed, SendStep) and not parsed.id:
+            default = parsed.template if parsed.template not in seen else f"{parsed.template}@{parsed.number}"
+            steps[i] = replace(parsed, id=default)
+            seen.add(default)
     return steps
 
 
@@ -154,8 +180,24 @@ TIERS = ("bronze", "silver", "gold")
 CATEGORIES = ("cart_reminders", "offers", "news")
 
 
+# days, hours, minutes, seconds, each at most once and in that order, up to 5 digits each (a wait
+# of a few centuries at most, so that due times always stay dates)
+DURATION_PATTERN = "^(?:[0-9]{1,5}d)?(?:[0-9]{1,5}h)?(?:[0-9]{1,5}m)?(?:[0-9]{1,5}s)?$"
+
+
+def _duration(reader: _Reader, node: yaml.Node, field: str) -> timedelta | None:
+    text = reader.text(node, field)
+    if text is None:
+        return None
+    if not text or not re.fullmatch(DURATION_PATTERN.strip("^$"), text):
+        reader.fail(node, field, f"invalid duration {text!r}: numbers of up to 5 digits with units d, h, m, s in"
+                                 " that order, like 1d2h5m")
+        return None
+    return parse_duration(text)
+
+
 def _template(reader: _Reader, node: yaml.Node, field: str, templates: Templates | None) -> str | None:
-    name = reader.scalar(node, field)
+    name = reader.text(node, field)
     if name and templates is not None and not templates.exists(name):
         reader.fail(node, field, f"no template named {name!r}")
     return name
@@ -176,26 +218,29 @@ def _coupon(reader: _Reader, node: yaml.Node, field: str, tiered: bool) -> Coupo
     allowed = {"valid"} | (set(TIERS) if tiered else {"kind", "amount", "reuse_step"})
     for key in sorted(set(raw) - allowed):
         reader.fail(node, f"{field}.{key}", f"unknown field; one of {', '.join(sorted(allowed))}")
-    try:
-        valid = parse_duration(str(raw.get("valid", "3d")))
-    except ValueError as exc:
-        reader.fail(node, f"{field}.valid", str(exc))
+    valid_text = raw.get("valid", "3d")
+    if not isinstance(valid_text, str) or not valid_text \
+            or not re.fullmatch(DURATION_PATTERN.strip("^$"), valid_text):
+        reader.fail(node, f"{field}.valid", f"invalid duration {valid_text!r}: use numbers with units d, h, m, s")
         return None
+    valid = parse_duration(valid_text)
     if tiered:
         amounts = {t: raw.get(t) for t in TIERS}
-        if not all(isinstance(v, int | float) and v > 0 for v in amounts.values()):
-            reader.fail(node, field, "an offer gives a positive percent for each tier: bronze, silver, gold")
+        if not all(_number(v) and 0 < v <= 100 for v in amounts.values()):
+            reader.fail(node, field, "an offer gives a percent (over 0, at most 100) for each tier: bronze, silver,"
+                                     " gold")
             return None
         by_tier = tuple((t, float(v)) for t, v in amounts.items() if v is not None)
         return CouponSpec(kind="percent", amount=float(amounts["bronze"] or 0), valid=valid, by_tier=by_tier)
     if "reuse_step" in raw:
-        if not isinstance(raw["reuse_step"], int):
-            reader.fail(node, f"{field}.reuse_step", "expected the number of an earlier send step")
+        if not _integer(raw["reuse_step"]) or {"kind", "amount"} & set(raw):
+            reader.fail(node, f"{field}.reuse_step", "expected {reuse_step: <an earlier send step>, valid?}")
             return None
         return CouponSpec(reuse_step=raw["reuse_step"], valid=valid)
     kind, amount = raw.get("kind", "percent"), raw.get("amount")
-    if kind not in ("percent", "fixed") or not isinstance(amount, int | float) or amount <= 0:
-        reader.fail(node, field, "expected {kind: percent|fixed, amount: <positive number>, valid: <duration>}")
+    if kind not in ("percent", "fixed") or not _number(amount) or not 0 < amount <= MAX_AMOUNT[kind]:
+        reader.fail(node, field, "expected {kind: percent|fixed, amount: over 0 (a percent at most 100, a fixed"
+                                 f" amount at most {MAX_AMOUNT['fixed']:g}), valid: <duration>}}")
         return None
     return CouponSpec(kind=str(kind), amount=float(amount), valid=valid)
 
@@ -221,6 +266,8 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
                 if branch is None or "template" not in branch:
                     reader.fail(item, f"{field}.branches[{i}].template", "required")
                     continue
+                for key in sorted(set(branch) - {"template", "if_clicked", "unless_clicked"}):
+                    reader.fail(branch[key], f"{field}.branches[{i}].{key}", "unknown field")
                 name = _template(reader, branch["template"], f"{field}.branches[{i}].template", templates)
                 cond_if, cond_unless = _conditions(reader, branch, f"{field}.branches[{i}]")
                 if name:
@@ -239,7 +286,7 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
     recommendations = 0
     if "recommendations" in send:
         raw = reader.plain(send["recommendations"])
-        if not isinstance(raw, int) or not 0 < raw <= 12:
+        if not _integer(raw) or not 0 < raw <= 12:
             reader.fail(send["recommendations"], f"{field}.recommendations", "how many products: 1 to 12")
         else:
             recommendations = raw
@@ -251,7 +298,8 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
         else:
             for i, raw in enumerate(raw_variants):
                 ok = isinstance(raw, dict) and isinstance(raw.get("name"), str) and \
-                    isinstance(raw.get("weight", 1), int) and raw.get("weight", 1) > 0 and \
+                    _integer(raw.get("weight", 1)) and 0 < raw.get("weight", 1) <= MAX_WEIGHT and \
+                    isinstance(raw.get("template", ""), str) and isinstance(raw.get("subject", ""), str) and \
                     set(raw) <= {"name", "weight", "template", "subject"}
                 if not ok:
                     reader.fail(send["variants"], f"{field}.variants[{i}]",
@@ -264,9 +312,9 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
                 variants.append(Variant(raw["name"], int(raw.get("weight", 1)), variant_template, raw.get("subject")))
             if len({v.name for v in variants}) != len(variants):
                 reader.fail(send["variants"], f"{field}.variants", "variant names must differ")
-    step_id = template
+    step_id = ""  # none given: _steps picks the default once every explicit id is known
     if "id" in send:
-        given = reader.scalar(send["id"], f"{field}.id")
+        given = reader.text(send["id"], f"{field}.id")
         if given is None or not _STEP_ID.fullmatch(given):
             reader.fail(send["id"], f"{field}.id", "a step id is 1 to 64 letters, digits or _ . : - (e.g. reminder)")
         else:
@@ -297,7 +345,10 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
             reader.fail(root, required, "required")
     if reader.problems:
         return None, reader.problems
-    name = reader.scalar(top["name"], "name") or ""
+    given_name = reader.text(top["name"], "name")
+    name = given_name or ""
+    if given_name is not None and not re.fullmatch(JOURNEY_NAME.strip("^$"), name):
+        reader.fail(top["name"], "name", "1 to 128 letters, digits, _ . or -, starting with a letter or digit")
     entry = _trigger_match(reader, top["entry"], "entry")
     steps = _steps(reader, top["steps"], name, templates)
     exits: list[TriggerMatch] = []
@@ -317,7 +368,9 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
             reader.fail(top["reentry"], "reentry", f"one of {', '.join(REENTRY_RULES)}")
         else:
             reentry = value
-    reentry_key = reader.scalar(top["reentry_key"], "reentry_key") if "reentry_key" in top else None
+    reentry_key = reader.text(top["reentry_key"], "reentry_key") if "reentry_key" in top else None
+    if reentry_key == "":
+        reader.fail(top["reentry_key"], "reentry_key", "the name of a trigger data field, not empty")
     if reentry == "once_per_key" and not reentry_key:
         reader.fail(top.get("reentry", root), "reentry_key", "required with reentry: once_per_key")
     consent: tuple[str, ...] = ("opted_in",)
@@ -335,7 +388,7 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
             reader.fail(top["marketing"], "marketing", "expected true or false")
         else:
             marketing = raw_marketing
-    description = str(reader.plain(top["description"])) if "description" in top else ""
+    description = (reader.text(top["description"], "description") or "") if "description" in top else ""
     category = "news"
     if "category" in top:
         value = reader.scalar(top["category"], "category")
@@ -394,3 +447,70 @@ def load_journey_files(extra_dir: Path | None = None, templates: Templates | Non
     if problems:
         raise JourneyError(problems)
     return list(by_name.values())
+
+
+def journey_json_schema(template_names: list[str]) -> dict[str, Any]:
+    """The JSON Schema of one journey, as `parse_journey` accepts it, for the OpenAPI document.
+
+    Three rules cannot be said in JSON Schema and are checked on top of it (a 422 names them): the ids
+    given to send steps differ, variant names differ, and `reuse_step` names an earlier send step.
+    """
+    template = {"type": "string", "enum": template_names}
+    duration = {"type": "string", "minLength": 2, "pattern": DURATION_PATTERN}
+    click = {"type": "object", "additionalProperties": False, "required": ["step", "link"],
+             "properties": {"step": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+                            "link": {"type": "string"}}}
+    trigger = {"type": "object", "additionalProperties": False, "required": ["trigger"], "properties": {
+        "trigger": {"type": "string", "enum": [t.value for t in TriggerType]},
+        "where": {"type": "object", "description": "trigger data field: a value or a list of accepted values"},
+    }}
+    percent = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT["percent"]}
+    coupon = {"oneOf": [
+        {"type": "object", "additionalProperties": False, "required": ["amount"], "properties": {
+            "kind": {"const": "percent"}, "amount": percent, "valid": duration}},
+        {"type": "object", "additionalProperties": False, "required": ["kind", "amount"], "properties": {
+            "kind": {"const": "fixed"}, "valid": duration,
+            "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT["fixed"]}}},
+        {"type": "object", "additionalProperties": False, "required": ["reuse_step"], "properties": {
+            "reuse_step": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS}, "valid": duration}},
+    ]}
+    offer = {"type": "object", "additionalProperties": False, "required": list(TIERS),
+             "properties": {**{tier: percent for tier in TIERS}, "valid": duration}}
+    # a send step names its template (or gives branches); the parser also takes neither when the template
+    # <journey>_<send number> exists, which this schema cannot say
+    send = {"type": "object", "additionalProperties": False, "not": {"required": ["coupon", "offer"]},
+            "anyOf": [{"required": ["template"]}, {"required": ["branches"]}], "properties": {
+        "id": {"type": "string", "pattern": "^" + _STEP_ID.pattern + "$"},
+        "template": template, "if_clicked": click, "unless_clicked": click,
+        "branches": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["template"],
+            "properties": {"template": template, "if_clicked": click, "unless_clicked": click}}},
+        "coupon": coupon, "offer": offer,
+        "recommendations": {"type": "integer", "minimum": 1, "maximum": 12},
+        "variants": {"type": "array", "minItems": 2, "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+                "name": {"type": "string"}, "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
+                "template": template, "subject": {"type": "string"}}}},
+    }}
+    send_step = {"type": "object", "additionalProperties": False, "required": ["send"], "properties": {"send": send}}
+    wait_step = {"type": "object", "additionalProperties": False, "required": ["wait"],
+                 "properties": {"wait": duration}}
+    consent = {"type": "string", "enum": list(CONSENTS)}
+    return {
+        "type": "object", "additionalProperties": False, "required": ["name", "entry", "steps"],
+        "properties": {
+            "name": {"type": "string", "pattern": JOURNEY_NAME},
+            "description": {"type": "string"},
+            "entry": trigger,
+            "exit": {"type": "array", "items": trigger},
+            "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [wait_step, send_step]},
+                      "contains": send_step},
+            "reentry": {"type": "string", "enum": list(REENTRY_RULES)},
+            "reentry_key": {"type": "string", "minLength": 1},
+            "consent": {"oneOf": [consent, {"type": "array", "minItems": 1, "items": consent}]},
+            "marketing": {"type": "boolean"},
+            "category": {"type": "string", "enum": list(CATEGORIES)},
+        },
+        "if": {"required": ["reentry"], "properties": {"reentry": {"const": "once_per_key"}}},
+        "then": {"required": ["reentry_key"]},
+    }

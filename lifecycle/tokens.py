@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -30,6 +31,13 @@ KEY_ID_KEY: Final = "k"
 UNSUBSCRIBE_PURPOSE: Final = "unsubscribe"
 CONFIRM_PURPOSE: Final = "confirm"
 _MAX_TOKEN_LENGTH: Final = 4096
+# The shape of every token: a base64url payload, a dot, the 43 characters of a base64url HMAC-SHA256.
+# Documented on every route that takes a token; a token of this shape that does not verify is
+# refused as not ours (403 or 404), one of another shape as damaged (400).
+TOKEN_PATTERN: Final = r"^[A-Za-z0-9_-]{1,4000}\.[A-Za-z0-9_-]{43}$"
+_TOKEN_SHAPE: Final = re.compile(TOKEN_PATTERN)
+# How the routes document a token in their path (not enforced there: a damaged link gets a page, not a 422).
+TOKEN_SCHEMA: Final = {"pattern": TOKEN_PATTERN, "maxLength": _MAX_TOKEN_LENGTH}
 
 
 class InvalidToken(ValueError):
@@ -45,20 +53,16 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    if not text or any(ch not in _ALPHABET for ch in text):
-        raise MalformedToken("token is not base64url")
+    """Only the canonical spelling: the decoder ignores stray low bits in the last character, which
+    would give one token several valid spellings. A token of the right shape that fails here was
+    not made by us: refused like a forged one."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise MalformedToken("token is not base64url") from None
-    # Only the canonical spelling: the decoder ignores stray low bits in the last
-    # character, which would give one token several valid spellings.
+        raise InvalidToken("token is not base64url") from None
     if _b64encode(raw) != text:
-        raise MalformedToken("token is not canonical base64url")
+        raise InvalidToken("token is not canonical base64url")
     return raw
-
-
-_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _mac(secret: str, body: str) -> bytes:
@@ -127,7 +131,7 @@ def verify(keys: SigningKeys, token: str) -> dict[str, str]:
 
     A token naming a key the ring does not hold (retired, or made up) is refused like a forged one.
     """
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 1:
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.fullmatch(token):
         raise MalformedToken("token is malformed")
     body, signature = token.split(".")
     given = _b64decode(signature)
@@ -139,9 +143,9 @@ def verify(keys: SigningKeys, token: str) -> dict[str, str]:
     if secret is None or not hmac.compare_digest(given, _mac(secret, body)):
         raise InvalidToken("token signature does not match")
     if payload is None:
-        raise MalformedToken("token payload is not JSON")
+        raise InvalidToken("token payload is not JSON")
     if not isinstance(payload, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in payload.items()):
-        raise MalformedToken("token payload is not a string map")
+        raise InvalidToken("token payload is not a string map")
     payload.pop(KEY_ID_KEY, None)
     return payload
 

@@ -294,6 +294,17 @@ class Templates:
     def exists(self, name: str) -> bool:
         return bool(self.locales(name))
 
+    def names(self) -> list[str]:
+        """Every template name, in any locale (what a journey's `template` may say)."""
+        found: set[str] = set()
+        for root in self._roots:
+            for folder in self._all_locales().values():
+                directory = root / folder
+                if directory.is_dir():
+                    found.update(p.name.removesuffix(MJML_SUFFIX) for p in directory.glob(f"*{MJML_SUFFIX}")
+                                 if not p.name.startswith("_"))
+        return sorted(found)
+
     def path(self, name: str, locale: str | None = None) -> Path | None:
         """The file of `name` in `locale` (default: the one a customer without a locale gets)."""
         if not self.exists(name):

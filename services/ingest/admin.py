@@ -1,8 +1,9 @@
 """Admin routes: journeys applied and listed while the services run (admin key only).
 
-`POST /v1/admin/journeys` takes one journey, as a JSON object or as YAML text, validated exactly like
-a journey file; it becomes the journey's current version: new runs take it, runs in flight finish
-on their version (or move to it with `?runs=migrate`). `GET /v1/admin/journeys` lists every version.
+`POST /v1/admin/journeys` takes one journey as a JSON object (`lifecycle journeys apply` takes the
+YAML file), validated exactly like a journey file; it becomes the journey's current version: new runs
+take it, runs in flight finish on their version (or move to it with `?runs=migrate`).
+`GET /v1/admin/journeys` lists every version.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Protocol
 
-import yaml
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
@@ -27,13 +27,12 @@ from lifecycle.journey_catalog import (
     catalog_view,
     definition_text,
 )
-from lifecycle.journey_files import JourneyError
+from lifecycle.journey_files import JourneyError, journey_json_schema
 from services.ingest.answers import ADMIN_KEY_RESPONSES, ErrorBody
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JOURNEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
@@ -89,22 +88,20 @@ class AppliedView(BaseModel):
     runs_ended: int
 
 
-JOURNEY_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "One journey, in the journey file format (docs/journeys.md), as JSON or YAML",
-        "content": {
-            "application/json": {"schema": {"type": "object", "required": ["name", "entry", "steps"],
-                                            "properties": {"name": {"type": "string"},
-                                                           "entry": {"type": "object"},
-                                                           "steps": {"type": "array", "minItems": 1}}}},
-            "application/yaml": {"schema": {"type": "string", "maxLength": MAX_DEFINITION_BYTES}},
-        },
+def _journey_body_doc(template_names: list[str]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "One journey in the journey file format (docs/journeys.md), as JSON. Checked on top"
+                           " of the schema: the ids given to send steps differ, variant names differ, a coupon's"
+                           " reuse_step names an earlier send step.",
+            "content": {"application/json": {"schema": journey_json_schema(template_names)}},
+        }
     }
-}
 
 
-def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) -> APIRouter:
+def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends],
+                 template_names: list[str]) -> APIRouter:
     router = APIRouter(tags=["admin"], dependencies=list(dependencies))
 
     def unavailable(exc: Exception) -> JSONResponse:
@@ -118,14 +115,15 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
 
     @router.post(
         "/v1/admin/journeys",
-        openapi_extra=JOURNEY_BODY_DOC,
+        openapi_extra=_journey_body_doc(template_names),
         responses={
             200: {"model": AppliedView, "description": "The same definition was already current: nothing changed"},
             201: {"model": AppliedView, "description": "A new version, current from now on"},
-            400: {"model": ErrorBody, "description": "The body is not a JSON object or YAML text"},
+            400: {"model": ErrorBody, "description": "The body is not a JSON object, or `runs` is neither keep"
+                                                    " nor migrate"},
             **ADMIN_KEY_RESPONSES,
             413: {"model": ErrorBody, "description": f"The body is larger than {MAX_DEFINITION_BYTES} bytes"},
-            415: {"model": ErrorBody, "description": "Neither application/json nor application/yaml"},
+            415: {"model": ErrorBody, "description": "Not application/json"},
             422: {"model": InvalidJourney, "description": "Not a valid journey; every problem is listed"},
             503: {"model": ErrorBody, "description": "The journey store is unavailable; retry after Retry-After"},
         },
@@ -134,10 +132,13 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
     )
     async def apply_journey(
         request: Request,
-        runs: Annotated[Literal["keep", "migrate"], Query(
+        runs: Annotated[str, Query(
             description="keep: runs in flight finish on their version; migrate: they move to this one "
-                        "at the step with the same id (those whose step is gone end)")] = "keep",
+                        "at the step with the same id (those whose step is gone end)",
+            json_schema_extra={"enum": ["keep", "migrate"]})] = "keep",
     ) -> JSONResponse:
+        if runs not in ("keep", "migrate"):
+            return JSONResponse({"detail": "runs is keep or migrate"}, status_code=400)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -151,7 +152,7 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
         if store is None:
             return not_configured()
         try:
-            applied = await store.apply(definition, runs, "api")
+            applied = await store.apply(definition, "migrate" if runs == "migrate" else "keep", "api")
         except JourneyError as exc:
             problems = [{"field": p.field, "line": p.line, "message": p.message} for p in exc.problems]
             return JSONResponse({"detail": f"{len(problems)} problem(s) in the journey; nothing was applied",
@@ -207,24 +208,23 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends]) ->
     return router
 
 
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def _definition(body: bytes, media: str) -> str | JSONResponse:
     """The posted journey as YAML text, or the answer that refuses it."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         return JSONResponse({"detail": "the body is not UTF-8 text"}, status_code=400)
-    if media in YAML_TYPES:
-        try:
-            parsed = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            return JSONResponse({"detail": f"the body is not valid YAML: {exc}"}, status_code=400)
-        if not isinstance(parsed, dict):
-            return JSONResponse({"detail": "the body must be one journey (a mapping)"}, status_code=400)
-        return text
     if media != "application/json":
-        return JSONResponse({"detail": "send the journey as application/json or application/yaml"}, status_code=415)
+        return JSONResponse({"detail": "send the journey as application/json (`lifecycle journeys apply` takes a"
+                                       " YAML file)"}, status_code=415)
     try:
-        obj = json.loads(text)
+        # 3.0 is the integer 3 in JSON Schema: it reaches the journey checks as one
+        obj = json.loads(text, parse_float=_number)
     except (ValueError, RecursionError):
         return JSONResponse({"detail": "the body is not valid JSON"}, status_code=400)
     if not isinstance(obj, dict):

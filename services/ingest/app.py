@@ -31,15 +31,18 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
+from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
@@ -231,7 +234,13 @@ def _decode_json(body: bytes) -> object:
         raise HTTPException(400, 'the request body is empty; send one event or {"events": [...]} as JSON')
     try:
         # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
-        return json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
+        payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
+        # "\ud800" alone is valid JSON but no text: it could never be written to Kafka or PostgreSQL
+        json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+        return payload
+    except UnicodeEncodeError:
+        raise HTTPException(400, "the request body holds a \\u escape that is no character (a lone surrogate)"
+                            ) from None
     except UnicodeDecodeError:
         raise HTTPException(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -376,6 +385,8 @@ def create_app(
         version="1",
         description="Send shop events; they drive the lifecycle email journeys.",
         lifespan=lifespan,
+        # /v1/admin/journeys/ is no journey: a 404, not a redirect to the list
+        redirect_slashes=False,
     )
     app.add_middleware(_MetricsMiddleware)
     app.state.api_keys = api_keys  # read by require_write_key and require_admin_key
@@ -385,6 +396,17 @@ def create_app(
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
     app.add_exception_handler(Exception, internal_error)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        # Every route is one method: list the methods of all routes of this path, not the first one's.
+        methods: set[str] = set()
+        for route in app.router.routes:
+            if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
+                methods |= route.methods or set()
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405,
+                            headers={"Allow": ", ".join(sorted(methods))})
+
+    app.add_exception_handler(405, method_not_allowed)
 
     async def publish(events: Sequence[Event], *, timeout: float | None = None) -> None:
         """The one way events reach Kafka (API, link pages, tracking); PublishFailed if not acknowledged."""
@@ -502,7 +524,8 @@ def create_app(
                                     new_event_id=new_event_id, monotonic=monotonic))
     app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader,
                                        new_event_id=new_event_id, monotonic=monotonic))
-    app.include_router(admin_router(journey_store, [Depends(require_admin_key)]))
+    app.include_router(admin_router(journey_store, [Depends(require_admin_key)],
+                                    Templates(settings.journeys_dir, settings.default_locale).names()))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -29,10 +29,10 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,6 +40,7 @@ from lifecycle.clock import Clock
 from lifecycle.events import EMAIL_CATEGORIES, EmailCategory, Event, EventInvalid, EventType, parse_event
 from lifecycle.settings import Settings
 from lifecycle.tokens import (
+    TOKEN_SCHEMA,
     ConfirmClaim,
     InvalidToken,
     MalformedToken,
@@ -52,6 +53,9 @@ from lifecycle.tokens import (
 from services.ingest.ratelimit import RateLimiter, client_address, token_key
 
 log = logging.getLogger(__name__)
+
+# The signed token of a link in an email, as the OpenAPI document describes it.
+LinkToken = Annotated[str, Path(description="The link's signed token", json_schema_extra=TOKEN_SCHEMA)]
 
 Lang = Literal["fr", "en"]
 LANGS: Final[tuple[Lang, ...]] = ("fr", "en")
@@ -477,7 +481,7 @@ def pages_router(
 
     @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page",
                 responses={**_SHOWN, **_REFUSED_LINK})
-    async def unsubscribe_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
+    async def unsubscribe_page(token: LinkToken, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
@@ -524,7 +528,7 @@ def pages_router(
         openapi_extra=form_body_doc,
         responses={200: html_answer("Unsubscribed: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
-    async def unsubscribe(token: str, request: Request) -> HTMLResponse:
+    async def unsubscribe(token: LinkToken, request: Request) -> HTMLResponse:
         # The body (List-Unsubscribe=One-Click) carries no information: the token says it all.
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
@@ -549,7 +553,7 @@ def pages_router(
 
     @router.get("/v1/preferences/{token}", response_class=HTMLResponse, summary="Email preferences page",
                 responses={**_SHOWN, **_REFUSED_LINK})
-    async def preferences_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
+    async def preferences_page(token: LinkToken, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
@@ -613,7 +617,7 @@ def pages_router(
         openapi_extra=preferences_body_doc,
         responses={200: html_answer("Saved: the event is in Kafka"), **_REFUSED_LINK, **_NOT_RECORDED},
     )
-    async def save_preferences(token: str, request: Request) -> HTMLResponse:
+    async def save_preferences(token: LinkToken, request: Request) -> HTMLResponse:
         claim = unsubscribe_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
@@ -679,7 +683,7 @@ def pages_router(
             403: html_answer("Forged or outdated link, or sent to an address the customer no longer has"),
         },
     )
-    async def confirm_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
+    async def confirm_page(token: LinkToken, request: Request, lang: str | None = None) -> HTMLResponse:
         claim = confirm_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim
@@ -712,7 +716,7 @@ def pages_router(
             **_NOT_RECORDED,
         },
     )
-    async def confirm(token: str, request: Request) -> HTMLResponse:
+    async def confirm(token: LinkToken, request: Request) -> HTMLResponse:
         claim = confirm_claim(token)
         if isinstance(claim, HTMLResponse):
             return claim

@@ -22,9 +22,9 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, Protocol
+from typing import Annotated, Final, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
@@ -35,10 +35,13 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import InvalidToken, MalformedToken, SigningKeys
 from lifecycle.tracking import TrackingClaim, read_click_token, read_open_token
 from services.ingest import metrics
-from services.ingest.pages import RETRY_AFTER_SECONDS, Publish, PublishFailed, html_answer, message_page
+from services.ingest.pages import RETRY_AFTER_SECONDS, LinkToken, Publish, PublishFailed, html_answer, message_page
 from services.ingest.ratelimit import RateLimiter, client_address, token_key
 
 log = logging.getLogger(__name__)
+
+# The pixel answers its image whatever the token: any text is a token it takes.
+PixelToken = Annotated[str, Path(description="The open token of the email (any text gets the image)")]
 
 # The classic 43-byte transparent 1x1 GIF.
 PIXEL_GIF: Final = (
@@ -152,7 +155,7 @@ def tracking_router(
                          "description": "A 1x1 transparent GIF, always: for any token, and beyond the rate limits"}},
         summary="Open-tracking pixel (an unreliable signal: privacy proxies prefetch images)",
     )
-    async def open_pixel(token: str, request: Request) -> Response:
+    async def open_pixel(token: PixelToken, request: Request) -> Response:
         try:
             claim = read_open_token(keys, token)
         except InvalidToken:
@@ -181,7 +184,7 @@ def tracking_router(
         },
         summary="Click redirect: records email_clicked, then goes to the email's stored link",
     )
-    async def click(token: str, request: Request) -> Response:
+    async def click(token: LinkToken, request: Request) -> Response:
         try:
             claim = read_click_token(keys, token)
         except InvalidToken as exc:

@@ -74,7 +74,7 @@ VALID: dict[str, dict[str, Any]] = {
     "order_cancelled": {"properties": {"order_id": "o1"}},
     "order_refunded": {"properties": {"order_id": "o1"}},
     "email_opened": {"properties": {"journey": "welcome", "step": 1}},
-    "email_clicked": {"properties": {"journey": "welcome", "step": "intro", "link": "https://shop.example/x"}},
+    "email_clicked": {"properties": {"journey": "welcome", "step": "2", "link": "https://shop.example/x"}},
     "email_bounced": {"properties": {"message_id": "m1", "reason": "550 no such user"}},
     "email_complained": {},
 }
@@ -330,6 +330,15 @@ def test_properties_must_be_an_object() -> None:
     assert fields_of(body("page_viewed", properties="https://x")) == {"properties"}
 
 
+def test_money_beyond_four_decimals_is_rounded_not_refused() -> None:
+    # a client's float arithmetic is no error: 0.1 + 0.2 arrives as 0.30000000000000004
+    event = parse_event({"type": "cart_updated", "customer_id": "c1", "properties": {
+        "cart_id": "k", "currency": "EUR", "value": Decimal("0.30000000000000004"),
+        "items": [{**ITEM, "price": Decimal("1.23456")}]}}, NOW, lambda: "e1")
+    cart = event.properties_as(CartUpdatedProperties)
+    assert cart.value == Decimal("0.3000") and cart.items[0].price == Decimal("1.2346")
+
+
 @pytest.mark.parametrize(
     ("kind", "properties", "expected"),
     [
@@ -355,7 +364,7 @@ def test_properties_must_be_an_object() -> None:
         ),
         (
             "cart_updated",
-            {"cart_id": "k", "currency": "EUR", "value": 1.23456, "items": []},
+            {"cart_id": "k", "currency": "EUR", "value": 100_000_000_000_000, "items": []},
             {"properties.value"},
         ),
         (
@@ -400,7 +409,10 @@ def test_properties_must_be_an_object() -> None:
         ("order_cancelled", {}, {"properties.order_id"}),
         ("order_refunded", {"order_id": 7}, {"properties.order_id"}),
         ("email_opened", {"journey": ""}, {"properties.journey"}),
-        ("email_clicked", {"journey": "w", "step": "s"}, {"properties.link"}),
+        ("email_clicked", {"journey": "w", "step": "2"}, {"properties.link"}),
+        ("email_clicked", {"journey": "w", "step": "intro", "link": "https://x"}, {"properties.step"}),
+        ("email_clicked", {"journey": "w", "step": 0, "link": "https://x"}, {"properties.step"}),
+        ("email_opened", {"step": "-1"}, {"properties.step"}),
         ("email_clicked", {"journey": "w", "step": True, "link": "https://x"}, {"properties.step"}),
         ("email_bounced", {"bounce": "hard"}, {"properties.bounce"}),
         ("unsubscribed", {"message_id": ""}, {"properties.message_id"}),

@@ -6,7 +6,9 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 
 from lifecycle.core.journeys import (
     Defer,
@@ -24,7 +26,9 @@ from lifecycle.core.journeys import (
     on_trigger,
 )
 from lifecycle.core.triggers import Trigger, TriggerType
-from lifecycle.journey_files import JourneyError, load_journeys, parse_journey
+from lifecycle.journey_catalog import definition_text
+from lifecycle.journey_files import BUILTIN_DIR, JourneyError, journey_json_schema, load_journeys, parse_journey
+from lifecycle.templates import Templates
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 JOURNEYS = {j.name: j for j in load_journeys()}
@@ -275,3 +279,37 @@ def test_a_click_lands_on_the_run_of_the_clicked_email() -> None:
         RecordClick(1, 1, "satisfied")]
     assert on_trigger([journey], [first, second], trig(TriggerType.ENGAGEMENT, **click)) == [
         RecordClick(2, 1, "satisfied")]
+
+
+# --- the JSON Schema of the admin API says what the parser accepts ----------------------------------
+
+
+def _schema() -> dict[str, Any]:
+    return journey_json_schema(Templates(None).names())
+
+
+def test_every_shipped_journey_fits_the_schema() -> None:
+    for path in sorted(BUILTIN_DIR.glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), _schema())
+
+
+@pytest.mark.parametrize("journey", [
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"wait": "1d"}]},  # no send step
+    {"name": "x", "entry": {"trigger": "nope"}, "steps": [{"send": {"template": "referral_1"}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"send": {"template": "no_such"}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"send": {"template": "referral_1", "id": 5}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"wait": " 1d"}, {"send": {"template": "referral_1"}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "reentry": "once_per_key",
+     "steps": [{"send": {"template": "referral_1"}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"send": {
+        "template": "referral_1", "coupon": {"reuse_step": 1, "amount": 5}}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"send": {
+        "template": "referral_1", "recommendations": True}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "description": 5, "steps": [{"send": {"template": "referral_1"}}]},
+    {"name": "x", "entry": {"trigger": "signed_up"}, "steps": [{"send": {
+        "branches": [{"template": "referral_1", "if_clicked": {"step": 1, "link": "a", "extra": 1}}]}}]},
+])
+def test_what_the_schema_refuses_the_parser_refuses_too(journey: dict[str, Any]) -> None:
+    assert not jsonschema.Draft202012Validator(_schema()).is_valid(journey)
+    parsed, problems = parse_journey(Path("<request>"), definition_text(journey), Templates(None))
+    assert parsed is None and problems

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from lifecycle.settings import Settings
 from lifecycle.tokens import (
+    TOKEN_PATTERN,
     ConfirmClaim,
     InvalidToken,
     MalformedToken,
@@ -80,8 +81,21 @@ def test_garbled_tokens_are_malformed(token: str) -> None:
 def test_validly_signed_non_map_payload_is_refused() -> None:
     body = base64.urlsafe_b64encode(b"[1, 2]").rstrip(b"=").decode()
     mac = base64.urlsafe_b64encode(hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).digest())
-    with pytest.raises(MalformedToken):
+    with pytest.raises(InvalidToken) as caught:
         verify(KEYS, body + "." + mac.rstrip(b"=").decode())
+    assert not isinstance(caught.value, MalformedToken)
+
+
+@pytest.mark.parametrize("token", ["A." + "B" * 43, "AB." + "_" * 43, "x" * 4000 + "." + "0" * 43])
+def test_a_token_of_the_documented_shape_that_does_not_verify_is_not_ours_not_damaged(token: str) -> None:
+    assert re.fullmatch(TOKEN_PATTERN, token)
+    with pytest.raises(InvalidToken) as caught:
+        verify(KEYS, token)
+    assert not isinstance(caught.value, MalformedToken)  # 403 (404 for a click), as the schema promises
+
+
+def test_every_token_made_has_the_documented_shape() -> None:
+    assert re.fullmatch(TOKEN_PATTERN, sign(KEYS, {"c": "x" * 300, "m": "<a@b>"}))
 
 
 def test_empty_secret_is_refused() -> None:

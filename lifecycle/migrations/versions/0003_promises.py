@@ -41,6 +41,10 @@ STATEMENTS = [
     "CREATE INDEX sends_customer_marketing_recent ON sends (customer_id, sent_at)"
     " WHERE marketing AND status IN ('sent', 'sending')",
     # opt-outs the ingest API acknowledged and the stager has not applied yet: the dispatcher honours them
+    # what the API accepts: amounts below 10^14 with 4 decimals, and totals of any size
+    "ALTER TABLE orders ALTER COLUMN value TYPE numeric(18, 4)",
+    "ALTER TABLE product_sales ALTER COLUMN price TYPE numeric(18, 4)",
+    "ALTER TABLE customers ALTER COLUMN total_spent TYPE numeric",
     """CREATE TABLE consent_fences (
         customer_id text NOT NULL,
         event_id text NOT NULL,
@@ -58,6 +62,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS consent_fences")
+    op.execute("ALTER TABLE customers ALTER COLUMN total_spent TYPE numeric(14, 2)")
+    op.execute("ALTER TABLE product_sales ALTER COLUMN price TYPE numeric(14, 2)")
+    op.execute("ALTER TABLE orders ALTER COLUMN value TYPE numeric(14, 2)")
     op.execute("DROP INDEX IF EXISTS sends_customer_marketing_recent")
     op.execute("ALTER TABLE sends DROP COLUMN IF EXISTS lease_token")
     op.execute("ALTER TABLE journey_runs DROP COLUMN IF EXISTS step_id")
