@@ -15,3 +15,5 @@ echo "== journeys validate" >&2
 "$PYTHON" -m lifecycle.cli journeys validate
 echo "== pytest" >&2
 "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
+echo "== lifecycle chaos --runs 3" >&2
+"$PYTHON" -m lifecycle.cli chaos --runs 3 --seed 20261129

@@ -155,5 +155,6 @@ def main(runs: int, seed: int, replicas: int, json_path: str | None, run_dir: Pa
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the broker restarts on purpose
     options = Options(runs, seed, replicas, Path(json_path) if json_path else None, run_dir.absolute(), kinds)
     return asyncio.run(run_chaos(options))
