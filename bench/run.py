@@ -36,19 +36,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.settings import Settings
-from lifecycle.stack import down, up
+from lifecycle.stack import down, private_settings, up
 from lifecycle.stack.smtp_sink import clear_messages, mail_dir
 
 BATCH = 100
 
 
 def bench_settings(run_dir: Path) -> Settings:
-    return Settings(
-        environment="local", run_dir=run_dir, clock="system", kafka_bootstrap="127.0.0.1:59292", postgres_port=55632,
-        database_url="postgresql+asyncpg://lifecycle@127.0.0.1:55632/lifecycle", smtp_port=2725,
-        ingest_port=8280, ingest_metrics_port=8283, stager_port=8281, dispatcher_port=8282,
-        public_url="http://127.0.0.1:8280",
-    )
+    return private_settings(run_dir, 200, clock="system")
 
 
 def make_events(customers: int, views: int) -> list[dict[str, Any]]:

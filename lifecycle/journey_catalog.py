@@ -20,7 +20,7 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lifecycle.core.journeys import Journey, SendStep
+from lifecycle.core.journeys import Journey
 from lifecycle.journey_files import JourneyError, JourneyFile, Problem, parse_journey
 from lifecycle.templates import Templates
 
@@ -228,7 +228,3 @@ def catalog_view(versions: list[VersionInfo], with_definition: bool = False) -> 
             "versions": [info.as_json(with_definition) for info in infos],
         })
     return view
-
-
-def send_step_ids(journey: Journey) -> list[str]:
-    return [step.id for step in journey.steps if isinstance(step, SendStep)]

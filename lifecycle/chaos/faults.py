@@ -114,12 +114,15 @@ class Faults:
         await asyncio.sleep(seconds)
 
     async def _smtp_drop_mid_data(self, record: FaultRecord) -> None:
-        self.sink.drop_next(self.rng.randint(2, 4))
-        deadline = time.time() + 10.0
+        wanted = self.rng.randint(2, 4)
+        self.sink.drop_next(wanted)
+        deadline = time.time() + 20.0
         while self.sink.mode.drop > 0 and time.time() < deadline:
             await asyncio.sleep(0.05)
-        record.detail = f"{self.sink.mode.drop} left undropped"
+        dropped = wanted - self.sink.mode.drop
         self.sink.drop_next(0)
+        record.injected = dropped > 0  # no message came while armed: nothing was cut
+        record.detail = f"{dropped} connection(s) cut after DATA"
 
     async def _smtp_down(self, record: FaultRecord) -> None:
         await self.sink.go_down()

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from lifecycle.chaos.faults import BACKEND_TERMINATE, KINDS, FaultRecord, Faults
 from lifecycle.chaos.judge import Verdict, judge
 from lifecycle.chaos.sink import ChaosSink
-from lifecycle.chaos.stack import ADMIN_KEY, SMTP_PORT, WRITE_KEY, ChaosStack, chaos_settings
+from lifecycle.chaos.stack import ADMIN_KEY, WRITE_KEY, ChaosStack, chaos_settings
 from lifecycle.chaos.workload import JOURNEYS, Api, Workload, WorkloadError
 from lifecycle.clock import SystemClock
 from lifecycle.idle import NotIdle, PipelineWatch
@@ -62,7 +62,7 @@ async def run_chaos(options: Options) -> int:
     options.run_dir.mkdir(parents=True)
     options.run_dir.chmod(0o755)
     stack = ChaosStack(settings)
-    sink = ChaosSink("127.0.0.1", SMTP_PORT)
+    sink = ChaosSink(settings.smtp_host, settings.smtp_port)
     api = Api(settings.public_url, WRITE_KEY)
     engine = create_async_engine(settings.database_url, pool_pre_ping=True,
                                  connect_args={"server_settings": {"application_name": "chaos"}})

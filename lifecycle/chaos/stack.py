@@ -21,16 +21,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.settings import Settings
-from lifecycle.stack import processes, service_env, wait_http_ok
+from lifecycle.stack import private_settings, processes, service_env, wait_http_ok
 from lifecycle.stack._util import absolute
 
-# Ports of the harness's stack: apart from the local stack's and the tests' own.
-KAFKA_PORT = 59392  # controller on 59393
-POSTGRES_PORT = 55732
-SMTP_PORT = 2825
-INGEST_PORT = 8380
-INGEST_METRICS_PORT = 8383
-STAGER_PORT_BASE = 8390
+# Ports of the harness's stack: apart from the local stack's, the tests' and the benchmark's.
+PORT_OFFSET = 300
+STAGER_PORT_BASE = 8390  # stager-1 on 8391 ...
 DISPATCHER_PORT_BASE = 8410
 WRITE_KEY = "chaos-write-key"
 ADMIN_KEY = "chaos-admin-key"
@@ -38,21 +34,10 @@ ADMIN_KEY = "chaos-admin-key"
 
 def chaos_settings(run_dir: Path) -> Settings:
     """Short leases, timeouts and backoffs, so that recovery fits in a run of a minute or two."""
-    return Settings(
-        run_dir=run_dir,
-        kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
-        postgres_port=POSTGRES_PORT,
-        database_url=f"postgresql+asyncpg://lifecycle@127.0.0.1:{POSTGRES_PORT}/lifecycle",
-        smtp_host="127.0.0.1",
-        smtp_port=SMTP_PORT,
-        ingest_port=INGEST_PORT,
-        stager_port=STAGER_PORT_BASE,
-        dispatcher_port=DISPATCHER_PORT_BASE,
-        public_url=f"http://127.0.0.1:{INGEST_PORT}",
+    return private_settings(
+        run_dir, PORT_OFFSET,
         api_keys=WRITE_KEY,
         admin_keys=ADMIN_KEY,
-        environment="local",
-        ingest_metrics_port=INGEST_METRICS_PORT,
         clock="system",
         log_format="json",
         cart_abandon_minutes=0.75,  # workload.CART_ABANDON
@@ -153,7 +138,7 @@ class ChaosStack:
     def member(self, name: str) -> Member:
         kind = name.split("-")[0]
         number = int(name.split("-")[1]) if "-" in name else 0
-        port = {"ingest": INGEST_PORT, "stager": STAGER_PORT_BASE + number,
+        port = {"ingest": self.settings.ingest_port, "stager": STAGER_PORT_BASE + number,
                 "dispatcher": DISPATCHER_PORT_BASE + number}[kind]
         return Member(name, kind, port)
 

@@ -31,6 +31,7 @@ __all__ = [
     "SERVICES",
     "StackError",
     "down",
+    "private_settings",
     "restart_services",
     "service_env",
     "start_infrastructure",
@@ -42,6 +43,24 @@ __all__ = [
 
 SERVICES: tuple[str, ...] = ("ingest", "stager", "dispatcher")
 HEALTH_TIMEOUT = 60.0
+
+
+def private_settings(run_dir: Path, offset: int, **overrides: object) -> Settings:
+    """Settings of a stack of its own beside the local one: every port moved by `offset` (the tests
+    take 100, the benchmark 200, the fault harness 300), on the local environment."""
+    ingest = Settings.model_fields["ingest_port"].default + offset
+    postgres = Settings.model_fields["postgres_port"].default + offset
+    host, port = Settings.model_fields["kafka_bootstrap"].default.rsplit(":", 1)
+    values: dict[str, object] = {
+        "environment": "local", "run_dir": run_dir, "kafka_bootstrap": f"{host}:{int(port) + offset}",
+        "postgres_port": postgres, "database_url": f"postgresql+asyncpg://lifecycle@127.0.0.1:{postgres}/lifecycle",
+        "smtp_host": "127.0.0.1", "smtp_port": Settings.model_fields["smtp_port"].default + offset,
+        "ingest_port": ingest, "public_url": f"http://127.0.0.1:{ingest}",
+        "ingest_metrics_port": Settings.model_fields["ingest_metrics_port"].default + offset,
+        "stager_port": Settings.model_fields["stager_port"].default + offset,
+        "dispatcher_port": Settings.model_fields["dispatcher_port"].default + offset,
+    }
+    return Settings.model_validate({**values, **overrides})
 
 
 def service_env(settings: Settings) -> dict[str, str]:

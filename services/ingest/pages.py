@@ -428,6 +428,11 @@ def pages_router(
         found = await customer(customer_id)
         return lang_of(found.get("locale")) if found is not None else None
 
+    async def customer_and_lang(customer_id: str, explicit: str | None) -> tuple[dict[str, object] | None, Lang]:
+        """The customer (None when unknown or the lookup failed) and the language to show them."""
+        found = await customer(customer_id)
+        return found, lang_of(explicit) or (lang_of(found.get("locale")) if found else None) or default_lang
+
     def header(lang: Lang) -> str:
         # The shop's name, and a link to the same page in the other language.
         other: Lang = "en" if lang == "fr" else "fr"
@@ -559,8 +564,7 @@ def pages_router(
             return claim
         if (limited := over_limit(request, token)) is not None:
             return limited
-        found = await customer(claim.customer_id)
-        shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
+        found, shown = await customer_and_lang(claim.customer_id, lang)
         left = found.get("unsubscribed_categories") if found else None
         left_set = set(left) if isinstance(left, list | tuple) else set()
         opted_out = found is not None and found.get("consent") == "opted_out"
@@ -689,8 +693,7 @@ def pages_router(
             return claim
         if (limited := over_limit(request, token)) is not None:
             return limited
-        found = await customer(claim.customer_id)
-        shown = lang_of(lang) or (lang_of(found.get("locale")) if found else None) or default_lang
+        found, shown = await customer_and_lang(claim.customer_id, lang)
         # Said now rather than after the button: the POST would refuse it anyway.
         if found is not None and not sent_to_current_address(found, claim):
             return other_address(shown)

@@ -18,28 +18,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from lifecycle.idle import PipelineWatch
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import StackError, down, start_infrastructure, up
-
-KAFKA_PORT = 59192  # controller on 59193
-POSTGRES_PORT = 55532
-SMTP_PORT = 2625
+from lifecycle.stack import StackError, down, private_settings, start_infrastructure, up
 
 
 def integration_settings(run_dir: Path) -> Settings:
-    return Settings(
-        environment="local",
-        run_dir=run_dir,
-        kafka_bootstrap=f"127.0.0.1:{KAFKA_PORT}",
-        postgres_port=POSTGRES_PORT,
-        database_url=f"postgresql+asyncpg://lifecycle@127.0.0.1:{POSTGRES_PORT}/lifecycle",
-        smtp_host="127.0.0.1",
-        smtp_port=SMTP_PORT,
-        ingest_port=8180,
-        ingest_metrics_port=8183,
-        stager_port=8181,
-        dispatcher_port=8182,
-        public_url="http://127.0.0.1:8180",
-    )
+    return private_settings(run_dir, 100)
 
 
 @pytest.fixture(scope="session")
