@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     ingest_port: int = 8080
     # /metrics of the ingest API, kept off its public port
     ingest_metrics_port: int = 8083
+    # Idle keep-alive connections stay open this long: longer than a load balancer's idle timeout, so
+    # the balancer (or client) closes first and never sends a request on a connection being closed.
+    ingest_keep_alive_seconds: int = Field(default=75, ge=1)
     stager_port: int = 8081
     dispatcher_port: int = 8082
 

@@ -37,6 +37,7 @@ def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=settings.ingest_keep_alive_seconds,
         lifespan="on",
     )
 

@@ -533,6 +533,18 @@ def test_the_public_server_trusts_x_forwarded_for_only_from_the_configured_proxi
     assert (config.host, config.port) == (settings.ingest_host, settings.ingest_port)
 
 
+def test_idle_connections_outlive_the_clients_and_balancers_in_front() -> None:
+    # Closed by the API at the moment a client reuses it, a kept-alive connection fails that request:
+    # the client (httpx keeps idle connections 5 s) and balancers (60 s) must always close first.
+    settings = make_settings()
+    config = api_config(settings, create_app(settings, ManualClock(NOW), FakeProducer))
+    assert config.timeout_keep_alive == settings.ingest_keep_alive_seconds > 60
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None and config.timeout_keep_alive > client_expiry
+    custom = make_settings(ingest_keep_alive_seconds=120)
+    assert api_config(custom, create_app(custom, ManualClock(NOW), FakeProducer)).timeout_keep_alive == 120
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
