@@ -10,10 +10,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import email_validator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+import lifecycle.events as events_module
 from lifecycle.events import (
     MAX_BATCH_EVENTS,
     BatchInvalid,
@@ -669,3 +672,37 @@ def test_round_trip_property(raw: dict[str, Any], received: datetime) -> None:
     assert again.to_message() == message
     assert again.traits == event.traits
     assert (again.traits.provided() if again.traits else None) == (event.traits.provided() if event.traits else None)
+
+
+# --- the everyday-address fast path agrees with email-validator --------------------------------------
+
+_EMAIL_ALPHABET = "aZ09.-_+!#'`~@xn-é\u00a0 .localtest"
+
+
+def _full_check(value: str) -> str | None:
+    try:
+        return email_validator.validate_email(value, check_deliverability=False).normalized
+    except email_validator.EmailNotValidError:
+        return None
+
+
+@given(st.one_of(st.from_regex(events_module._PLAIN_EMAIL, fullmatch=True),
+                 st.text(alphabet=_EMAIL_ALPHABET, min_size=3, max_size=40)))
+def test_every_address_the_fast_path_takes_the_full_check_takes_alike(value: str) -> None:
+    fast = events_module._plain_email(value)
+    if fast is not None:
+        assert _full_check(value) == fast
+
+
+@pytest.mark.parametrize("value", [
+    "Ada.Lovelace@Example.COM", "o'brien+tag@mail.shop.example", "x@a.co",
+    "x@xn--bcher-kva.com", "x@example.localhost", "x@ex.test", "a..b@x.com", "x@com", "x@a-.com",
+    "x@1.2.3.4", "ü@example.com", "x@bücher.com", "a" * 65 + "@example.com", "x@" + "a." * 130 + "com",
+])
+def test_addresses_come_out_as_the_full_check_makes_them_or_are_refused_alike(value: str) -> None:
+    expected = _full_check(value)
+    if expected is None:
+        with pytest.raises(ValidationError):
+            Traits.model_validate({"email": value})
+    else:
+        assert Traits.model_validate({"email": value}).email == expected
