@@ -14,17 +14,17 @@ import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, text, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lifecycle.clock import Clock
 from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
 from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
-from lifecycle.db.schema import customers, due_changes, outbox, processed_events
+from lifecycle.db.schema import outbox
 from lifecycle.events import Event
 from services.stager import metrics
 from services.stager.facts import record_facts
@@ -181,57 +181,73 @@ class _Changes:
 
     async def save(self, conn: AsyncConnection, now: datetime) -> None:
         if self.states:
-            rows = [_customer_row(state, now) for state in self.states.values()]
-            stmt = insert(customers).values(rows)
-            update_columns = {c: stmt.excluded[c] for c in rows[0] if c != "customer_id"}
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=update_columns))
-        to_set = [
-            {"customer_id": c, "kind": k, "due_at": at} for (c, k), at in self.dues.items() if at is not None
-        ]
+            rows = [_customer_row(state) for state in self.states.values()]
+            await conn.execute(UPSERT_CUSTOMERS, {**{name: [row[i] for row in rows]
+                                                     for i, name in enumerate(CUSTOMER_COLUMNS)}, "now": now})
+        to_set = [(c, k, at) for (c, k), at in self.dues.items() if at is not None]
         to_clear = [(c, k) for (c, k), at in self.dues.items() if at is None]
         if to_set:
-            stmt = insert(due_changes).values(to_set)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["customer_id", "kind"], set_={"due_at": stmt.excluded.due_at}
-                )
-            )
+            await conn.execute(UPSERT_DUES, {"c": [c for c, _, _ in to_set], "k": [k for _, k, _ in to_set],
+                                             "at": [at for _, _, at in to_set]})
         if to_clear:
-            await conn.execute(
-                delete(due_changes).where(tuple_(due_changes.c.customer_id, due_changes.c.kind).in_(to_clear))
-            )
+            await conn.execute(CLEAR_DUES, {"c": [c for c, _ in to_clear], "k": [k for _, k in to_clear]})
         if self.triggers:
-            await conn.execute(
-                insert(outbox).values(
-                    [{"customer_id": t["customer_id"], "payload": t, "created_at": now} for t in self.triggers]
-                )
-            )
+            await conn.execute(INSERT_OUTBOX, {"c": [t["customer_id"] for t in self.triggers],
+                                               "p": [_json(t) for t in self.triggers], "now": now})
 
 
-def _customer_row(state: CustomerState, now: datetime) -> dict[str, Any]:
+# Every batch write is one statement of fixed text over arrays: compiled and prepared once, whatever
+# the batch's size (a multi-row VALUES is a new statement, compiled anew, for every batch).
+CUSTOMER_COLUMNS = ("customer_id", "state", "stage", "consent", "email", "suppressed", "last_engagement_at",
+                    "orders_count", "total_spent", "first_order_at", "last_order_at")
+_CUSTOMER_TYPES = ("text", "text", "text", "text", "text", "text", "timestamptz", "int", "numeric", "timestamptz",
+                   "timestamptz")
+UPSERT_CUSTOMERS = text(
+    f"INSERT INTO customers ({', '.join(CUSTOMER_COLUMNS)}, updated_at)"
+    f" SELECT u.customer_id, u.state::jsonb, {', '.join('u.' + c for c in CUSTOMER_COLUMNS[2:])}, :now"
+    " FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(CUSTOMER_COLUMNS, _CUSTOMER_TYPES, strict=True))
+    + f") AS u({', '.join(CUSTOMER_COLUMNS)})"
+    " ON CONFLICT (customer_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*CUSTOMER_COLUMNS[1:], "updated_at"))
+)
+UPSERT_DUES = text(
+    "INSERT INTO due_changes (customer_id, kind, due_at)"
+    " SELECT * FROM unnest(CAST(:c AS text[]), CAST(:k AS text[]), CAST(:at AS timestamptz[]))"
+    " ON CONFLICT (customer_id, kind) DO UPDATE SET due_at = EXCLUDED.due_at"
+)
+CLEAR_DUES = text(
+    "DELETE FROM due_changes d USING unnest(CAST(:c AS text[]), CAST(:k AS text[])) AS u(c, k)"
+    " WHERE d.customer_id = u.c AND d.kind = u.k"
+)
+# in the batch's order: the relay publishes triggers in id order
+INSERT_OUTBOX = text(
+    "INSERT INTO outbox (customer_id, payload, created_at)"
+    " SELECT u.c, u.p::jsonb, :now FROM unnest(CAST(:c AS text[]), CAST(:p AS text[])) WITH ORDINALITY AS u(c, p, n)"
+    " ORDER BY u.n"
+)
+CLAIM_EVENT_IDS = text(
+    "INSERT INTO processed_events (customer_id, event_id, processed_at)"
+    " SELECT c, e, :now FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS u(c, e)"
+    " ON CONFLICT DO NOTHING RETURNING customer_id, event_id"
+)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _customer_row(state: CustomerState) -> tuple[Any, ...]:
     summary = state.order_summary()
-    return {
-        "customer_id": state.customer_id,
-        "state": state.to_json(),
-        "stage": state.stage,
-        "consent": state.consent,
-        "email": state.traits.get("email"),
-        "suppressed": state.suppressed,
-        "last_engagement_at": state.last_engagement_at,
-        "orders_count": summary["orders_count"],
-        "total_spent": summary["total_spent"],
-        "first_order_at": summary["first_order_at"],
-        "last_order_at": summary["last_order_at"],
-        "updated_at": now,
-    }
+    return (state.customer_id, _json(state.to_json()), state.stage, state.consent, state.traits.get("email"),
+            state.suppressed, state.last_engagement_at, summary["orders_count"],
+            Decimal(str(summary["total_spent"])), summary["first_order_at"], summary["last_order_at"])
 
 
 async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event], now: datetime) -> set[tuple[str, str]]:
-    rows = [{"event_id": e.event_id, "customer_id": e.customer_id, "processed_at": now} for e in events]
-    result = await conn.execute(
-        insert(processed_events).values(rows).on_conflict_do_nothing()
-        .returning(processed_events.c.customer_id, processed_events.c.event_id)
-    )
+    claimed = list(events)
+    result = await conn.execute(CLAIM_EVENT_IDS, {"c": [e.customer_id for e in claimed],
+                                                  "e": [e.event_id for e in claimed], "now": now})
     return {(row.customer_id, row.event_id) for row in result}
 
 

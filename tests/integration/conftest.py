@@ -22,7 +22,8 @@ from lifecycle.stack import StackError, down, private_settings, start_infrastruc
 
 
 def integration_settings(run_dir: Path) -> Settings:
-    return private_settings(run_dir, 100)
+    # LIFECYCLE_TEST_PORT_OFFSET moves them again: two checkouts can run their tests side by side
+    return private_settings(run_dir, int(os.environ.get("LIFECYCLE_TEST_PORT_OFFSET", "100")))
 
 
 @pytest.fixture(scope="session")
