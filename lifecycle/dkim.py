@@ -39,6 +39,7 @@ WallClock = Callable[[], float]
 
 _SIGNED = tuple(name.lower().encode() for name in SIGNED_HEADERS)
 _WSP = re.compile(rb"[ \t]+")
+_WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # WSP other than a lone space: the same result as _WSP, faster
 _WIDTH = 78  # longest line of the DKIM-Signature header, as RFC 5322 recommends
 _KEY_KINDS: tuple[tuple[type[object], str], ...] = (
     (ec.EllipticCurvePrivateKey, "EC"), (dsa.DSAPrivateKey, "DSA"), (ed448.Ed448PrivateKey, "Ed448"),
@@ -72,8 +73,11 @@ def load_private_key(pem: bytes) -> SigningKey:
 
 
 def _crlf(message: bytes) -> bytes:
-    # SMTP sends CRLF; sign exactly the bytes that go out
-    return re.sub(rb"(?<!\r)\n", b"\r\n", message)
+    # SMTP sends CRLF; sign exactly the bytes that go out. Every LF not after a CR becomes CRLF
+    # (the same as re.sub(rb"(?<!\r)\n", b"\r\n", ...), in a fraction of the time).
+    if message.count(b"\n") == message.count(b"\r\n"):
+        return message
+    return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def relaxed_header(field: bytes) -> bytes:
@@ -89,7 +93,7 @@ def relaxed_body(body: bytes) -> bytes:
     """The body (CRLF line endings) canonicalized the relaxed way (RFC 6376 §3.4.4): runs of WSP made
     one space, none at the end of a line, no empty lines at the end, a CRLF at the end; an empty body
     (or one of empty lines only) stays empty."""
-    body = _WSP.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
     # A last line without CRLF gets one from SMTP on its way out, so its trailing WSP goes too.
     end = len(body) - 1 if body.endswith(b" ") else len(body)
     while body.endswith(b"\r\n", 0, end):
@@ -108,9 +112,9 @@ def _fields(head: bytes) -> list[bytes]:
     return fields
 
 
-def _fold(tags: list[list[str]]) -> bytes:
-    """The DKIM-Signature header (no final CRLF) with these tags, each a list of the pieces it may be
-    broken between, folded into lines of at most `_WIDTH` characters."""
+def _fold(tags: list[list[str]]) -> list[str]:
+    """The lines of a DKIM-Signature header with these tags, each a list of the pieces it may be broken
+    between, folded to at most `_WIDTH` characters a line."""
     lines = ["DKIM-Signature:"]
     for pieces in tags:
         for index, piece in enumerate(pieces):
@@ -119,7 +123,19 @@ def _fold(tags: list[list[str]]) -> bytes:
                 lines[-1] += glue + piece
             else:
                 lines.append(" " + piece)
-    return "\r\n".join(lines).encode()
+    return lines
+
+
+def _with_b(lines: list[str], b: str) -> bytes:
+    """The header (no final CRLF) of these lines ended by the b= tag, its value broken anywhere (base64
+    may hold folding whitespace, RFC 6376 §3.5)."""
+    tag = "b=" + b
+    room = _WIDTH - len(lines[-1]) - 1
+    if room < 3:  # not even "b=" and a character
+        lines, room = [*lines, ""], _WIDTH - 1
+    folded = [*lines[:-1], lines[-1] + " " + tag[:room]]
+    folded += [" " + tag[at:at + _WIDTH - 1] for at in range(room, len(tag), _WIDTH - 1)]
+    return "\r\n".join(folded).encode()
 
 
 def _timestamp(now: datetime | float) -> int:
@@ -163,16 +179,15 @@ class DkimSigner:
                 [f"{'h=' if i == 0 else ''}{name}{';' if i == len(present) - 1 else ':'}"
                  for i, name in enumerate(present)],
                 [f"bh={body_hash};"]]
-        unsigned = _fold([*tags, ["b="]])
+        lines = _fold(tags)
+        unsigned = _with_b(lines, "")
         signed_data = b"".join(relaxed_header(last[name.encode()]) + b"\r\n" for name in present)
         signed_data += relaxed_header(unsigned)  # the signature header itself: b= empty, no CRLF (§3.7)
         if isinstance(self.key, rsa.RSAPrivateKey):
             signature = self.key.sign(signed_data, padding.PKCS1v15(), hashes.SHA256())
         else:  # RFC 8463: Ed25519 (pure) over the SHA-256 hash
             signature = self.key.sign(hashlib.sha256(signed_data).digest())
-        b = base64.b64encode(signature).decode()
-        b_pieces = ["b=" + b[:4]] + [b[i:i + 4] for i in range(4, len(b), 4)]
-        return _fold([*tags, b_pieces]) + b"\r\n" + message
+        return _with_b(lines, base64.b64encode(signature).decode()) + b"\r\n" + message
 
 
 def signer_from_settings(settings: Settings) -> DkimSigner | None:

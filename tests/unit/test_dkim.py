@@ -21,6 +21,9 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
+from dkim.canonicalization import Relaxed as DkimpyRelaxed  # type: ignore[import-untyped]
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lifecycle.dkim import (
     DkimKeyError,
@@ -30,6 +33,7 @@ from lifecycle.dkim import (
     relaxed_header,
     signer_from_settings,
 )
+from lifecycle.dkim import _crlf as _crlf_of_the_signer
 from lifecycle.settings import Settings
 
 SELECTOR, DOMAIN = "s2026", "shop.example"
@@ -362,3 +366,29 @@ def test_signing_is_only_on_when_all_three_settings_are_set(keys: dict[str, byte
         path.write_bytes(keys[form])
         signer = signer_from_settings(Settings(dkim_selector="s1", dkim_domain=DOMAIN, dkim_private_key_file=path))
         assert signer is not None and signer.selector == b"s1" and signer.algorithm == algorithm
+
+
+_TEXT_BITS = [b" ", b"\t", b"\r\n", b"\n", b"a", b"b", "é".encode(), b"."]
+_WSP_TEXT = st.lists(st.sampled_from([*_TEXT_BITS, b"\r"]), max_size=40).map(b"".join)
+# no lone CR in a header: dkimpy strips it at the end of a value, RFC 6376 only strips WSP (SP, HTAB)
+_HEADER_TEXT = st.lists(st.sampled_from(_TEXT_BITS), max_size=40).map(b"".join)
+
+
+@given(_WSP_TEXT)
+def test_crlf_turns_each_lone_lf_into_crlf(text: bytes) -> None:
+    assert _crlf_of_the_signer(text) == re.sub(rb"(?<!\r)\n", b"\r\n", text)
+
+
+@given(_WSP_TEXT.map(_crlf))
+def test_relaxed_body_agrees_with_dkimpy(body: bytes) -> None:
+    """dkimpy's canonicalization, for bodies as SMTP sends them (ending with CRLF, or empty)."""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    assert relaxed_body(body) == DkimpyRelaxed.canonicalize_body(body)
+
+
+@given(st.sampled_from([b"Subject", b"TO", b"x-Other \t"]), _HEADER_TEXT.map(_crlf))
+def test_relaxed_header_agrees_with_dkimpy(name: bytes, value: bytes) -> None:
+    value = re.sub(rb"\r\n(?![ \t])", b"\r\n ", value).removesuffix(b"\r\n ")  # folded: CRLF then WSP
+    [(theirs_name, theirs_value)] = DkimpyRelaxed.canonicalize_headers([(name, value)])
+    assert relaxed_header(name + b":" + value) + b"\r\n" == theirs_name + b":" + theirs_value
