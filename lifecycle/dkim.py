@@ -2,7 +2,8 @@
 
 Two algorithms, chosen by the key: RSA keys sign `rsa-sha256`, Ed25519 keys `ed25519-sha256`
 (RFC 8463). Canonicalization, the body hash and the DKIM-Signature header are built here; only the
-signature itself is `cryptography`'s (OpenSSL), about a millisecond for RSA 2048.
+signature itself is `cryptography`'s (OpenSSL): a millisecond or two for RSA 2048, where dkimpy's
+pure-Python RSA took ten times as long.
 
 Messages are signed when handed to SMTP, not when composed: the stored message stays the one
 composed, and a retried or reclaimed send is signed again with the key configured at that moment
