@@ -1,4 +1,9 @@
-"""DKIM signing of outgoing messages (RSA-SHA256, relaxed/relaxed), with dkimpy.
+"""DKIM signing of outgoing messages (RFC 6376), relaxed/relaxed, with `cryptography`.
+
+Two algorithms, chosen by the key: RSA keys sign `rsa-sha256`, Ed25519 keys `ed25519-sha256`
+(RFC 8463). Canonicalization, the body hash and the DKIM-Signature header are built here; only the
+signature itself is `cryptography`'s (OpenSSL): a millisecond or two for RSA 2048, where dkimpy's
+pure-Python RSA took ten times as long.
 
 Messages are signed when handed to SMTP, not when composed: the stored message stays the one
 composed, and a retried or reclaimed send is signed again with the key configured at that moment
@@ -8,10 +13,16 @@ composed, and a retried or reclaimed send is signed again with the key configure
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
-import dkim  # type: ignore[import-untyped]
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x448, x25519
 
 from lifecycle.settings import Settings
 
@@ -20,81 +31,164 @@ from lifecycle.settings import Settings
 SIGNED_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
                   "MIME-Version", "Content-Type")
 
-_RSA_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1, rsaEncryption
+MIN_RSA_BITS = 1024  # RFC 8301: signers MUST use at least 1024 bits, SHOULD use 2048
+
+SigningKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+# The signature time (t=) is what receivers compare with their own clocks, so it is wall-clock time
+# (never a virtual business time): seconds since the epoch, `time.time` unless a test passes another.
+WallClock = Callable[[], float]
+
+_SIGNED = tuple(name.lower().encode() for name in SIGNED_HEADERS)
+_WSP = re.compile(rb"[ \t]+")
+_WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # WSP other than a lone space: the same result as _WSP, faster
+_WIDTH = 78  # longest line of the DKIM-Signature header, as RFC 5322 recommends
+_KEY_KINDS: tuple[tuple[type[object], str], ...] = (
+    (ec.EllipticCurvePrivateKey, "EC"), (dsa.DSAPrivateKey, "DSA"), (ed448.Ed448PrivateKey, "Ed448"),
+    (x25519.X25519PrivateKey, "X25519"), (x448.X448PrivateKey, "X448"))
 
 
 class DkimKeyError(ValueError):
     """The configured key cannot be used for signing."""
 
 
-def _der_item(data: bytes, at: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER item at `at`."""
-    tag, length = data[at], data[at + 1]
-    at += 2
-    if length & 0x80:
-        size = length & 0x7F
-        length = int.from_bytes(data[at:at + size], "big")
-        at += size
-    return tag, at, at + length
-
-
-def _pkcs1_from_pkcs8(der: bytes) -> bytes:
-    """The RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (what `openssl genrsa` writes since 3.0)."""
-    _, content, _ = _der_item(der, 0)  # PrivateKeyInfo SEQUENCE
-    _, _, after_version = _der_item(der, content)  # version INTEGER
-    _, algorithm, after_algorithm = _der_item(der, after_version)  # AlgorithmIdentifier SEQUENCE
-    _, oid_start, oid_end = _der_item(der, algorithm)
-    if der[oid_start:oid_end] != _RSA_OID:
-        raise DkimKeyError("only RSA keys are supported for DKIM")
-    tag, key_start, key_end = _der_item(der, after_algorithm)  # privateKey OCTET STRING
-    if tag != 0x04:
-        raise DkimKeyError("malformed PKCS#8 key")
-    return der[key_start:key_end]
-
-
-def _pkcs1_der(pem: bytes) -> bytes:
-    match = re.search(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", pem, re.DOTALL)
-    if match is None:
+def load_private_key(pem: bytes) -> SigningKey:
+    """An unencrypted PEM key usable for DKIM: RSA (PKCS#1 or PKCS#8) of 1024 bits or more, or Ed25519."""
+    if b"-----BEGIN" not in pem:
         raise DkimKeyError("no PEM private key found")
-    kind, body = match.group(1), base64.b64decode(b"".join(match.group(2).split()))
-    if kind == b"RSA PRIVATE KEY":
-        return body
-    if kind != b"PRIVATE KEY":
-        raise DkimKeyError(f"unsupported key type {kind.decode()!r} (an unencrypted RSA key is needed)")
     try:
-        return _pkcs1_from_pkcs8(body)
-    except IndexError:
-        raise DkimKeyError("malformed PKCS#8 key") from None
-
-
-def load_private_key(pem: bytes) -> bytes:
-    """A PEM RSA key, PKCS#1 or unencrypted PKCS#8, as the PKCS#1 PEM that dkimpy reads."""
-    body = _pkcs1_der(pem)
-    lines = [base64.b64encode(body[i:i + 48]) for i in range(0, len(body), 48)]
-    return b"-----BEGIN RSA PRIVATE KEY-----\n" + b"\n".join(lines) + b"\n-----END RSA PRIVATE KEY-----\n"
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:  # what cryptography raises for a key that needs a password
+        raise DkimKeyError("the DKIM key is encrypted: an unencrypted PEM key is needed") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise DkimKeyError(f"not a usable PEM private key: {exc}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise DkimKeyError(f"the RSA key has {key.key_size} bits: DKIM needs at least {MIN_RSA_BITS} "
+                               "(2048 recommended, RFC 8301)")
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    kind = next((name for cls, name in _KEY_KINDS if isinstance(key, cls)), type(key).__name__)
+    raise DkimKeyError(f"unsupported key type {kind}: DKIM signs with an RSA key (rsa-sha256) "
+                       "or an Ed25519 key (ed25519-sha256)")
 
 
 def _crlf(message: bytes) -> bytes:
-    # SMTP sends CRLF; sign exactly the bytes that go out
-    return re.sub(rb"(?<!\r)\n", b"\r\n", message)
+    # SMTP sends CRLF; sign exactly the bytes that go out. Every LF not after a CR becomes CRLF
+    # (the same as re.sub(rb"(?<!\r)\n", b"\r\n", ...), in a fraction of the time).
+    if message.count(b"\n") == message.count(b"\r\n"):
+        return message
+    return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def relaxed_header(field: bytes) -> bytes:
+    """One header field ("Name: value", folded or not, without its final CRLF), canonicalized the
+    relaxed way (RFC 6376 §3.4.2): name lowercased, unfolded, runs of WSP made one space, no WSP
+    around the colon nor at the end."""
+    name, _, value = field.partition(b":")
+    value = _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    return name.rstrip(b" \t").lower() + b":" + value
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The body (CRLF line endings) canonicalized the relaxed way (RFC 6376 §3.4.4): runs of WSP made
+    one space, none at the end of a line, no empty lines at the end, a CRLF at the end; an empty body
+    (or one of empty lines only) stays empty."""
+    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    # A last line without CRLF gets one from SMTP on its way out, so its trailing WSP goes too.
+    end = len(body) - 1 if body.endswith(b" ") else len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    return body[:end] + b"\r\n" if end else b""
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """The header block's fields, each as it stands (continuation lines included, no final CRLF)."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields
+
+
+def _fold(tags: list[list[str]]) -> list[str]:
+    """The lines of a DKIM-Signature header with these tags, each a list of the pieces it may be broken
+    between, folded to at most `_WIDTH` characters a line."""
+    lines = ["DKIM-Signature:"]
+    for pieces in tags:
+        for index, piece in enumerate(pieces):
+            glue = " " if index == 0 else ""  # tags are apart; the pieces of one tag are not
+            if len(lines[-1]) + len(glue) + len(piece) <= _WIDTH:
+                lines[-1] += glue + piece
+            else:
+                lines.append(" " + piece)
+    return lines
+
+
+def _with_b(lines: list[str], b: str) -> bytes:
+    """The header (no final CRLF) of these lines ended by the b= tag, its value broken anywhere (base64
+    may hold folding whitespace, RFC 6376 §3.5)."""
+    tag = "b=" + b
+    room = _WIDTH - len(lines[-1]) - 1
+    if room < 3:  # not even "b=" and a character
+        lines, room = [*lines, ""], _WIDTH - 1
+    folded = [*lines[:-1], lines[-1] + " " + tag[:room]]
+    folded += [" " + tag[at:at + _WIDTH - 1] for at in range(room, len(tag), _WIDTH - 1)]
+    return "\r\n".join(folded).encode()
+
+
+def _timestamp(now: datetime | float) -> int:
+    if isinstance(now, datetime):
+        if now.tzinfo is None:
+            raise ValueError("the signing time needs a time zone")
+        return int(now.timestamp())
+    return int(now)
 
 
 class DkimSigner:
-    def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
+    def __init__(self, selector: str, domain: str, private_key: bytes, clock: WallClock = time.time) -> None:
         self.selector = selector.encode()
         self.domain = domain.encode()
-        self.private_key = load_private_key(private_key)
+        self.key = load_private_key(private_key)
+        self.algorithm = "rsa-sha256" if isinstance(self.key, rsa.RSAPrivateKey) else "ed25519-sha256"
+        self.clock = clock
         self.sign(b"From: check@" + self.domain + b"\r\n\r\nkey check\r\n")  # a bad key fails now, not per send
 
-    def sign(self, message: bytes) -> bytes:
-        """The message with a DKIM-Signature header in front, CRLF line endings."""
+    def sign(self, message: bytes, now: datetime | int | None = None) -> bytes:
+        """The message with a DKIM-Signature header in front, CRLF line endings.
+
+        `now` is the signature time (t=): an aware datetime or seconds since the epoch; the signer's
+        clock when not given.
+        """
         message = _crlf(message)
-        head = message.split(b"\r\n\r\n", 1)[0].lower()
-        present = [h for h in SIGNED_HEADERS if re.search(rb"(^|\r\n)" + re.escape(h.lower().encode()) + rb":", head)]
-        signature: bytes = dkim.sign(message, self.selector, self.domain, self.private_key,
-                                     canonicalize=(b"relaxed", b"relaxed"),
-                                     include_headers=[h.encode() for h in present])
-        return signature + message
+        end = message.find(b"\r\n\r\n")
+        head, body = (message, b"") if end < 0 else (message[:end], message[end + 4:])
+        last: dict[bytes, bytes] = {}
+        for field in _fields(head):
+            if b":" in field:
+                # RFC 6376 §5.4.2: a name signed once stands for its last instance
+                last[field.partition(b":")[0].rstrip(b" \t").lower()] = field
+        present = [name.decode() for name in _SIGNED if name in last]
+        if "from" not in present:
+            raise ValueError("a message without a From header cannot be DKIM-signed (RFC 6376 §5.4)")
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+        t = _timestamp(self.clock() if now is None else now)
+        tags = [["v=1;"], [f"a={self.algorithm};"], ["c=relaxed/relaxed;"], [f"d={self.domain.decode()};"],
+                [f"s={self.selector.decode()};"], [f"t={t};"],
+                [f"{'h=' if i == 0 else ''}{name}{';' if i == len(present) - 1 else ':'}"
+                 for i, name in enumerate(present)],
+                [f"bh={body_hash};"]]
+        lines = _fold(tags)
+        unsigned = _with_b(lines, "")
+        signed_data = b"".join(relaxed_header(last[name.encode()]) + b"\r\n" for name in present)
+        signed_data += relaxed_header(unsigned)  # the signature header itself: b= empty, no CRLF (§3.7)
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            signature = self.key.sign(signed_data, padding.PKCS1v15(), hashes.SHA256())
+        else:  # RFC 8463: Ed25519 (pure) over the SHA-256 hash
+            signature = self.key.sign(hashlib.sha256(signed_data).digest())
+        return _with_b(lines, base64.b64encode(signature).decode()) + b"\r\n" + message
 
 
 def signer_from_settings(settings: Settings) -> DkimSigner | None:
@@ -113,25 +207,12 @@ def signer_from_settings(settings: Settings) -> DkimSigner | None:
 
 
 def dns_txt_record(private_key: bytes) -> str:
-    """The TXT record to publish at <selector>._domainkey.<domain> for this key."""
-    public = _public_key_info(_pkcs1_der(private_key))
-    return "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    length = len(content)
-    if length < 0x80:
-        return bytes([tag, length]) + content
-    size = (length.bit_length() + 7) // 8
-    return bytes([tag, 0x80 | size]) + length.to_bytes(size, "big") + content
-
-
-def _public_key_info(pkcs1: bytes) -> bytes:
-    """SubjectPublicKeyInfo (modulus, exponent) from an RSAPrivateKey."""
-    _, content, _ = _der_item(pkcs1, 0)
-    _, _, at = _der_item(pkcs1, content)  # version
-    _, _, n_end = _der_item(pkcs1, at)  # modulus
-    _, _, e_end = _der_item(pkcs1, n_end)  # publicExponent
-    rsa_public = _der(0x30, pkcs1[at:e_end])  # both INTEGERs as they are
-    algorithm = _der(0x30, _der(0x06, _RSA_OID) + b"\x05\x00")
-    return _der(0x30, algorithm + _der(0x03, b"\x00" + rsa_public))
+    """The TXT record to publish at <selector>._domainkey.<domain> for this key: for RSA the
+    SubjectPublicKeyInfo (RFC 6376 §3.6.1), for Ed25519 the raw 32-byte public key (RFC 8463)."""
+    key = load_private_key(private_key)
+    if isinstance(key, rsa.RSAPrivateKey):
+        public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode()
