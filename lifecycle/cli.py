@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", dest="json_path", help="write the totals to this file as JSON")
     chaos.add_argument("--faults", help="only these fault kinds, comma-separated (default: all; "
                        "docs/reliability.md lists them)")
+    chaos.add_argument("--port-offset", type=int, default=300,
+                       help="the harness's ports are the local stack's plus this (default 300); another offset "
+                            "and another checkout run a second harness beside the first")
     dlq = sub.add_parser("dlq", help="the dead-letter topic: events and triggers that could not be handled")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", help="every dead letter, with its error")
@@ -362,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lifecycle.stack._util import absolute
 
             return chaos_main(args.runs, args.seed, args.replicas, args.json_path,
-                              absolute(_settings().run_dir) / "chaos", args.faults)
+                              absolute(_settings().run_dir) / "chaos", args.faults, args.port_offset)
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))

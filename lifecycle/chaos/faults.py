@@ -54,10 +54,17 @@ class Faults:
     async def _restart(self, name: str) -> None:
         await asyncio.to_thread(self.stack.start, name)
 
+    def _sigkill(self, name: str) -> None:
+        """kill -9, taking down first the messages the process may not have seen the 250 of (sink.py)."""
+        if name.startswith("dispatcher"):
+            self.sink.mode.killed_message_ids.extend(
+                self.sink.unanswered(lambda port: self.stack.owner_of_port(port) == name))
+        self.stack.kill(name, signal.SIGKILL)
+
     async def _kill(self, kind: str, record: FaultRecord) -> None:
         name = self.rng.choice(self.stack.running(kind))
         record.detail = name
-        self.stack.kill(name, signal.SIGKILL)
+        self._sigkill(name)
         await asyncio.to_thread(self.stack.wait_gone, name, 10.0)
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
         await self._restart(name)
@@ -74,7 +81,7 @@ class Faults:
         def kill(peer_port: int) -> None:
             name = self.stack.owner_of_port(peer_port)
             if name is not None:
-                self.stack.kill(name, signal.SIGKILL)
+                self._sigkill(name)
                 killed.append(name)
 
         self.sink.kill_after_data(kill)

@@ -20,6 +20,7 @@ class Verdict:
     delivered: int = 0
     duplicates: int = 0
     ambiguous: int = 0
+    windows: int = 0  # messages whose sender died before it could have seen their 250: each may come twice
     lost: int = 0
     unconsented: int = 0
     unexpected: int = 0
@@ -32,6 +33,7 @@ class Verdict:
     def add(self, other: Verdict) -> None:
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.windows += other.windows
         self.faults.update(other.faults)
         self.recoveries.extend(other.recoveries)
         self.findings.extend(other.findings)
@@ -49,20 +51,22 @@ class Verdict:
     def line(self) -> str:
         faults = ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items()))
         return (f"expected {self.expected}, delivered {self.delivered}, duplicates {self.duplicates}, "
-                f"ambiguous {self.ambiguous}, lost {self.lost}, unconsented {self.unconsented}, "
+                f"ambiguous {self.ambiguous} (of {self.windows} window(s)), lost {self.lost}, "
+                f"unconsented {self.unconsented}, "
                 f"unexpected {self.unexpected}, stuck {self.stuck}, recovery p99 {self.recovery_p99():.1f} s"
                 f" | faults: {faults}")
 
     def as_json(self, runs: int) -> dict[str, Any]:
         return {"runs": runs, "faults": dict(sorted(self.faults.items())), "expected": self.expected,
                 "delivered": self.delivered, "duplicates": self.duplicates, "ambiguous": self.ambiguous,
-                "lost": self.lost, "unconsented": self.unconsented, "unexpected": self.unexpected,
+                "ambiguous_windows": self.windows, "lost": self.lost, "unconsented": self.unconsented,
+                "unexpected": self.unexpected,
                 "stuck": self.stuck, "recovery_p99_s": self.recovery_p99()}
 
 
 def judge(customers: list[Customer], arrivals: list[Arrival], faults: list[FaultRecord],
           killed_message_ids: list[str], stuck: int) -> Verdict:
-    verdict = Verdict(stuck=stuck)
+    verdict = Verdict(stuck=stuck, windows=len(killed_message_ids))
     by_address = {c.email: c for c in customers}
     mine = [a for a in arrivals if a.to in by_address]
     verdict.delivered = len(mine)

@@ -9,6 +9,11 @@ Misbehaviours:
 - `kill_after_data(kill)`: takes the next message (it counts as delivered) and, before answering 250,
   calls `kill(peer_port)`, which kills the process on the other end of the connection. That message
   may then arrive twice: the ambiguous window no sender can close.
+
+Whatever kills a sender, the messages it may not have seen the `250` of are as ambiguous: on each of
+its other connections, the last message taken when nothing came on that connection after its `250`
+(a client sends its next command only once it has read the answer). `unanswered(ports)` lists them;
+the killer takes them down right before the kill, in the same step of the event loop.
 """
 
 from __future__ import annotations
@@ -69,9 +74,16 @@ class ChaosSink:
         sink = self
 
         class _Smtp(SMTP):
+            # the last message taken here, while nothing came after its 250: unproven that it was seen
+            unproven: str | None = None
+
             def connection_made(self, transport: Any) -> None:
                 sink._sessions.add(self)
                 super().connection_made(transport)
+
+            def data_received(self, data: bytes) -> None:
+                self.unproven = None  # the client is past the answer
+                super().data_received(data)
 
             def connection_lost(self, error: Exception | None) -> None:
                 sink._sessions.discard(self)
@@ -110,6 +122,17 @@ class ChaosSink:
     @property
     def kill_armed(self) -> bool:
         return self.mode.kill is not None
+
+    def unanswered(self, owned: Callable[[int], bool]) -> list[str]:
+        """The messages of the connections whose client port `owned` says yes to that the client may not
+        have seen the 250 of (see the module's docstring)."""
+        found = []
+        for session in self._sessions:
+            unproven = getattr(session, "unproven", None)
+            peer = session.session.peer if session.session is not None else None
+            if unproven and isinstance(peer, tuple) and owned(peer[1]):
+                found.append(unproven)
+        return found
 
     def disarm(self) -> None:
         self.mode = _Mode(killed_message_ids=self.mode.killed_message_ids)
@@ -159,5 +182,5 @@ class _Handler:
             kill(peer)  # the sender dies with the message taken and no 250 seen
             server.transport.abort()
             return "250 2.0.0 taken"  # written nowhere
-        self.sink.take(raw, list(envelope.rcpt_tos))
+        server.unproven = self.sink.take(raw, list(envelope.rcpt_tos)).message_id
         return "250 2.0.0 taken"

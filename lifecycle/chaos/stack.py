@@ -24,18 +24,19 @@ from lifecycle.settings import Settings
 from lifecycle.stack import private_settings, processes, service_env, wait_http_ok
 from lifecycle.stack._util import absolute
 
-# Ports of the harness's stack: apart from the local stack's, the tests' and the benchmark's.
+# Ports of the harness's stack: apart from the local stack's, the tests' and the benchmark's
+# (`lifecycle chaos --port-offset` moves them again, for a second harness beside the first).
 PORT_OFFSET = 300
-STAGER_PORT_BASE = 8390  # stager-1 on 8391 ...
-DISPATCHER_PORT_BASE = 8410
+STAGER_PORT_BASE = 8090  # + offset: stager-1 on 8391 ...
+DISPATCHER_PORT_BASE = 8110  # + offset: dispatcher-1 on 8411 ...
 WRITE_KEY = "chaos-write-key"
 ADMIN_KEY = "chaos-admin-key"
 
 
-def chaos_settings(run_dir: Path) -> Settings:
+def chaos_settings(run_dir: Path, port_offset: int = PORT_OFFSET) -> Settings:
     """Short leases, timeouts and backoffs, so that recovery fits in a run of a minute or two."""
     return private_settings(
-        run_dir, PORT_OFFSET,
+        run_dir, port_offset,
         api_keys=WRITE_KEY,
         admin_keys=ADMIN_KEY,
         clock="system",
@@ -138,8 +139,9 @@ class ChaosStack:
     def member(self, name: str) -> Member:
         kind = name.split("-")[0]
         number = int(name.split("-")[1]) if "-" in name else 0
-        port = {"ingest": self.settings.ingest_port, "stager": STAGER_PORT_BASE + number,
-                "dispatcher": DISPATCHER_PORT_BASE + number}[kind]
+        offset = self.settings.ingest_port - Settings.model_fields["ingest_port"].default
+        port = {"ingest": self.settings.ingest_port, "stager": STAGER_PORT_BASE + offset + number,
+                "dispatcher": DISPATCHER_PORT_BASE + offset + number}[kind]
         return Member(name, kind, port)
 
     def start(self, name: str, wait: bool = True) -> None:

@@ -1,0 +1,87 @@
+"""The fault harness's judgement and its SMTP server's account of what a killed sender may not have seen."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from lifecycle.chaos.judge import judge
+from lifecycle.chaos.sink import Arrival, ChaosSink
+from lifecycle.chaos.workload import Customer
+
+
+def _arrival(at: float, to: str, message_id: str, step: int = 1) -> Arrival:
+    message = EmailMessage()
+    message["Message-ID"] = message_id
+    return Arrival(at, to, "prospect_welcome", step, message_id, message)
+
+
+def _customer() -> Customer:
+    customer = Customer("c-1", "c1@chaos.example", "opted_in")
+    customer.required.add(("prospect_welcome", 1))
+    customer.required.add(("prospect_welcome", 2))
+    return customer
+
+
+def test_a_copy_of_a_message_in_a_killed_senders_window_is_ambiguous_any_other_copy_a_duplicate() -> None:
+    arrivals = [_arrival(1.0, "c1@chaos.example", "<m1>"), _arrival(2.0, "c1@chaos.example", "<m2>", step=2),
+                _arrival(3.0, "c1@chaos.example", "<m1>"), _arrival(4.0, "c1@chaos.example", "<m2>", step=2)]
+    verdict = judge([_customer()], arrivals, [], ["<m1>"], stuck=0)
+    assert (verdict.ambiguous, verdict.duplicates, verdict.windows) == (1, 1, 1)
+    assert verdict.broken
+    assert any("<m2>" in finding for finding in verdict.findings)
+
+
+def test_each_window_excuses_one_copy_only() -> None:
+    arrivals = [_arrival(float(n), "c1@chaos.example", "<m1>") for n in range(3)]
+    arrivals.append(_arrival(5.0, "c1@chaos.example", "<m2>", step=2))
+    verdict = judge([_customer()], arrivals, [], ["<m1>"], stuck=0)
+    assert (verdict.ambiguous, verdict.duplicates) == (1, 1)
+    assert verdict.as_json(1)["ambiguous_windows"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _message(message_id: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "shop@shop.example"
+    message["To"] = "c1@chaos.example"
+    message["Message-ID"] = message_id
+    message["X-Lifecycle-Journey"] = "prospect_welcome"
+    message["X-Lifecycle-Step"] = "1"
+    message.set_content("hello")
+    return message
+
+
+async def test_the_sink_names_the_messages_whose_250_no_later_command_proves_seen() -> None:
+    sink = ChaosSink("127.0.0.1", _free_port())
+    await sink.start()
+    first = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.port)
+    second = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.port)
+    try:
+        await first.connect()
+        await second.connect()
+        await first.send_message(_message("<a>"))
+        await second.send_message(_message("<b>"))
+        await asyncio.sleep(0.05)
+        first_port = first.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        assert sorted(sink.unanswered(lambda port: True)) == ["<a>", "<b>"]
+        assert sink.unanswered(lambda port: port == first_port) == ["<a>"]
+        await first.noop()  # a command after the 250: it was read
+        await asyncio.sleep(0.05)
+        assert sink.unanswered(lambda port: True) == ["<b>"]
+        await second.send_message(_message("<c>"))
+        await asyncio.sleep(0.05)
+        assert sink.unanswered(lambda port: True) == ["<c>"]
+    finally:
+        first.close()
+        second.close()
+        await sink.stop()
