@@ -158,6 +158,9 @@ class Settings(BaseSettings):
 
     # Offers and attribution
     attribution_days: int = Field(default=5, ge=0)
+    # processed event and trigger ids (what makes a message delivered twice count once) and the bodies
+    # of sends no longer in flight are kept this long; keep it above Kafka's retention (7 days)
+    retention_days: int = Field(default=30, ge=1)
     # customer value tiers: total spent (and orders) from which a customer is silver / gold
     tier_silver_spent: float = 150.0
     tier_silver_orders: int = 3

@@ -17,6 +17,7 @@ from lifecycle.clock import Clock, make_clock
 from lifecycle.consuming import TopicWorker, run_phases
 from lifecycle.core.triggers import Trigger
 from lifecycle.db.engine import make_engine
+from lifecycle.db.retention import prune
 from lifecycle.journey_catalog import JourneyCatalog, register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
@@ -91,6 +92,8 @@ async def serve(settings: Settings) -> None:
         if time.monotonic() - last_gauges > 5:
             last_gauges = time.monotonic()
             await _refresh_gauges(engine, clock, [found.journey.name for found in files])
+            for what in ("processed_triggers", "message_bodies"):
+                await prune(engine, what, settings.retention_days)
             await report_lag(consumer, metrics.LAG)
 
     try:

@@ -157,7 +157,7 @@ class DispatcherStore:
                 (
                     await conn.execute(
                         insert(processed_triggers)
-                        .values([{"trigger_id": t, "processed_at": now} for t in sorted(unique)])
+                        .values([{"trigger_id": t, "processed_at": func.now()} for t in sorted(unique)])  # wall time
                         .on_conflict_do_nothing()
                         .returning(processed_triggers.c.trigger_id)
                     )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lifecycle.clock import make_clock
 from lifecycle.consuming import TopicWorker, run_phases
 from lifecycle.db.engine import make_engine
+from lifecycle.db.retention import prune
 from lifecycle.events import Event
 from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
 from lifecycle.probes import start_probe_server
@@ -78,6 +79,7 @@ async def serve(settings: Settings) -> None:
         if time.monotonic() - last_housekeeping > 5:
             last_housekeeping = time.monotonic()
             await store.sweep_fences()
+            await prune(engine, "processed_events", settings.retention_days)
             await _refresh_gauges(engine, await clock.now())
             await report_lag(consumer, metrics.LAG)
 

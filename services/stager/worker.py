@@ -64,7 +64,7 @@ class StagerStore:
             now = await self.clock.now()
             # customers first (sorted), then their event ids: two stagers never wait on each other in a circle
             await lock_customers(conn, STAGER_LOCKS, {customer for customer, _ in unique})
-            fresh = await _claim_event_ids(conn, [unique[key] for key in sorted(unique)], now)
+            fresh = await _claim_event_ids(conn, [unique[key] for key in sorted(unique)])
             new_events = [e for key, e in unique.items() if key in fresh]
             metrics.DUPLICATES.inc(len(events) - len(new_events))
             if not new_events:
@@ -228,7 +228,7 @@ INSERT_OUTBOX = text(
 )
 CLAIM_EVENT_IDS = text(
     "INSERT INTO processed_events (customer_id, event_id, processed_at)"
-    " SELECT c, e, :now FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS u(c, e)"
+    " SELECT c, e, now() FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS u(c, e)"  # wall time: retention
     " ON CONFLICT DO NOTHING RETURNING customer_id, event_id"
 )
 
@@ -244,10 +244,10 @@ def _customer_row(state: CustomerState) -> tuple[Any, ...]:
             Decimal(str(summary["total_spent"])), summary["first_order_at"], summary["last_order_at"])
 
 
-async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event], now: datetime) -> set[tuple[str, str]]:
+async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event]) -> set[tuple[str, str]]:
     claimed = list(events)
     result = await conn.execute(CLAIM_EVENT_IDS, {"c": [e.customer_id for e in claimed],
-                                                  "e": [e.event_id for e in claimed], "now": now})
+                                                  "e": [e.event_id for e in claimed]})
     return {(row.customer_id, row.event_id) for row in result}
 
 

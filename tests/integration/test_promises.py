@@ -24,6 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.clock import ManualClock, set_virtual_time
 from lifecycle.core.triggers import Trigger, TriggerType
+from lifecycle.db.retention import (
+    PRUNE_MESSAGE_BODIES,
+    PRUNE_PROCESSED_EVENTS,
+    PRUNE_PROCESSED_TRIGGERS,
+    prune,
+)
 from lifecycle.events import Event, parse_event
 from lifecycle.journey_catalog import JourneyCatalog, apply, definition_text, register_files
 from lifecycle.journey_files import load_journey_files
@@ -343,3 +349,47 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_o
     assert len(json.loads(_dlq(pipeline, "list", "--json").stdout)) == len(listed) + 1
     refused = _dlq(pipeline, "replay", "9:99999")
     assert refused.returncode == 1 and "no dead letter 9:99999" in refused.stderr
+
+
+# --- retention: processed ids and message bodies expire, what is in flight stays ---------------------
+
+
+async def test_processed_ids_and_bodies_of_finished_sends_expire_after_the_retention_in_batches(
+        engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO processed_events (customer_id, event_id, processed_at)"
+            " SELECT 'c-' || n, 'e-' || n, now() - make_interval(days => CASE WHEN n <= 7 THEN 31 ELSE 29 END)"
+            " FROM generate_series(1, 10) AS n"))
+        await conn.execute(text(
+            "INSERT INTO processed_triggers (trigger_id, processed_at)"
+            " VALUES ('old', now() - interval '31 days'), ('recent', now() - interval '1 day')"))
+        await conn.execute(text(
+            "INSERT INTO journey_runs (run_id, customer_id, journey, status, entry_key, started_at, context, clicks)"
+            " SELECT n, 'c-1', 'welcome', 'completed', 'k-' || n, now(), '{}', '{}' FROM generate_series(1, 4) AS n"))
+        await conn.execute(text(
+            "INSERT INTO sends (run_id, step, customer_id, journey, marketing, status, message_id, message,"
+            " due_at, created_at, attempts, links) SELECT n, 1, 'c-1', 'welcome', false, s, '<m' || n || '>',"
+            " 'body', now(), now() - make_interval(days => d), 0, '{}'"
+            " FROM (VALUES (1, 'sent', 31), (2, 'sending', 31), (3, 'sent', 29), (4, 'skipped', 40)) AS v(n, s, d)"))
+        for table in ("processed_events", "processed_triggers", "sends"):
+            await conn.execute(text(f"ANALYZE {table}"))
+    assert await prune(engine, "processed_events", 30, limit=5) == 5  # a batch at a time
+    assert await prune(engine, "processed_events", 30, limit=5) == 2
+    assert await prune(engine, "processed_events", 30, limit=5) == 0
+    assert await prune(engine, "processed_triggers", 30) == 1
+    assert await prune(engine, "message_bodies", 30) == 2
+    async with engine.connect() as conn:
+        kept = (await conn.execute(text("SELECT count(*) FROM processed_events"))).scalar()
+        triggers = (await conn.execute(text("SELECT trigger_id FROM processed_triggers"))).scalars().all()
+        bodies = dict((await conn.execute(text(
+            "SELECT message_id, message IS NOT NULL FROM sends ORDER BY run_id"))).tuples().all())
+        await conn.execute(text("SET enable_seqscan = off"))  # what the planner does once the tables are big
+        plans = ["\n".join(row[0] for row in (await conn.execute(text(f"EXPLAIN {statement.text}"),
+                                                                {"days": 30, "n": 5})).all())
+                 for statement in (PRUNE_PROCESSED_EVENTS, PRUNE_PROCESSED_TRIGGERS, PRUNE_MESSAGE_BODIES)]
+    assert kept == 3 and triggers == ["recent"]
+    assert bodies == {"<m1>": False, "<m2>": True, "<m3>": True, "<m4>": False}  # in flight, or recent: kept
+    for plan, index in zip(plans, ("processed_events_processed_at", "processed_triggers_processed_at",
+                                   "sends_body_retention"), strict=True):
+        assert index in plan, plan
