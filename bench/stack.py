@@ -66,9 +66,12 @@ class BenchStack(ChaosStack):
             env["LIFECYCLE_DISPATCHER_PORT"] = str(member.port)
         argv = [sys.executable, "-m", "lifecycle.cli", member.kind]
         if self.profile_dir is not None:
-            # written when the service exits after SIGTERM (cProfile dumps on the way out)
+            # written when the service exits after SIGTERM
             self.profile_dir.mkdir(parents=True, exist_ok=True)
-            argv[1:1] = ["-m", "cProfile", "-o", str(self.profile_dir / f"{phase or 'run'}-{name}.prof")]
+            out = self.profile_dir / f"{phase or 'run'}-{name}.prof"
+            argv = [sys.executable, "-m", "bench.profiled", str(out), member.kind]
+            root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         processes.spawn(self.run_dir, name, argv, env=env)
         self.members[name] = member
         if wait:
