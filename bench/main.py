@@ -146,10 +146,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 down(settings)
         finally:
-            if not args.keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            else:
+            if args.keep:
                 print(f"stack left running in {run_dir}; stop it with: python bench/run.py --cleanup {run_dir}")
+            elif status == 0:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # the logs the error names stay; the data goes
+                for child in run_dir.iterdir():
+                    if child.is_dir() and child.name != "logs":
+                        shutil.rmtree(child, ignore_errors=True)
+                    elif not child.is_dir():
+                        child.unlink(missing_ok=True)
+                print(f"logs kept in {run_dir / 'logs'}", file=sys.stderr)
     report(results, args)
     if args.profile is not None:
         summarize_profiles(args.profile.resolve())
