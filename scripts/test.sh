@@ -10,7 +10,7 @@ bash scripts/setup.sh
 echo "== ruff" >&2
 "$PYTHON" -m ruff check lifecycle services tests bench
 echo "== mypy --strict" >&2
-"$PYTHON" -m mypy lifecycle services
+"$PYTHON" -m mypy lifecycle services bench
 echo "== journeys validate" >&2
 "$PYTHON" -m lifecycle.cli journeys validate
 echo "== pytest" >&2

@@ -1,0 +1,214 @@
+"""dispatcher_emails_per_s, smtp_raw_per_s, dispatcher_ratio, dispatcher_dkim_ratio: 5,000 due sends
+already in PostgreSQL, delivered to the sink by one dispatcher, against a plain aiosmtplib loop sending
+the same messages to the same sink over as many connections (smtp_pool_size).
+
+The due sends are made by the services' own code, in this process, with every service stopped: the
+stager's StagerStore.apply_events takes one opted-in sign-up per customer (customers rows, outbox
+triggers), and the dispatcher's DispatcherStore.handle_triggers takes those triggers as its consumer
+would, which starts one prospect_welcome run per customer whose first email is due at once. A due
+send is such a run: the dispatcher claims it, composes and records the message in `sends`, and hands
+it to SMTP.
+
+The dispatcher figure runs from the moment the started dispatcher first answers /healthz (polled every
+20 ms; its loop starts right after) to the arrival of the last message in the sink (file times), so it
+counts claiming and composing the first batch; the table also gives first delivery to last, and the
+progress line the rate from the process start (imports and connections included). The raw loop sends the very
+messages the dispatcher composed (from `sends`), unsigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosmtplib
+import httpx
+from sqlalchemy import text
+
+from bench.common import DISPATCHER_SENDS, Results, Row, Scale, count_duplicates, rate, ratio, say, spread_rate
+from bench.stack import BenchStack, deliveries, message_count, reset, scalar, wait_until
+from bench.workload import batches, parsed, signup
+from lifecycle.clock import SystemClock
+from lifecycle.core.triggers import Trigger
+from lifecycle.journey_catalog import JourneyCatalog, register_files
+from lifecycle.journey_files import load_journey_files
+from lifecycle.settings import Settings
+from lifecycle.stack.smtp_sink import clear_messages, mail_dir
+from lifecycle.templates import Templates
+from services.dispatcher.worker import DispatcherStore
+from services.stager.worker import StagerStore, rule_config
+
+
+async def seed_due_runs(stack: BenchStack, prefix: str, count: int) -> list[int]:
+    """`count` customers, each with one journey run whose first email is due now; their run ids."""
+    settings = stack.settings
+    engine = await stack.database()
+    templates = Templates(settings.journeys_dir, settings.default_locale)
+    await register_files(engine, load_journey_files(settings.journeys_dir, templates))
+    stager = StagerStore(engine, SystemClock(), rule_config(settings), settings.attribution_days)
+    dispatcher = DispatcherStore(settings, engine, SystemClock(), JourneyCatalog(templates), templates)
+    signed_up = datetime.now(UTC) - timedelta(seconds=30)
+    for chunk in batches(parsed([signup(f"{prefix}-{n}", signed_up) for n in range(count)]), settings.batch_size):
+        await stager.apply_events(chunk)
+    # the outbox in id order, as the relay publishes it, handed to the dispatcher as its consumer would
+    while True:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, payload FROM outbox ORDER BY id LIMIT :n"),
+                                       {"n": settings.batch_size})).all()
+        if not rows:
+            break
+        await dispatcher.handle_triggers([Trigger.from_json(row.payload) for row in rows])
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": [row.id for row in rows]})
+    async with engine.connect() as conn:
+        run_ids = list((await conn.execute(text(
+            "SELECT run_id FROM journey_runs WHERE status = 'active' AND due_at <= now() ORDER BY run_id"))).scalars())
+    if len(run_ids) != count:
+        raise RuntimeError(f"seeding made {len(run_ids)} due runs, expected {count}")
+    return run_ids
+
+
+@dataclass(frozen=True)
+class Delivered:
+    count: int
+    from_ready: float  # emails/s from the moment the dispatcher answers /healthz to the last arrival
+    from_spawn: float  # the same from the process start (imports and connections included)
+    first_to_last: float | None
+    duplicates: int
+
+
+async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, phase: str) -> Delivered:
+    """Start the dispatcher on `count` due sends and wait until the sink holds them all and every send
+    is recorded as sent."""
+    engine = await stack.database()
+    spawned = time.time()
+    stack.start("dispatcher", wait=False, settings=settings, phase=phase)
+    async with httpx.AsyncClient(timeout=2) as client:
+        async def healthy() -> tuple[bool, str]:
+            if not stack.pid("dispatcher"):
+                raise RuntimeError(f"the dispatcher exited; see {stack.run_dir / 'logs' / 'dispatcher.log'}")
+            try:
+                return (await client.get(stack.url("dispatcher", "/healthz"))).status_code == 200, "starting"
+            except httpx.HTTPError:
+                return False, "starting"
+
+        ready = await wait_until(healthy, "dispatcher start", 120, interval=0.02)
+
+    async def done() -> tuple[bool, str]:
+        if not stack.pid("dispatcher"):
+            raise RuntimeError(f"the dispatcher exited; see {stack.run_dir / 'logs' / 'dispatcher.log'}")
+        arrived = message_count(stack.settings)
+        return arrived >= count, f"{arrived}/{count} in the sink"
+
+    await wait_until(done, "dispatcher", 1800)
+
+    async def recorded() -> tuple[bool, str]:
+        sent = await scalar(engine, "SELECT count(*) FROM sends WHERE status = 'sent'")
+        return sent >= count, f"{sent}/{count} recorded as sent"
+
+    await wait_until(recorded, "dispatcher records", 120)
+    stack.wait_healthy("dispatcher")
+    found = deliveries(stack.settings)
+    times = [d.at for d in found]
+    result = Delivered(len(found), rate(len(found), max(times) - ready), rate(len(found), max(times) - spawned),
+                       spread_rate(times), count_duplicates(found))
+    stack.stop("dispatcher")
+    return result
+
+
+async def raw_smtp(stack: BenchStack, connections: int) -> tuple[int, float]:
+    """(messages, seconds): the messages the dispatcher sent, again, by a plain aiosmtplib loop over
+    `connections` connections to the same sink (connecting included)."""
+    settings = stack.settings
+    engine = await stack.database()
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT to_address, message FROM sends WHERE status = 'sent' ORDER BY send_id"))).all()
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for row in rows:
+        queue.put_nowait((str(row.to_address), bytes(row.message)))
+    sender = settings.mail_from_address
+
+    async def worker() -> None:
+        smtp = aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port, timeout=30)
+        await smtp.connect()
+        try:
+            while not queue.empty():
+                to, message = queue.get_nowait()
+                await smtp.sendmail(sender, [to], message)
+        finally:
+            await smtp.quit()
+
+    clear_messages(mail_dir(settings))
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    arrived = message_count(settings)
+    if arrived != len(rows):
+        raise RuntimeError(f"raw SMTP loop: {arrived} messages in the sink, expected {len(rows)}")
+    clear_messages(mail_dir(settings))
+    return len(rows), elapsed
+
+
+def dkim_key(run_dir: Path) -> Path:
+    """A fresh RSA 2048 key (PKCS#8 PEM) in the run directory."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = run_dir / "dkim.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
+
+
+def dkim_signed(stack: BenchStack) -> int:
+    return sum(1 for path in mail_dir(stack.settings).glob("*.eml") if b"DKIM-Signature:" in path.read_bytes())
+
+
+async def run(stack: BenchStack, scale: Scale, results: Results, dkim: bool = True) -> None:
+    settings = stack.settings
+    count = scale.count(DISPATCHER_SENDS, 10)
+    connections = settings.smtp_pool_size
+    say(f"dispatcher: {count} due sends made with the dispatcher stopped (stager and dispatcher code, "
+        "in process), then one dispatcher delivers them")
+    stack.only((), phase="dispatcher")
+    await reset(stack)
+    await seed_due_runs(stack, "dsp", count)
+    plain = await deliver_all(stack, count, None, "dispatcher")
+    say(f"  {plain.from_ready:.1f} emails/s from ready to the last arrival ({plain.from_spawn:.1f}/s from the "
+        f"process start, {plain.first_to_last or 0:.1f}/s first delivery to last), {plain.duplicates} duplicates")
+    say(f"  raw baseline: the same {count} messages by a plain aiosmtplib loop over {connections} connections")
+    sent, seconds = await raw_smtp(stack, connections)
+    raw = rate(sent, seconds)
+    say(f"  {raw:.1f} emails/s")
+    results.set("dispatcher_emails_per_s", plain.from_ready)
+    results.set("smtp_raw_per_s", raw)
+    results.set("dispatcher_ratio", ratio(plain.from_ready, raw))
+    results.rows.append(Row(f"dispatcher, emails/s ({count} due, from ready to the last arrival)",
+                            plain.from_ready, raw, "/s"))
+    results.rows.append(Row("dispatcher, emails/s, first delivery to last", plain.first_to_last, raw, "/s"))
+    if plain.duplicates:
+        results.notes.append(f"dispatcher phase: {plain.duplicates} duplicate messages in the sink")
+    if not dkim:
+        return
+    key = dkim_key(stack.run_dir)
+    signing = settings.model_copy(update={"dkim_selector": "bench", "dkim_domain": "shop.example",
+                                          "dkim_private_key_file": key})
+    say(f"dispatcher with DKIM (RSA 2048, relaxed/relaxed): {count} due sends again")
+    await reset(stack)
+    await seed_due_runs(stack, "dkim", count)
+    signed = await deliver_all(stack, count, signing, "dkim")
+    unsigned = count - dkim_signed(stack)
+    if unsigned:
+        raise RuntimeError(f"DKIM phase: {unsigned} of {count} messages arrived without a DKIM-Signature")
+    say(f"  {signed.from_ready:.1f} emails/s from ready to the last arrival ({signed.from_spawn:.1f}/s from the "
+        f"process start, {signed.first_to_last or 0:.1f}/s first delivery to last)")
+    results.set("dispatcher_dkim_ratio", ratio(signed.from_ready, raw))
+    results.rows.append(Row("dispatcher with DKIM signing, emails/s (from ready to the last arrival)",
+                            signed.from_ready, raw, "/s"))
+    if signed.duplicates:
+        results.notes.append(f"DKIM phase: {signed.duplicates} duplicate messages in the sink")
