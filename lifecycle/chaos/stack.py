@@ -30,6 +30,7 @@ PORT_OFFSET = 300
 STAGER_PORT_BASE = 8090  # + offset: stager-1 on 8391 ...
 DISPATCHER_PORT_BASE = 8110  # + offset: dispatcher-1 on 8411 ...
 WRITE_KEY = "chaos-write-key"
+RESTART_PATIENCE_SECONDS = 300.0
 ADMIN_KEY = "chaos-admin-key"
 
 
@@ -91,7 +92,8 @@ class ChaosStack:
         kafka.stop(self.settings)
         time.sleep(down_seconds)
         kafka.launch(self.settings)
-        kafka.wait_ready(self.settings)
+        # a JVM starting on a busy machine may take minutes: a slow start is the fault, not the harness's end
+        kafka.wait_ready(self.settings, timeout=RESTART_PATIENCE_SECONDS)
 
     def restart_postgres(self, down_seconds: float) -> None:
         from lifecycle.stack import postgres
@@ -156,7 +158,7 @@ class ChaosStack:
         if wait:
             self.wait_healthy(name)
 
-    def wait_healthy(self, name: str, timeout: float = 90.0) -> None:
+    def wait_healthy(self, name: str, timeout: float = RESTART_PATIENCE_SECONDS) -> None:
         member = self.members[name]
         wait_http_ok(f"http://127.0.0.1:{member.port}/healthz", timeout, log=processes.log_file(self.run_dir, name))
 
