@@ -39,6 +39,7 @@ def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_keep_alive=settings.ingest_keep_alive_seconds,
         lifespan="on",
+        log_config=None,  # uvicorn's loggers go through the process's own (JSON lines in production)
     )
 
 
@@ -74,8 +75,6 @@ async def _serve(settings: Settings) -> None:
             fence_writer=make_fence_writer(engine),
             journey_store=PgJourneyStore(engine, templates),
         )
-        # Both are uvicorn servers, and each uvicorn config sets up uvicorn's loggers for the whole
-        # process: the API's is made last, so its logging is what it always was.
         metrics_server, metrics_task = start_metrics_server(settings, app)
         api = uvicorn.Server(api_config(settings, app))
         # The metrics task starts once the API serves: the API installs its signal handlers first, the
