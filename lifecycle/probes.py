@@ -39,7 +39,8 @@ def probe_app(ready: ReadyCheck, clock: str) -> FastAPI:
 def start_probe_server(
     host: str, port: int, ready: ReadyCheck, clock: str
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(probe_app(ready, clock), host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(probe_app(ready, clock), host=host, port=port, log_level="warning", lifespan="off",
+                            log_config=None)
     server = uvicorn.Server(config)
     # uvicorn captures SIGTERM while it serves and re-raises it once stopped, so the
     # service's own handler still sees it

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from lifecycle.settings import Settings
-from lifecycle.stack import private_settings, processes, service_env, wait_http_ok
+from lifecycle.stack import StackError, private_settings, processes, service_env, wait_http_ok
 from lifecycle.stack._util import absolute
+
+log = logging.getLogger("lifecycle.chaos")
 
 # Ports of the harness's stack: apart from the local stack's, the tests' and the benchmark's
 # (`lifecycle chaos --port-offset` moves them again, for a second harness beside the first).
@@ -30,6 +34,7 @@ PORT_OFFSET = 300
 STAGER_PORT_BASE = 8090  # + offset: stager-1 on 8391 ...
 DISPATCHER_PORT_BASE = 8110  # + offset: dispatcher-1 on 8411 ...
 WRITE_KEY = "chaos-write-key"
+RESTART_PATIENCE_SECONDS = 300.0
 ADMIN_KEY = "chaos-admin-key"
 
 
@@ -90,15 +95,20 @@ class ChaosStack:
 
         kafka.stop(self.settings)
         time.sleep(down_seconds)
-        kafka.launch(self.settings)
-        kafka.wait_ready(self.settings)
+
+        def start() -> None:
+            kafka.launch(self.settings)
+            # a JVM starting on a busy machine may take minutes: a slow start is the fault, not the end
+            kafka.wait_ready(self.settings, timeout=RESTART_PATIENCE_SECONDS)
+
+        _start_again(start, "kafka")
 
     def restart_postgres(self, down_seconds: float) -> None:
         from lifecycle.stack import postgres
 
         postgres.stop(self.settings)
         time.sleep(down_seconds)
-        postgres.start(self.settings)
+        _start_again(lambda: postgres.start(self.settings), "postgres")
 
     async def database(self) -> AsyncEngine:
         if self.engine is None:
@@ -156,7 +166,7 @@ class ChaosStack:
         if wait:
             self.wait_healthy(name)
 
-    def wait_healthy(self, name: str, timeout: float = 90.0) -> None:
+    def wait_healthy(self, name: str, timeout: float = RESTART_PATIENCE_SECONDS) -> None:
         member = self.members[name]
         wait_http_ok(f"http://127.0.0.1:{member.port}/healthz", timeout, log=processes.log_file(self.run_dir, name))
 
@@ -191,6 +201,23 @@ class ChaosStack:
             if pid is not None and _holds_socket(pid, inode):
                 return name
         return None
+
+
+def _start_again(start: Callable[[], None], what: str) -> None:
+    """Start a server the harness stopped, trying again while its port is taken. The services keep
+    connecting to that port while it is down, from ports the system picks in the same range (Linux:
+    32768-60999): one may get that very port and connect to itself (TCP self-connect), holding the
+    port until the client gives up on it."""
+    deadline = time.monotonic() + RESTART_PATIENCE_SECONDS
+    while True:
+        try:
+            start()
+            return
+        except StackError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s did not come back (%s); starting it again", what, str(exc).splitlines()[0])
+            time.sleep(2.0)
 
 
 def _socket_inode(local_port: int) -> str | None:

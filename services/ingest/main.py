@@ -8,6 +8,7 @@ for Prometheus only, so the metrics are never served where the internet reaches.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,13 +19,14 @@ from lifecycle.journey_catalog import register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import StartupError, retry_until, wait_for_database
+from lifecycle.runtime import StartupError, retry_until, stop_on_signals, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app, not_ready_because
 from services.ingest.stores import PgJourneyStore, make_fence_writer
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+log = logging.getLogger("lifecycle.ingest")
 
 
 def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
@@ -39,6 +41,7 @@ def api_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_keep_alive=settings.ingest_keep_alive_seconds,
         lifespan="on",
+        log_config=None,  # uvicorn's loggers go through the process's own (JSON lines in production)
     )
 
 
@@ -74,8 +77,9 @@ async def _serve(settings: Settings) -> None:
             fence_writer=make_fence_writer(engine),
             journey_store=PgJourneyStore(engine, templates),
         )
-        # Both are uvicorn servers, and each uvicorn config sets up uvicorn's loggers for the whole
-        # process: the API's is made last, so its logging is what it always was.
+        # uvicorn hands a SIGTERM back once it has stopped: to this handler, not to the default one that
+        # would end the process there, before the clean-up below and with status 143
+        stop_on_signals()
         metrics_server, metrics_task = start_metrics_server(settings, app)
         api = uvicorn.Server(api_config(settings, app))
         # The metrics task starts once the API serves: the API installs its signal handlers first, the
@@ -83,11 +87,13 @@ async def _serve(settings: Settings) -> None:
         try:
             await api.serve()
         finally:
+            log.info("ingest stopping: requests answered, Kafka producer flushed")
             metrics_server.should_exit = True
             await metrics_task
     finally:
         # Close pooled connections in the loop that opened them.
         await engine.dispose()
+        log.info("ingest stopped")
 
 
 def run(settings: Settings) -> None:

@@ -57,7 +57,7 @@ async def test_sigterm_under_load_loses_nothing_and_sends_nothing_twice(pipeline
     assert all(stopped)
     for name in SERVICES:
         log = processes.log_file(pipeline.run_dir, name).read_text()
-        ending = {"ingest": "Finished server process", "stager": "stager stopping",
+        ending = {"ingest": "ingest stopped", "stager": "stager stopping",
                   "dispatcher": "dispatcher stopping"}[name]
         assert ending in log[-3000:], log[-3000:]
         assert "Traceback" not in log[-4000:], log[-4000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -23,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from lifecycle.clock import ManualClock
 from lifecycle.events import EventType
+from lifecycle.runtime import setup_logging
 from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
@@ -543,6 +545,22 @@ def test_idle_connections_outlive_the_clients_and_balancers_in_front() -> None:
     assert client_expiry is not None and config.timeout_keep_alive > client_expiry
     custom = make_settings(ingest_keep_alive_seconds=120)
     assert api_config(custom, create_app(custom, ManualClock(NOW), FakeProducer)).timeout_keep_alive == 120
+
+
+def test_uvicorn_logs_come_out_as_the_process_logs_them(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging("json")
+        settings = make_settings()
+        config = api_config(settings, create_app(settings, ManualClock(NOW), FakeProducer))
+        config.load()  # what uvicorn does first: it leaves the process's logging alone
+        logging.getLogger("uvicorn.error").warning("port taken")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (line["event"], line["logger"], line["level"]) == ("port taken", "uvicorn.error", "warning")
 
 
 def _free_port() -> int:
