@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
 
 from lifecycle.clock import Clock
+from lifecycle.kafka import RenewingProducer
 from lifecycle.settings import Settings
 
 log = logging.getLogger("lifecycle.consuming")
@@ -116,7 +117,7 @@ T = TypeVar("T")
 class TopicWorker(Generic[T]):
     """One consumer's loop step: poll, decode, handle, commit; poison to the dead-letter topic."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, settings: Settings, service: str,
+    def __init__(self, consumer: AIOKafkaConsumer, producer: RenewingProducer, settings: Settings, service: str,
                  clock: Clock, decode: Callable[[bytes], T], handle: Callable[[list[T]], Awaitable[object]],
                  consumed: Counter, unreadable: Counter, dead_lettered: Counter, attempts: int = 3) -> None:
         self.consumer = consumer

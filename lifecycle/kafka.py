@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+    for_code,
+)
 from prometheus_client import Counter, Gauge
 
 from lifecycle.events import Event
@@ -37,6 +43,88 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=5,  # small batching window; the API waits for acks anyway
         request_timeout_ms=10_000,
     )
+
+
+# The broker no longer agrees with this producer's sequence numbers: a batch that expired while the
+# broker was away, a broker that lost the producer's state. aiokafka never recovers from these (every
+# later send fails alike, aiokafka#1017); a new producer, with a new producer id, starts a new sequence.
+SEQUENCE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+PRODUCER_RENEWALS = Counter("lifecycle_kafka_producer_renewals_total",
+                            "Kafka producers replaced because the broker lost their sequence (a new producer id)")
+RENEW_RETRY_SECONDS = 1.0
+
+
+class RenewingProducer:
+    """An idempotent producer that replaces itself when the broker lost its sequence.
+
+    `send` returns the delivery as aiokafka does; a delivery that fails that way fails as it is (the
+    caller retries) and the next sends go through a new producer. Everything else is aiokafka's."""
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._current = factory()
+        self._renewing: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> Any:
+        return self._current.client
+
+    async def start(self) -> None:
+        await self._current.start()
+
+    async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        await self._current.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[Any]:
+        if self._renewing is not None:
+            await asyncio.shield(self._renewing)
+        producer = self._current
+        delivery = await producer.send(topic, value=value, key=key)
+        return asyncio.ensure_future(self._delivered(producer, delivery))
+
+    async def _delivered(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> Any:
+        try:
+            return await delivery
+        except SEQUENCE_LOST as exc:
+            if producer is self._current and self._renewing is None:
+                log.warning("Kafka lost this producer's sequence (%s): starting a new producer", type(exc).__name__)
+                self._renewing = asyncio.create_task(self._renew(producer))
+            raise
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        try:
+            while True:
+                fresh = self._factory()
+                try:
+                    await fresh.start()
+                    break
+                except Exception as exc:  # Kafka away: the new producer is tried again
+                    log.warning("starting a new Kafka producer failed: %s; retrying", exc)
+                    await _stop_quietly(fresh)
+                    await asyncio.sleep(RENEW_RETRY_SECONDS)
+            self._current = fresh
+            PRODUCER_RENEWALS.inc()
+        finally:
+            self._renewing = None
+        retiring = asyncio.create_task(_stop_quietly(broken))  # its queued batches fail to their callers
+        self._retired.add(retiring)
+        retiring.add_done_callback(self._retired.discard)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        async with asyncio.timeout(30):
+            await producer.stop()
+    except Exception as exc:
+        log.debug("stopping a Kafka producer failed: %s", exc)
+
+
+def make_renewing_producer(settings: Settings) -> RenewingProducer:
+    return RenewingProducer(lambda: make_producer(settings))
 
 
 def make_consumer(settings: Settings, topic: str, group: str) -> AIOKafkaConsumer:
@@ -97,7 +185,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def publish_events(producer: AIOKafkaProducer, topic: str, events: Sequence[Event]) -> None:
+async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: str, events: Sequence[Event]) -> None:
     """Send every event (key = customer_id) and return once Kafka acknowledged all of them.
 
     Raises the first failure. On failure or cancellation some events may still have been

@@ -218,12 +218,26 @@ class RateLimiter:
 # --- connections ------------------------------------------------------------------------------
 
 
-class Transport(Protocol):
-    """Hands one message to the server; never raises for what the server or the network did."""
+After = Callable[["Outcome"], Awaitable[None]]
 
-    async def send(self, mail_from: str, recipient: str, message: bytes) -> Outcome: ...
+
+class Transport(Protocol):
+    """Hands one message to the server; never raises for what the server or the network did.
+
+    `timeout`: the attempt ends as a retry once it has taken this long. `after(outcome)` runs before
+    the connection may carry another message: the outcome is recorded while the connection is still
+    the sender's, so a next command on a connection means the last message's outcome is recorded."""
+
+    async def send(self, mail_from: str, recipient: str, message: bytes, *, timeout: float | None = None,
+                   after: After | None = None) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class _Attempt:
+    conn: _Connection | None = None
+    keep: bool = False  # whether the connection may carry another message
 
 
 @dataclass
@@ -293,28 +307,42 @@ class SmtpPool:
         else:
             conn.smtp.close()
 
-    async def send(self, mail_from: str, recipient: str, message: bytes) -> Outcome:
+    async def send(self, mail_from: str, recipient: str, message: bytes, *, timeout: float | None = None,
+                   after: After | None = None) -> Outcome:
+        attempt = _Attempt()
         try:
-            conn = await self._checkout()
+            try:
+                async with asyncio.timeout(timeout):
+                    outcome = await self._transact(attempt, mail_from, recipient, message)
+            except TimeoutError:
+                attempt.keep = False  # cut off mid-transaction: the connection's state is unknown
+                outcome = Outcome("retry", "timeout: the lease ran out during the attempt")
+            if after is not None:
+                await after(outcome)
+            return outcome
+        finally:
+            if attempt.conn is not None:
+                self._checkin(attempt.conn, attempt.keep)
+
+    async def _transact(self, attempt: _Attempt, mail_from: str, recipient: str, message: bytes) -> Outcome:
+        try:
+            attempt.conn = await self._checkout()
         except (aiosmtplib.SMTPException, OSError) as exc:
             # connecting, TLS or AUTH failed: about the server or our account, never the recipient
             return Outcome("retry", f"connect: {_first_line(str(exc)) or type(exc).__name__}")
-        keep = False
         try:
             options = [] if recipient.isascii() else ["SMTPUTF8"]
-            await conn.smtp.sendmail(mail_from, [recipient], message, mail_options=options)
-            conn.messages += 1
-            keep = True
+            await attempt.conn.smtp.sendmail(mail_from, [recipient], message, mail_options=options)
+            attempt.conn.messages += 1
+            attempt.keep = True
             return Outcome("sent")
         except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
             # aiosmtplib sent RSET already; the connection stays good unless the server is closing it (421)
             code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else 0
-            keep = code != 421
+            attempt.keep = code != 421
             return classify(exc)
         except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
             return classify(exc)
-        finally:
-            self._checkin(conn, keep)
 
     async def _quit(self, conn: _Connection) -> None:
         try:
@@ -365,7 +393,8 @@ class Sender:
                   attempt_seconds: float = 0.0) -> list[tuple[E, float]]:
         """Send `items`, concurrently over the pool, each when the rate limits allow.
 
-        `on_outcome(item, outcome, seconds)` runs right after each attempt. No send starts once
+        `on_outcome(item, outcome, seconds)` runs right after each attempt, before its connection may carry
+        another message (a crash in between leaves that message's 250 unproven to the server). No send starts once
         `budget` seconds have passed: those items come back with the delay after which they may go
         (the caller postpones them durably, and the loop is not held up by a slow domain).
         `admit(group)` runs right before a group of sends starts (one check for all of them, after any
@@ -387,15 +416,12 @@ class Sender:
             try:
                 started = self.clock()
                 message = prepare(item) if prepare is not None else item.message
-                if finish_by is None:
-                    outcome = await self.transport.send(self.mail_from, item.to_address, message)
-                else:
-                    try:
-                        async with asyncio.timeout(max(0.001, finish_by(item) - self.clock())):
-                            outcome = await self.transport.send(self.mail_from, item.to_address, message)
-                    except TimeoutError:
-                        outcome = Outcome("retry", "timeout: the lease ran out during the attempt")
-                await on_outcome(item, outcome, self.clock() - started)
+                timeout = None if finish_by is None else max(0.001, finish_by(item) - self.clock())
+
+                async def record(outcome: Outcome) -> None:
+                    await on_outcome(item, outcome, self.clock() - started)
+
+                await self.transport.send(self.mail_from, item.to_address, message, timeout=timeout, after=record)
             finally:
                 self._slots.release()
 

@@ -58,7 +58,7 @@ class Faults:
         """kill -9, taking down first the messages the process may not have seen the 250 of (sink.py)."""
         if name.startswith("dispatcher"):
             self.sink.mode.killed_message_ids.extend(
-                self.sink.unanswered(lambda port: self.stack.owner_of_port(port) == name))
+                self.sink.sender_killed(lambda port: self.stack.owner_of_port(port) == name))
         self.stack.kill(name, signal.SIGKILL)
 
     async def _kill(self, kind: str, record: FaultRecord) -> None:

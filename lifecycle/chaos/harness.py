@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -144,6 +145,20 @@ async def one_run(run: int, options: Options, stack: ChaosStack, sink: ChaosSink
     return verdict
 
 
+async def _until_stopped(options: Options) -> int:
+    """run_chaos, ended by SIGTERM or SIGINT as by its own end: everything it started is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await run_chaos(options)
+    except asyncio.CancelledError:
+        say("chaos: stopped before the end; what it started is stopped")
+        return 130
+
+
 def main(runs: int, seed: int, replicas: int, json_path: str | None, run_dir: Path, faults: str | None = None,
          port_offset: int = PORT_OFFSET) -> int:
     if runs < 1 or replicas < 1:
@@ -162,4 +177,4 @@ def main(runs: int, seed: int, replicas: int, json_path: str | None, run_dir: Pa
         return 2
     options = Options(runs, seed, replicas, Path(json_path) if json_path else None, run_dir.absolute(), kinds,
                       port_offset)
-    return asyncio.run(run_chaos(options))
+    return asyncio.run(_until_stopped(options))

@@ -12,8 +12,10 @@ Misbehaviours:
 
 Whatever kills a sender, the messages it may not have seen the `250` of are as ambiguous: on each of
 its other connections, the last message taken when nothing came on that connection after its `250`
-(a client sends its next command only once it has read the answer). `unanswered(ports)` lists them;
-the killer takes them down right before the kill, in the same step of the event loop.
+(a client sends its next command only once it has read the answer), and any message still taken on
+its connections after it died (its data was on the way). `sender_killed(owned)` marks those
+connections and lists the first kind; the killer calls it right before the kill, in the same step of
+the event loop; the sink adds the second kind to `killed_message_ids` as they come.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class ChaosSink:
         class _Smtp(SMTP):
             # the last message taken here, while nothing came after its 250: unproven that it was seen
             unproven: str | None = None
+            sender_dead = False  # the process on the other end was killed
 
             def connection_made(self, transport: Any) -> None:
                 sink._sessions.add(self)
@@ -123,15 +126,17 @@ class ChaosSink:
     def kill_armed(self) -> bool:
         return self.mode.kill is not None
 
-    def unanswered(self, owned: Callable[[int], bool]) -> list[str]:
-        """The messages of the connections whose client port `owned` says yes to that the client may not
-        have seen the 250 of (see the module's docstring)."""
+    def sender_killed(self, owned: Callable[[int], bool]) -> list[str]:
+        """Mark the connections whose client port `owned` says yes to as those of a killed sender, and
+        return the messages on them whose 250 it may not have seen (see the module's docstring)."""
         found = []
         for session in self._sessions:
-            unproven = getattr(session, "unproven", None)
             peer = session.session.peer if session.session is not None else None
-            if unproven and isinstance(peer, tuple) and owned(peer[1]):
-                found.append(unproven)
+            if not (isinstance(peer, tuple) and owned(peer[1])):
+                continue
+            session.sender_dead = True
+            if session.unproven:
+                found.append(session.unproven)
         return found
 
     def disarm(self) -> None:
@@ -183,4 +188,6 @@ class _Handler:
             server.transport.abort()
             return "250 2.0.0 taken"  # written nowhere
         server.unproven = self.sink.take(raw, list(envelope.rcpt_tos)).message_id
+        if getattr(server, "sender_dead", False):
+            mode.killed_message_ids.append(server.unproven)  # taken after its sender died: no 250 seen
         return "250 2.0.0 taken"

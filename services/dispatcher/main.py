@@ -20,7 +20,7 @@ from lifecycle.db.engine import make_engine
 from lifecycle.db.retention import prune
 from lifecycle.journey_catalog import JourneyCatalog, register_files
 from lifecycle.journey_files import load_journey_files
-from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
+from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -63,7 +63,7 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka", lambda: ensure_topics(settings))
     store = DispatcherStore(settings, engine, clock, JourneyCatalog(templates), templates)
     consumer = make_consumer(settings, settings.triggers_topic, settings.dispatcher_group)
-    producer = make_producer(settings)  # the dead-letter topic
+    producer = make_renewing_producer(settings)  # the dead-letter topic
     await retry_until("Kafka consumer", consumer.start)
     await retry_until("Kafka producer", producer.start)
     worker = TopicWorker(consumer, producer, settings, "dispatcher", clock, Trigger.from_message,

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
-from lifecycle.kafka import ensure_topics, make_producer, publish_events
+from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
@@ -273,7 +273,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 @dataclass
 class _Runtime:
-    producer: AIOKafkaProducer | None = None
+    producer: RenewingProducer | None = None
 
 
 @dataclass(frozen=True)
@@ -335,14 +335,14 @@ def create_app(
     factory = producer_factory or (lambda: make_producer(settings))
     create_topics = producer_factory is None if manage_topics is None else manage_topics
 
-    async def start_producer() -> AIOKafkaProducer:
+    async def start_producer() -> RenewingProducer:
         for attempt in range(1, STARTUP_ATTEMPTS + 1):
-            producer: AIOKafkaProducer | None = None
+            producer: RenewingProducer | None = None
             try:
                 async with asyncio.timeout(STARTUP_ATTEMPT_TIMEOUT_SECONDS):
                     if create_topics:
                         await ensure_topics(settings)
-                    producer = factory()
+                    producer = RenewingProducer(factory)
                     await producer.start()
                 return producer
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -571,7 +571,7 @@ def create_app(
     return app
 
 
-async def not_ready_because(producer: AIOKafkaProducer | None) -> str | None:
+async def not_ready_because(producer: RenewingProducer | AIOKafkaProducer | None) -> str | None:
     """Why events cannot be published now (None: they can): the readiness of the API."""
     if producer is None:
         return "producer not started"
@@ -583,7 +583,7 @@ async def not_ready_because(producer: AIOKafkaProducer | None) -> str | None:
     return None
 
 
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+async def _stop_quietly(producer: RenewingProducer | AIOKafkaProducer) -> None:
     try:
         await producer.stop()
     except Exception as exc:  # cleaning up after a failed start; the start error matters

@@ -14,7 +14,7 @@ from lifecycle.consuming import TopicWorker, run_phases
 from lifecycle.db.engine import make_engine
 from lifecycle.db.retention import prune
 from lifecycle.events import Event
-from lifecycle.kafka import ensure_topics, make_consumer, make_producer, report_lag
+from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
@@ -45,7 +45,7 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka", lambda: ensure_topics(settings))
     store = StagerStore(engine, clock, rule_config(settings), settings.attribution_days)
     consumer = make_consumer(settings, settings.events_topic, settings.stager_group)
-    producer = make_producer(settings)
+    producer = make_renewing_producer(settings)
     await retry_until("Kafka consumer", consumer.start)
     await retry_until("Kafka producer", producer.start)
 

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from lifecycle.settings import Settings
 from lifecycle.smtp import (
+    After,
     Outcome,
     RateLimiter,
     Sender,
@@ -70,14 +71,21 @@ class RecordingTransport:
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def send(self, mail_from: str, recipient: str, message: bytes) -> Outcome:
+    async def send(self, mail_from: str, recipient: str, message: bytes, *, timeout: float | None = None,
+                   after: After | None = None) -> Outcome:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.sent.append((self.clock.now, recipient))
-        for _ in range(self.ticks):
-            await asyncio.sleep(0)
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in range(self.ticks):
+                    await asyncio.sleep(0)
+                outcome: Outcome = self.answer(recipient)
+        except TimeoutError:
+            outcome = Outcome("retry", "timeout")
+        if after is not None:
+            await after(outcome)  # the "connection" is still this send's
         self.in_flight -= 1
-        outcome: Outcome = self.answer(recipient)
         return outcome
 
     async def close(self) -> None:
@@ -299,6 +307,48 @@ async def test_the_pool_reuses_its_connection_and_replaces_a_lost_one(sink: tupl
         await pool.close()
     assert [str(m["X-Sink-Rcpt-To"]) for m in read_messages(mail)] == [
         "a@example.com", "b@example.com", "tempfail-1-c@example.com", "e@example.com", "g@example.com"]
+
+
+async def test_a_connection_carries_no_other_message_until_the_last_outcome_is_recorded(
+        sink: tuple[int, Path]) -> None:
+    port, _ = sink
+    pool = SmtpPool(SmtpConfig("127.0.0.1", port, timeout=5, local_hostname="test.local"))
+    recorded = asyncio.Event()
+    seen: list[str] = []
+
+    async def record_slowly(outcome: Outcome) -> None:
+        seen.append(outcome.kind)
+        await recorded.wait()  # say the database is slow to take the 250
+
+    try:
+        first = asyncio.create_task(pool.send("hello@shop.example", "a@example.com", MESSAGE, after=record_slowly))
+        while not seen:
+            await asyncio.sleep(0.01)
+        # the first connection is still the first send's: the second one opens its own
+        assert (await pool.send("hello@shop.example", "b@example.com", MESSAGE)).kind == "sent"
+        assert pool.opened == 2
+        recorded.set()
+        assert (await first).kind == "sent"
+        assert (await pool.send("hello@shop.example", "c@example.com", MESSAGE)).kind == "sent"
+        assert pool.opened == 2  # both back in the pool once recorded
+    finally:
+        await pool.close()
+
+
+async def test_an_attempt_that_runs_out_of_time_is_a_retry_and_still_recorded(sink: tuple[int, Path]) -> None:
+    port, _ = sink
+    pool = SmtpPool(SmtpConfig("127.0.0.1", port, timeout=5, local_hostname="test.local"))
+    seen: list[Outcome] = []
+
+    async def record(outcome: Outcome) -> None:
+        seen.append(outcome)
+
+    try:
+        outcome = await pool.send("hello@shop.example", "a@example.com", MESSAGE, timeout=0.000001, after=record)
+    finally:
+        await pool.close()
+    assert outcome.kind == "retry" and outcome.reason.startswith("timeout:")
+    assert seen == [outcome]
 
 
 async def test_an_unreachable_server_is_a_retry(sink: tuple[int, Path]) -> None:
