@@ -8,15 +8,21 @@ import hashlib
 import re
 import timeit
 from datetime import UTC, datetime
+from email.generator import Generator
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys, confirm_url, read_confirm_token, unsubscribe_url
 from lifecycle.tracking import open_pixel_url, preferences_url, read_click_token
+from services.dispatcher import compose as compose_module
 from services.dispatcher.compose import ComposedEmail, MessageSpec, compose_email
 
 SETTINGS = Settings(shop_name="Maison Lin", shop_url="https://shop.example", public_url="https://t.shop.example",
@@ -202,10 +208,12 @@ def _message_id(settings: Settings) -> str:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from lifecycle.clock import ManualClock
+    from services.dispatcher.rendering import Renderer
     from services.dispatcher.worker import DispatcherStore
 
     # the engine is never connected: naming a message reads no table
-    store = DispatcherStore(settings, create_async_engine(settings.database_url), ManualClock(NOW), [], TEMPLATES)
+    renderer = Renderer(settings, workers=0, templates=TEMPLATES)
+    store = DispatcherStore(settings, create_async_engine(settings.database_url), ManualClock(NOW), [], renderer)
     return store._message_id(41, 2)
 
 
@@ -214,3 +222,58 @@ def test_message_ids_are_unchanged_for_an_install_with_only_the_signing_secret()
     assert _message_id(SETTINGS) == f"<41.2.{digest}@shop.example>"
     rotated = SETTINGS.model_copy(update={"signing_keys": "k2:new-secret"})
     assert _message_id(rotated) == f"<41.2.{hashlib.sha256(b'new-secret:41:2').hexdigest()[:16]}@shop.example>"
+
+
+class _ParsingPolicy(compose_module._MailPolicy):
+    """The composer's policy with every header parsed, as the email package does by default."""
+
+    def header_store_parse(self, name: str, value: str) -> tuple[str, str]:
+        return EmailPolicy.header_store_parse(self, name, value)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("settings", [
+    SETTINGS,
+    SETTINGS.model_copy(update={"mail_from": "Café \"Lin\", Paris <hello@shop.example>", "shop_name": "Café Lin"}),
+    SETTINGS.model_copy(update={"mail_from": "hello@shop.example", "default_locale": "en"}),
+])
+def test_headers_kept_as_given_are_the_bytes_the_parsing_policy_writes(settings: Settings,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path of the composer's policy (short ASCII headers stored unparsed, MIME headers parsed once)
+    writes exactly what parsing every header writes, for names, addresses and subjects of every kind."""
+    monkeypatch.setattr(Generator, "_make_boundary", classmethod(lambda cls, text=None: "==BOUNDARY=="))
+    specs = [
+        spec(),
+        spec(customer={"locale": "en", "first_name": "Zoë"}),
+        spec(customer={"first_name": "A" * 90}),
+        spec(customer={"first_name": "Ana  Maria "}),
+        spec(extras={"variant": {"name": "b", "subject": "Plain ASCII subject, exactly as typed (v2)"}}),
+        spec(extras={"variant": {"name": "b", "subject": "x" * 70}}),
+        spec(extras={"variant": {"name": "b", "subject": "=?utf-8?q?not_an_encoded_word?= [tag]: a;b <c>"}}),
+        spec(extras={"variant": {"name": "b", "subject": "Soldes d'été : -20 % 🎉"}}),
+        spec("abandoned_cart_3", step=3, extras={"coupon": {
+            "code": "AC-7K2Q9", "kind": "percent", "amount": 10.0, "currency": "EUR",
+            "expires_at": datetime(2026, 3, 5, 23, 59, 59, tzinfo=UTC)}, "offer": {"percent": 10.0}}),
+    ]
+    specs += [MessageSpec(**{**s.__dict__, "to_address": address})
+              for s, address in zip(specs[:3], ["ana.o'neil+tag@example.com", "zoë@exämple.com",
+                                                "\"very unusual\"@example.com"], strict=True)]
+    for one in specs:
+        fast = bytes(compose_email(settings, KEYS, TEMPLATES, one).message)
+        monkeypatch.setattr(compose_module, "_POLICY", _ParsingPolicy(header_factory=HeaderRegistry()))
+        parsed_everywhere = bytes(compose_email(settings, KEYS, TEMPLATES, one).message)
+        monkeypatch.undo()
+        monkeypatch.setattr(Generator, "_make_boundary", classmethod(lambda cls, text=None: "==BOUNDARY=="))
+        assert fast == parsed_everywhere
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(["Subject", "To", "From", "Message-ID", "Date", "X-Lifecycle-Journey", "Reply-To",
+                             "List-Unsubscribe-Post", "Comments"]),
+       value=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
+def test_any_ascii_header_is_written_as_the_parsing_policy_writes_it(name: str, value: str) -> None:
+    fast, parsing = compose_module._POLICY, _ParsingPolicy(header_factory=HeaderRegistry())
+    try:
+        expected = parsing.fold_binary(*parsing.header_store_parse(name, value))
+    except Exception:  # what the parser refuses is not the fast path's concern, as long as it refuses too
+        return
+    assert fast.fold_binary(*fast.header_store_parse(name, value)) == expected
