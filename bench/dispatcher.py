@@ -38,6 +38,7 @@ from lifecycle.journey_files import load_journey_files
 from lifecycle.settings import Settings
 from lifecycle.stack.smtp_sink import clear_messages, mail_dir
 from lifecycle.templates import Templates
+from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import DispatcherStore
 from services.stager.worker import StagerStore, rule_config
 
@@ -49,7 +50,8 @@ async def seed_due_runs(stack: BenchStack, prefix: str, count: int) -> list[int]
     templates = Templates(settings.journeys_dir, settings.default_locale)
     await register_files(engine, load_journey_files(settings.journeys_dir, templates))
     stager = StagerStore(engine, SystemClock(), rule_config(settings), settings.attribution_days)
-    dispatcher = DispatcherStore(settings, engine, SystemClock(), JourneyCatalog(templates), templates)
+    dispatcher = DispatcherStore(settings, engine, SystemClock(), JourneyCatalog(templates),
+                                 Renderer(settings, workers=0, templates=templates))
     signed_up = datetime.now(UTC) - timedelta(seconds=30)
     for chunk in batches(parsed([signup(f"{prefix}-{n}", signed_up) for n in range(count)]), settings.batch_size):
         await stager.apply_events(chunk)

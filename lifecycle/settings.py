@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "implicit"] = "none"
     smtp_username: str | None = None
     smtp_password: str | None = None
-    smtp_pool_size: int = Field(default=2, ge=1)
+    smtp_pool_size: int = Field(default=8, ge=1)
     smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
     smtp_domain_rate_per_second: float = Field(default=0.0, ge=0)
     smtp_max_attempts: int = Field(default=8, ge=1)
@@ -190,6 +190,8 @@ class Settings(BaseSettings):
 
     # Work loops
     batch_size: int = Field(default=500, ge=1)
+    send_batch_size: int = Field(default=100, ge=1)
+    render_workers: int = Field(default=2, ge=0)
     poll_interval_seconds: float = 0.05
     send_lease_seconds: int = 60
 

@@ -386,7 +386,7 @@ class Sender:
         self._slots = asyncio.Semaphore(config.pool_size)
 
     async def run(self, items: Sequence[E], on_outcome: OnOutcome[E], budget: float | None = None,
-                  prepare: Callable[[E], bytes] | None = None,
+                  prepare: Callable[[E], Awaitable[bytes]] | None = None,
                   stop: asyncio.Event | None = None,
                   admit: Admit[E] | None = None,
                   finish_by: Callable[[E], float] | None = None,
@@ -402,7 +402,7 @@ class Sender:
         `finish_by(item)` is the clock reading by which the item's attempt must be over (its lease): an
         item with less than `attempt_seconds` left does not start (it comes back), and a started one is
         cut off then (a retry).
-        `prepare` turns an item into the bytes to send (DKIM signing); it runs just before sending.
+        `prepare` turns an item into the bytes to send (DKIM signing, off the loop); it runs just before sending.
         Once `stop` is set (SIGTERM), no send starts either: the sends in flight finish, the rest comes back.
         """
         queues: dict[str, deque[E]] = {}
@@ -415,7 +415,7 @@ class Sender:
         async def attempt(item: E) -> None:
             try:
                 started = self.clock()
-                message = prepare(item) if prepare is not None else item.message
+                message = await prepare(item) if prepare is not None else item.message
                 timeout = None if finish_by is None else max(0.001, finish_by(item) - self.clock())
 
                 async def record(outcome: Outcome) -> None:

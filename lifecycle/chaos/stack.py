@@ -52,7 +52,7 @@ def chaos_settings(run_dir: Path, port_offset: int = PORT_OFFSET) -> Settings:
         smtp_retry_base_seconds=0.5,
         smtp_retry_max_seconds=4.0,
         smtp_max_attempts=60,
-        smtp_pool_size=2,
+        render_workers=1,  # the process pool's path, at one worker per dispatcher (two cores for the whole stack)
         kafka_session_timeout_ms=6_000,
         batch_size=200,
     )

@@ -26,8 +26,9 @@ from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, 
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.dispatcher import metrics
-from services.dispatcher.delivery import close_delivery, deliver
-from services.dispatcher.worker import DispatcherStore
+from services.dispatcher.delivery import Delivery
+from services.dispatcher.rendering import Renderer
+from services.dispatcher.worker import DispatcherStore, Outgoing
 
 log = logging.getLogger("lifecycle.dispatcher")
 
@@ -61,7 +62,10 @@ async def serve(settings: Settings) -> None:
     await wait_for_database(engine)
     await retry_until("PostgreSQL (journey versions)", lambda: register_files(engine, files))
     await retry_until("Kafka", lambda: ensure_topics(settings))
-    store = DispatcherStore(settings, engine, clock, JourneyCatalog(templates), templates)
+    renderer = Renderer(settings)  # a DKIM key that is set but unusable stops the dispatcher here
+    await renderer.start()
+    store = DispatcherStore(settings, engine, clock, JourneyCatalog(templates), renderer)
+    delivery = Delivery(store, settings, renderer)
     consumer = make_consumer(settings, settings.triggers_topic, settings.dispatcher_group)
     producer = make_renewing_producer(settings)  # the dead-letter topic
     await retry_until("Kafka consumer", consumer.start)
@@ -78,14 +82,26 @@ async def serve(settings: Settings) -> None:
     log.info("dispatcher started: %d journey files, clock %s", len(files), settings.clock)
     last_gauges = 0.0
 
+    sending: set[asyncio.Task[None]] = set()
+
+    async def hand_over(batch: list[Outgoing]) -> None:
+        """Start sending `batch` and come back: the next claim is composed while this one is sent.
+        At most two batches are in the SMTP stage; a failed one fails this phase."""
+        while len(sending) >= 2:
+            await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+            _collect(sending)
+        if batch or not sending:  # with nothing claimed, the retries now due are still looked at
+            sending.add(asyncio.create_task(delivery.deliver(batch, stop)))
+        _collect(sending)
+
     async def send_due() -> None:
-        # sends in flight finish before the loop looks at `stop` again
-        await deliver(store, settings, await store.claim_due_steps(settings.batch_size), stop)
+        await hand_over(await store.claim_due_steps(settings.send_batch_size))
 
     async def take_over_stale() -> None:
-        stale = await store.reclaim_stale_sends(settings.batch_size)
+        stale = await store.reclaim_stale_sends(settings.send_batch_size)
         metrics.RESENT_AFTER_LEASE.inc(len(stale))
-        await deliver(store, settings, stale, stop)
+        if stale:
+            await hand_over(stale)
 
     async def gauges() -> None:
         nonlocal last_gauges
@@ -102,12 +118,22 @@ async def serve(settings: Settings) -> None:
                          lambda phase, kind: metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc())
     finally:
         log.info("dispatcher stopping")
-        await close_delivery()
+        # sends in flight finish (and are recorded) before the connections close
+        await asyncio.gather(*sending, return_exceptions=True)
+        await delivery.close()
+        renderer.close()
         await consumer.stop()
         await producer.stop()
         server.should_exit = True
         await server_task
         await engine.dispose()
+
+
+def _collect(tasks: set[asyncio.Task[None]]) -> None:
+    """Drop the finished tasks; the first that failed raises here."""
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        task.result()
 
 
 def run(settings: Settings) -> None:

@@ -59,3 +59,27 @@ SENT_TWICE = Counter(
 SMTP_CONNECTIONS = Counter(
     "lifecycle_dispatcher_smtp_connections_opened_total", "SMTP connections opened (pooled, so few).",
 )
+UNRECORDED = Gauge(
+    "lifecycle_dispatcher_sends_unrecorded",
+    "Messages the SMTP server accepted (250) whose `sent` is not committed yet: what a crash now would send"
+    " twice (the crash window of batched records).",
+)
+RECORD_DELAY = Histogram(
+    "lifecycle_dispatcher_record_delay_seconds",
+    "From a 250 to the commit of its `sent`: how long each accepted message stays in the crash window.",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+)
+RECORD_BATCH = Histogram(
+    "lifecycle_dispatcher_record_batch_size",
+    "250s recorded per UPDATE (group commit: those that arrived while the previous write was in flight).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+)
+RENDER_SECONDS = Histogram(
+    "lifecycle_dispatcher_compose_seconds",
+    "Composing one claim's emails (templates, MIME) in the render workers, per claim.",
+)
+RENDER_WORKERS_LOST = Counter(
+    "lifecycle_dispatcher_render_workers_lost_total",
+    "Times a render worker process died and the workers were started again (that claim was composed in the"
+    " dispatcher itself).",
+)

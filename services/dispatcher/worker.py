@@ -14,10 +14,11 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -37,7 +38,6 @@ from lifecycle.core.journeys import (
     SendNow,
     SendPolicy,
     SendStep,
-    Skip,
     StartRun,
     decide_step,
     on_trigger,
@@ -50,12 +50,14 @@ from lifecycle.db.schema import journey_runs, processed_triggers, sends
 from lifecycle.journey_catalog import JourneyCatalog
 from lifecycle.settings import Settings
 from lifecycle.smtp import retry_delay
-from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics, offers
-from services.dispatcher.compose import MessageSpec, compose_email
+from services.dispatcher.compose import MessageSpec
+from services.dispatcher.rendering import Composed, ComposeFailure, Renderer
 
 log = logging.getLogger("lifecycle.dispatcher")
+
+T = TypeVar("T")
 
 # Who may receive what, per customer of a claim: profile, consent, suppression, engagement, the
 # frequency cap's count (an index serves it: sends_customer_marketing_recent), pending opt-outs.
@@ -84,11 +86,62 @@ RECHECK_SQL = (
 )
 
 
+# A claim's sends in one statement over arrays (compiled and prepared once, whatever the claim's
+# size); a run whose step has its send already gets none (ON CONFLICT), as before.
+SEND_COLUMNS = ("run_id", "step", "customer_id", "journey", "marketing", "status", "reason", "message_id",
+                "to_address", "subject", "message", "due_at", "created_at", "sent_at", "attempts", "variant",
+                "links", "category", "lease_token")
+_SEND_TYPES = ("bigint", "int", "text", "text", "boolean", "text", "text", "text", "text", "text", "bytea",
+               "timestamptz", "timestamptz", "timestamptz", "int", "text", "text", "text", "uuid")
+INSERT_SENDS = text(
+    f"INSERT INTO sends ({', '.join(SEND_COLUMNS)}, lease_until)"
+    f" SELECT {', '.join('u.links::jsonb' if c == 'links' else 'u.' + c for c in SEND_COLUMNS)},"
+    " CASE WHEN u.status = 'sending' THEN now() + make_interval(secs => :lease) END"
+    " FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(SEND_COLUMNS, _SEND_TYPES, strict=True))
+    + f") AS u({', '.join(SEND_COLUMNS)})"
+    " ON CONFLICT DO NOTHING RETURNING run_id, send_id"
+)
+# Runs to their next step (status active) or completed (ended_at set, no step, no due time).
+MOVE_RUNS_ON = text(
+    "UPDATE journey_runs r SET status = p.status, step_index = p.step_index, due_at = p.due_at,"
+    " version_id = coalesce(p.version_id, r.version_id), step_id = coalesce(p.step_id, r.step_id),"
+    " ended_at = p.ended_at, exit_reason = NULL"
+    " FROM unnest(CAST(:run_id AS bigint[]), CAST(:status AS text[]), CAST(:step_index AS int[]),"
+    " CAST(:due_at AS timestamptz[]), CAST(:version_id AS bigint[]), CAST(:step_id AS text[]),"
+    " CAST(:ended_at AS timestamptz[])) AS p(run_id, status, step_index, due_at, version_id, step_id, ended_at)"
+    " WHERE r.run_id = p.run_id"
+)
+
+# The 250s of a batch, each row fenced by the token of the claim that sent it.
+MARK_SENT_SQL = (
+    "UPDATE sends s SET status = 'sent', delivered_at = now(), lease_until = NULL, next_attempt_at = NULL,"
+    " attempts = s.attempts + 1"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[])) AS p(send_id, token)"
+    " WHERE s.send_id = p.send_id AND s.lease_token = p.token AND s.status = 'sending'"
+    " RETURNING s.send_id"
+)
+
+
 @dataclass(frozen=True)
 class _Claim:
     token: str  # fencing token of this claim's sends
     lease_deadline: float  # monotonic() when their lease may run out
     now: datetime
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A run whose due step sends an email, decided, waiting for the email to be composed."""
+
+    run: Run
+    journey: Journey
+    version_id: int | None
+    index: int
+    step: SendStep
+    decision: SendNow
+    values: dict[str, Any]  # the send row so far
+    spec: MessageSpec
 
 
 @dataclass(frozen=True)
@@ -122,12 +175,12 @@ def _run_from_row(row: Any) -> Run:
 
 class DispatcherStore:
     def __init__(self, settings: Settings, engine: AsyncEngine, clock: Clock, catalog: JourneyCatalog,
-                 templates: Templates) -> None:
+                 renderer: Renderer) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
         self.catalog = catalog
-        self.templates = templates
+        self.renderer = renderer
         self.policy = send_policy(settings)
         self.keys = SigningKeys.from_settings(settings)
 
@@ -235,9 +288,11 @@ class DispatcherStore:
     async def claim_due_steps(self, limit: int) -> list[Outgoing]:
         """Decide every step due by now; record sends and skips; return what to hand to SMTP.
 
-        Each run is decided in a savepoint: one that cannot be processed (an unusable journey
-        version, a bug) becomes `failed` with the reason, and the rest of the batch goes on."""
-        outgoing: list[Outgoing] = []
+        Three passes in one transaction: decide each run (skips, deferrals and ends are written at
+        once), compose every email of the claim together in the render workers, then write each
+        send and its run's next step. Each run's writes are in a savepoint: one that cannot be
+        processed (an unusable journey version, a bug) becomes `failed` with the reason, and the
+        rest of the batch goes on."""
         async with self.engine.begin() as conn:
             now = await self.clock.now()
             claimed_at = monotonic()  # before the lease starts in the database: a safe deadline
@@ -257,24 +312,51 @@ class DispatcherStore:
             by_run = await self._run_journeys(conn, runs, current)
             recipients = await self._recipients(conn, sorted({r.customer_id for r in rows}), now)
             claim = _Claim(str(uuid.uuid4()), claimed_at + self.settings.send_lease_seconds, now)
+            planned: list[_Planned] = []
             for row, run in zip(rows, runs, strict=True):
-                try:
-                    async with conn.begin_nested():
-                        sent = await self._decide(conn, row.customer_id, run, by_run[run.run_id], recipients, claim)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    log.exception("run %d of %s could not be processed; it is marked failed", run.run_id,
-                                  run.journey, extra={"customer_id": row.customer_id, "journey": run.journey})
-                    await self._end_run(conn, run, "failed", f"error: {type(exc).__name__}: {exc}"[:500], now)
-                    continue
-                if sent is not None:
-                    outgoing.append(sent)
+                found = await self._isolated(conn, row.customer_id, run, now, self._plan(
+                    conn, row.customer_id, run, by_run[run.run_id], recipients, claim))
+                if isinstance(found, _Planned):
+                    planned.append(found)
+            started = monotonic()
+            composed = await self.renderer.compose([p.spec for p in planned]) if planned else []
+            if planned:
+                metrics.RENDER_SECONDS.observe(monotonic() - started)
+            done = list(zip(planned, composed, strict=True))
+            try:
+                async with conn.begin_nested():
+                    return await self._record(conn, done, claim)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("writing the claim's sends together failed (%s: %s); writing them run by run",
+                            type(exc).__name__, exc)
+            outgoing: list[Outgoing] = []
+            for plan, email in done:
+                sent = await self._isolated(conn, str(plan.values["customer_id"]), plan.run, now,
+                                            self._record(conn, [(plan, email)], claim))
+                outgoing.extend(sent or [])
         return outgoing
 
-    async def _decide(self, conn: AsyncConnection, customer_id: str, run: Run,
-                      version: tuple[int | None, Journey | None],
-                      recipients: dict[str, tuple[dict[str, Any], Recipient]], claim: _Claim) -> Outgoing | None:
+    async def _isolated(self, conn: AsyncConnection, customer_id: str, run: Run, now: datetime,
+                        work: Awaitable[T]) -> T | None:
+        """`work` in a savepoint; a run it fails on (not for a transient reason) is marked failed."""
+        try:
+            async with conn.begin_nested():
+                return await work
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("run %d of %s could not be processed; it is marked failed", run.run_id,
+                          run.journey, extra={"customer_id": customer_id, "journey": run.journey})
+            await self._end_run(conn, run, "failed", f"error: {type(exc).__name__}: {exc}"[:500], now)
+            return None
+
+    async def _plan(self, conn: AsyncConnection, customer_id: str, run: Run,
+                    version: tuple[int | None, Journey | None],
+                    recipients: dict[str, tuple[dict[str, Any], Recipient]], claim: _Claim) -> _Planned | None:
+        """Decide the run's due step. A skip, a deferral or an end is written now; an email to
+        compose comes back as a plan."""
         now = claim.now
         version_id, journey = version
         if journey is None:
@@ -304,45 +386,88 @@ class DispatcherStore:
             "journey": journey.name, "marketing": journey.marketing, "message_id": message_id,
             "due_at": run.due_at, "created_at": now, "attempts": 0,
         }
-        if isinstance(decision, SendNow):
-            assert recipient.email is not None
-            extras = await self._extras(conn, journey, run, step, customer_id, decision, now, recipient.timezone)
-            try:
-                composed = compose_email(self.settings, self.keys, self.templates, MessageSpec(
-                    journey=journey.name, step=step.number, template=decision.template,
-                    message_id=message_id, to_address=recipient.email,
-                    customer={**profile, "customer_id": customer_id},
-                    context=run.context, extras=extras, date=now,
-                ))
-            except TemplateError as exc:
-                # one broken template must not hold back the batch: recorded, visible, never sent
-                log.error("template failed, step not sent: %s", exc, extra={
-                    "customer_id": customer_id, "journey": journey.name, "step": step.number})
-                values.update(status="failed", reason=f"template: {exc.message}"[:500],
-                              variant=decision.variant, category=journey.category)
-                metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
-                decision = Skip(step, "template")
-            else:
-                lease = timedelta(seconds=self.settings.send_lease_seconds)
-                # leases are about process liveness: wall time from the database, even on the virtual clock
-                values.update(status="sending", to_address=recipient.email,
-                              subject=composed.message["Subject"], message=bytes(composed.message),
-                              links=composed.links, sent_at=now, lease_until=func.now() + lease,
-                              lease_token=claim.token, variant=decision.variant, category=journey.category)
-                if journey.marketing:
-                    # the frequency cap counts what this batch already decided for the customer
-                    recipients[customer_id] = (profile, replace(
-                        recipient, recent_marketing_sends=recipient.recent_marketing_sends + 1))
-        else:
+        if not isinstance(decision, SendNow):
             values.update(status="skipped", reason=decision.reason)
             metrics.SENDS.labels(journey=journey.name, step=str(step.number),
                                  result=f"skipped:{decision.reason.split(':')[0]}").inc()
-        send_id = (
+            await self._write_step(conn, run, journey, version_id, index, values)
+            return None
+        assert recipient.email is not None
+        extras = await self._extras(conn, journey, run, step, customer_id, decision, now, recipient.timezone)
+        if journey.marketing:
+            # the frequency cap counts what this batch already decided for the customer
+            recipients[customer_id] = (profile, replace(
+                recipient, recent_marketing_sends=recipient.recent_marketing_sends + 1))
+        spec = MessageSpec(journey=journey.name, step=step.number, template=decision.template,
+                           message_id=message_id, to_address=recipient.email,
+                           customer={**profile, "customer_id": customer_id},
+                           context=run.context, extras=extras, date=now)
+        return _Planned(run, journey, version_id, index, step, decision, values, spec)
+
+    async def _record(self, conn: AsyncConnection, done: list[tuple[_Planned, Composed | ComposeFailure]],
+                      claim: _Claim) -> list[Outgoing]:
+        """Write the composed sends (`sending`, leased under the claim's token) and the template
+        failures, then move each run on: two statements for the whole claim."""
+        rows: list[dict[str, Any]] = []
+        for plan, email in done:
+            journey, step, decision = plan.journey, plan.step, plan.decision
+            values = {**plan.values, "variant": decision.variant, "category": journey.category,
+                      "reason": None, "to_address": None, "subject": None, "message": None, "sent_at": None,
+                      "links": [], "lease_token": None}
+            if isinstance(email, ComposeFailure):
+                # one broken template must not hold back the batch: recorded, visible, never sent
+                log.error("template failed, step not sent: %s", email, extra={
+                    "customer_id": values["customer_id"], "journey": journey.name, "step": step.number})
+                values.update(status="failed", reason=f"template: {email.message}"[:500])
+                metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
+            else:
+                values.update(status="sending", to_address=plan.spec.to_address, subject=email.subject,
+                              message=email.message, links=email.links, sent_at=claim.now,
+                              lease_token=claim.token)
+            rows.append(values)
+        params: dict[str, Any] = {c: [row[c] for row in rows] for c in SEND_COLUMNS}
+        params["links"] = [json.dumps(links) for links in params["links"]]
+        # leases are about process liveness: wall time from the database, even on the virtual clock
+        params["lease"] = float(self.settings.send_lease_seconds)
+        inserted: dict[int, int] = dict((await conn.execute(INSERT_SENDS, params)).tuples().all())  # run -> send
+        await self._move_on(conn, [(plan.run, plan.journey, plan.version_id, plan.index) for plan, _ in done],
+                            claim.now)
+        outgoing: list[Outgoing] = []
+        for plan, email in done:
+            send_id = inserted.get(plan.run.run_id)
+            if send_id is not None and isinstance(email, Composed):
+                outgoing.append(Outgoing(send_id, plan.spec.to_address, email.message, plan.journey.name,
+                                         plan.step.number, str(plan.values["customer_id"]), claim.token,
+                                         claim.lease_deadline, SendAudience.of(plan.journey)))
+        return outgoing
+
+    async def _move_on(self, conn: AsyncConnection, runs: list[tuple[Run, Journey, int | None, int]],
+                       now: datetime) -> None:
+        """Each run to its next send step, or completed after its last: one statement."""
+        moves: list[tuple[int, str, int | None, datetime | None, int | None, str | None, datetime | None]] = []
+        for run, journey, version_id, index in runs:
+            assert run.due_at is not None
+            following = journey.next_send(index, run.due_at)
+            if following is None:
+                moves.append((run.run_id, "completed", None, None, None, None, now))
+                metrics.RUNS_ENDED.labels(journey=run.journey, outcome="completed").inc()
+            else:
+                next_index, due_at = following
+                moves.append((run.run_id, "active", next_index, due_at, version_id,
+                              journey.send_step(next_index).id, None))
+        await conn.execute(MOVE_RUNS_ON, {name: [move[i] for move in moves] for i, name in enumerate(
+            ("run_id", "status", "step_index", "due_at", "version_id", "step_id", "ended_at"))})
+
+    async def _write_step(self, conn: AsyncConnection, run: Run, journey: Journey, version_id: int | None,
+                          index: int, values: dict[str, Any]) -> int | None:
+        """The send row of the run's step (None if the step had one already), then the run moves on."""
+        send_id: int | None = (
             await conn.execute(insert(sends).values(values).on_conflict_do_nothing().returning(sends.c.send_id))
         ).scalar()
+        assert run.due_at is not None
         following = journey.next_send(index, run.due_at)
         if following is None:
-            await self._end_run(conn, run, "completed", None, now)
+            await self._end_run(conn, run, "completed", None, values["created_at"])
         else:
             next_index, due_at = following
             await conn.execute(
@@ -350,10 +475,7 @@ class DispatcherStore:
                 .values(step_index=next_index, due_at=due_at, version_id=version_id,
                         step_id=journey.send_step(next_index).id)
             )
-        if send_id is None or not isinstance(decision, SendNow) or not recipient.email:
-            return None
-        return Outgoing(send_id, recipient.email, values["message"], journey.name, step.number, customer_id,
-                        claim.token, claim.lease_deadline, SendAudience.of(journey))
+        return send_id
 
     async def _end_run(self, conn: AsyncConnection, run: Run, status: str, reason: str | None,
                        now: datetime) -> None:
@@ -468,12 +590,22 @@ class DispatcherStore:
         return bool(result.rowcount)
 
     async def mark_sent(self, item: Outgoing) -> bool:
-        """After the server's 250. This one UPDATE is the whole window in which a crash sends twice.
+        """After the server's 250: False when the row was no longer ours (another dispatcher took it over)."""
+        return item.send_id in await self.mark_sent_many([item])
 
-        False when the row was no longer ours (another dispatcher took it over)."""
-        return await self._update_held(
-            item, "status = 'sent', delivered_at = now(), lease_until = NULL, next_attempt_at = NULL,"
-                  " attempts = attempts + 1")
+    async def mark_sent_many(self, items: list[Outgoing]) -> set[int]:
+        """The 250s of several sends in one transaction, each fenced by its own claim's token.
+
+        Returns the send ids recorded; a send missing from it was no longer ours. The time between a
+        250 and this commit is the window in which a crash sends twice (docs/sending.md)."""
+        if not items:
+            return set()
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                text(MARK_SENT_SQL),
+                {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]},
+            )
+            return set(rows.scalars().all())
 
     async def mark_retry(self, item: Outgoing, reason: str) -> str | None:
         """A 4xx or a lost connection: due again after a backoff that grows with the attempts, as a row

@@ -39,6 +39,7 @@ from lifecycle.stack import processes, service_env, start_services
 from lifecycle.stack.postgres import reset_database
 from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from lifecycle.templates import Templates
+from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import RECIPIENTS_SQL, DispatcherStore
 from services.stager.worker import StagerStore, rule_config
 
@@ -95,7 +96,8 @@ async def _play(engine: AsyncEngine, settings: Settings, clock: ManualClock, eve
 
 
 def _store(settings: Settings, engine: AsyncEngine, clock: ManualClock) -> DispatcherStore:
-    return DispatcherStore(settings, engine, clock, JourneyCatalog(TEMPLATES), TEMPLATES)
+    return DispatcherStore(settings, engine, clock, JourneyCatalog(TEMPLATES),
+                           Renderer(settings, workers=0, templates=TEMPLATES))
 
 
 async def _one(engine: AsyncEngine, sql: str, **params: Any) -> Any:
