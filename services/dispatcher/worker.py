@@ -410,16 +410,13 @@ class DispatcherStore:
         failures, then move each run on: two statements for the whole claim."""
         rows: list[dict[str, Any]] = []
         for plan, email in done:
-            journey, step, decision = plan.journey, plan.step, plan.decision
+            journey, decision = plan.journey, plan.decision
             values = {**plan.values, "variant": decision.variant, "category": journey.category,
                       "reason": None, "to_address": None, "subject": None, "message": None, "sent_at": None,
                       "links": [], "lease_token": None}
             if isinstance(email, ComposeFailure):
                 # one broken template must not hold back the batch: recorded, visible, never sent
-                log.error("template failed, step not sent: %s", email, extra={
-                    "customer_id": values["customer_id"], "journey": journey.name, "step": step.number})
                 values.update(status="failed", reason=f"template: {email.message}"[:500])
-                metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="failed").inc()
             else:
                 values.update(status="sending", to_address=plan.spec.to_address, subject=email.subject,
                               message=email.message, links=email.links, sent_at=claim.now,
@@ -434,6 +431,11 @@ class DispatcherStore:
                             claim.now)
         outgoing: list[Outgoing] = []
         for plan, email in done:
+            if isinstance(email, ComposeFailure):  # counted once written (a failed batch is written again)
+                log.error("template failed, step not sent: %s", email, extra={
+                    "customer_id": plan.values["customer_id"], "journey": plan.journey.name,
+                    "step": plan.step.number})
+                metrics.SENDS.labels(journey=plan.journey.name, step=str(plan.step.number), result="failed").inc()
             send_id = inserted.get(plan.run.run_id)
             if send_id is not None and isinstance(email, Composed):
                 outgoing.append(Outgoing(send_id, plan.spec.to_address, email.message, plan.journey.name,
@@ -450,13 +452,15 @@ class DispatcherStore:
             following = journey.next_send(index, run.due_at)
             if following is None:
                 moves.append((run.run_id, "completed", None, None, None, None, now))
-                metrics.RUNS_ENDED.labels(journey=run.journey, outcome="completed").inc()
             else:
                 next_index, due_at = following
                 moves.append((run.run_id, "active", next_index, due_at, version_id,
                               journey.send_step(next_index).id, None))
         await conn.execute(MOVE_RUNS_ON, {name: [move[i] for move in moves] for i, name in enumerate(
             ("run_id", "status", "step_index", "due_at", "version_id", "step_id", "ended_at"))})
+        for (run, _, _, _), move in zip(runs, moves, strict=True):
+            if move[1] == "completed":
+                metrics.RUNS_ENDED.labels(journey=run.journey, outcome="completed").inc()
 
     async def _write_step(self, conn: AsyncConnection, run: Run, journey: Journey, version_id: int | None,
                           index: int, values: dict[str, Any]) -> int | None:
