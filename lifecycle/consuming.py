@@ -254,3 +254,32 @@ async def run_phases(phases: list[tuple[str, Callable[[], Awaitable[object]]]], 
             await backoff.wait(stop)
         else:
             backoff.reset()
+
+
+async def run_task(name: str, step: Callable[[], Awaitable[int]], stop: asyncio.Event, wake: asyncio.Event,
+                   idle_seconds: float, errors: Callable[[str, str], None]) -> None:
+    """A loop of its own beside a service's phases: `step` until `stop`; after a step that did
+    nothing (returned 0) it waits for `wake` or `idle_seconds`, whichever comes first. A failing
+    step is logged and counted like a phase, and the loop backs off."""
+    backoff = Backoff()
+    while not stop.is_set():
+        wake.clear()  # before the step: a wake-up during it is not lost
+        try:
+            done = await step()
+        except Exception as exc:
+            kind = "transient" if is_transient(exc) else "error"
+            errors(name, kind)
+            if kind == "transient":
+                log.warning("%s: %s: %s; retrying", name, type(exc).__name__, (str(exc).splitlines() or [""])[0])
+            else:
+                log.exception("%s failed; retrying", name)
+            await backoff.wait(stop)
+            continue
+        backoff.reset()
+        if not done:
+            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()

@@ -56,6 +56,7 @@ outbox = Table(
     Column("customer_id", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("created_at", TS, nullable=False),
+    Column("partition", Integer),  # the customer's partition of the events topic; NULL: any relay
 )
 
 virtual_clock = Table(

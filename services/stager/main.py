@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import make_clock
-from lifecycle.consuming import TopicWorker, run_phases
+from lifecycle.consuming import TopicWorker, run_phases, run_task
 from lifecycle.db.engine import make_engine
 from lifecycle.db.retention import prune
 from lifecycle.events import Event
@@ -49,9 +49,15 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka consumer", consumer.start)
     await retry_until("Kafka producer", producer.start)
 
+    relay_wake = asyncio.Event()  # set when this stager wrote triggers: its relay looks at once
+
     async def apply(events: list[Event]) -> None:
         started = time.perf_counter()
+        if store.partitions is None:  # known once the consumer has the topic's metadata
+            found = consumer.partitions_for_topic(settings.events_topic)
+            store.partitions = len(found) if found else None
         await store.apply_events(events)
+        relay_wake.set()
         metrics.BATCH_SIZE.observe(len(events))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
@@ -69,10 +75,18 @@ async def serve(settings: Settings) -> None:
     last_housekeeping = 0.0
 
     async def due_changes() -> None:
-        metrics.DUE_APPLIED.inc(await store.apply_due_changes(settings.batch_size))
+        applied = await store.apply_due_changes(settings.batch_size)
+        if applied:
+            metrics.DUE_APPLIED.inc(applied)
+            relay_wake.set()
 
-    async def relay() -> None:
-        await store.relay_outbox(producer, settings.triggers_topic, settings.batch_size)
+    async def relay() -> int:
+        # the partitions this stager consumes now: their customers' triggers are its to publish
+        mine = sorted(tp.partition for tp in consumer.assignment() if tp.topic == settings.events_topic)
+        return await store.relay_outbox(producer, settings.triggers_topic, settings.batch_size, mine)
+
+    def count_error(phase: str, kind: str) -> None:
+        metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc()
 
     async def housekeeping() -> None:
         nonlocal last_housekeeping
@@ -83,17 +97,25 @@ async def serve(settings: Settings) -> None:
             await _refresh_gauges(engine, await clock.now())
             await report_lag(consumer, metrics.LAG)
 
+    # the relay in a task of its own: publishing never waits for a batch, nor a batch for the broker
+    relaying = asyncio.create_task(run_task("relay", relay, stop, relay_wake, RELAY_IDLE_SECONDS, count_error))
     try:
-        await run_phases([("events", worker.poll_once), ("due", due_changes), ("relay", relay),
-                          ("housekeeping", housekeeping)], stop,
-                         lambda phase, kind: metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc())
+        await run_phases([("events", worker.poll_once), ("due", due_changes), ("housekeeping", housekeeping)],
+                         stop, count_error)
     finally:
         log.info("stager stopping: batch committed, closing Kafka clients")
+        stop.set()
+        await asyncio.gather(relaying, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
         server.should_exit = True
         await server_task
         await engine.dispose()
+
+
+# How often a relay with nothing to publish looks again without being woken: for the rows another
+# stager's time-driven changes wrote for this stager's partitions.
+RELAY_IDLE_SECONDS = 0.2
 
 
 def run(settings: Settings) -> None:

@@ -3,8 +3,10 @@
 Each consumer batch is applied in one transaction (states, due times, outbox,
 processed event ids); Kafka offsets are committed only after it. Due
 time-driven changes are claimed from `due_changes` and go through the same
-rules. The outbox relay publishes triggers in id order and deletes them once
-the broker acknowledged.
+rules. Each outbox row carries its customer's partition of the events topic;
+each stager relays the rows of the partitions it consumes, in id order, and
+deletes them once the broker acknowledged (no transaction is held while it
+waits for the broker).
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, text
+from aiokafka.partitioner import murmur2
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lifecycle.clock import Clock
 from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
 from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
-from lifecycle.db.schema import outbox
 from lifecycle.events import Event
 from services.stager import metrics
 from services.stager.facts import record_facts
 
 log = logging.getLogger("lifecycle.stager")
 
-RELAY_LOCK_ID = 727_001  # one outbox relay at a time keeps triggers in id order
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """The customer's partition in a topic of `partitions`: Kafka's default partitioner for the key."""
+    return int(murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def rule_config(settings: Any) -> RuleConfig:
@@ -47,11 +53,14 @@ def rule_config(settings: Any) -> RuleConfig:
 class StagerStore:
     """The stager's PostgreSQL work, one method per transaction."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, config: RuleConfig, attribution_days: int = 5) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, config: RuleConfig, attribution_days: int = 5,
+                 partitions: int | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.config = config
         self.attribution_days = attribution_days
+        # the events topic's partitions (the stager sets it once the consumer knows); None: rows any relay takes
+        self.partitions = partitions
 
     async def apply_events(self, events: list[Event]) -> int:
         """Apply a batch; returns how many events were new. An event id counts per customer."""
@@ -77,7 +86,7 @@ class StagerStore:
                 decision = apply_event(state, event, now, self.config)
                 changes.add(decision)
                 metrics.record_transition(before, state.stage)
-            await changes.save(conn, now)
+            await changes.save(conn, now, self.partitions)
             emails = {cid: state.traits.get("email") for cid, state in states.items()}
             await record_facts(conn, new_events, emails, self.attribution_days)
             # the opt-outs applied here no longer need the fence the ingest API put up for them
@@ -127,7 +136,7 @@ class StagerStore:
                 decision.dues.setdefault(row.kind, None)
                 changes.add(decision)
                 metrics.record_transition(before, state.stage)
-            await changes.save(conn, now)
+            await changes.save(conn, now, self.partitions)
         return len(rows)
 
     async def sweep_fences(self) -> int:
@@ -138,28 +147,31 @@ class StagerStore:
                 " WHERE p.customer_id = f.customer_id AND p.event_id = f.event_id"))
         return int(result.rowcount or 0)
 
-    async def relay_outbox(self, producer: Any, topic: str, limit: int) -> int:
+    async def relay_outbox(self, producer: Any, topic: str, limit: int, mine: list[int] | None = None) -> int:
+        """Publish the outbox rows of the partitions in `mine` (all rows when None), in id order, then
+        delete them. Rows without a partition, or of a partition the topic no longer has, are anyone's.
+
+        No transaction is open while the broker is awaited. Two stagers may both publish a row for a
+        moment while a partition moves between them: the dispatcher counts each trigger id once."""
+        async with self.engine.connect() as conn:
+            if mine is None:
+                rows = (await conn.execute(SELECT_OUTBOX_ALL, {"n": limit})).all()
+            else:
+                rows = (await conn.execute(SELECT_OUTBOX_OF, {"mine": mine, "count": self.partitions or 0,
+                                                              "n": limit})).all()
+        if not rows:
+            return 0
+        futures = [
+            await producer.send(
+                topic,
+                value=json.dumps(row.payload, separators=(",", ":")).encode(),
+                key=row.customer_id.encode(),
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*futures)
         async with self.engine.begin() as conn:
-            locked = (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_ID})).scalar()
-            if not locked:
-                return 0
-            rows = (
-                await conn.execute(
-                    text("SELECT id, customer_id, payload FROM outbox ORDER BY id LIMIT :n"), {"n": limit}
-                )
-            ).all()
-            if not rows:
-                return 0
-            futures = [
-                await producer.send(
-                    topic,
-                    value=json.dumps(row.payload, separators=(",", ":")).encode(),
-                    key=row.customer_id.encode(),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
-            await conn.execute(delete(outbox).where(outbox.c.id.in_([row.id for row in rows])))
+            await conn.execute(DELETE_OUTBOX, {"ids": [row.id for row in rows]})
         metrics.TRIGGERS_RELAYED.inc(len(rows))
         return len(rows)
 
@@ -179,7 +191,7 @@ class _Changes:
             self.dues[(customer_id, kind)] = due_at
         self.triggers.extend(t.to_json() for t in decision.triggers)
 
-    async def save(self, conn: AsyncConnection, now: datetime) -> None:
+    async def save(self, conn: AsyncConnection, now: datetime, partitions: int | None) -> None:
         if self.states:
             rows = [_customer_row(state) for state in self.states.values()]
             await conn.execute(UPSERT_CUSTOMERS, {**{name: [row[i] for row in rows]
@@ -192,8 +204,10 @@ class _Changes:
         if to_clear:
             await conn.execute(CLEAR_DUES, {"c": [c for c, _ in to_clear], "k": [k for _, k in to_clear]})
         if self.triggers:
-            await conn.execute(INSERT_OUTBOX, {"c": [t["customer_id"] for t in self.triggers],
-                                               "p": [_json(t) for t in self.triggers], "now": now})
+            customers = [t["customer_id"] for t in self.triggers]
+            await conn.execute(INSERT_OUTBOX, {
+                "c": customers, "p": [_json(t) for t in self.triggers], "now": now,
+                "k": [partition_of(c, partitions) if partitions else None for c in customers]})
 
 
 # Every batch write is one statement of fixed text over arrays: compiled and prepared once, whatever
@@ -222,10 +236,18 @@ CLEAR_DUES = text(
 )
 # in the batch's order: the relay publishes triggers in id order
 INSERT_OUTBOX = text(
-    "INSERT INTO outbox (customer_id, payload, created_at)"
-    " SELECT u.c, u.p::jsonb, :now FROM unnest(CAST(:c AS text[]), CAST(:p AS text[])) WITH ORDINALITY AS u(c, p, n)"
+    "INSERT INTO outbox (customer_id, payload, created_at, partition)"
+    " SELECT u.c, u.p::jsonb, :now, u.k"
+    " FROM unnest(CAST(:c AS text[]), CAST(:p AS text[]), CAST(:k AS int[])) WITH ORDINALITY AS u(c, p, k, n)"
     " ORDER BY u.n"
 )
+SELECT_OUTBOX_ALL = text("SELECT id, customer_id, payload FROM outbox ORDER BY id LIMIT :n")
+SELECT_OUTBOX_OF = text(
+    "SELECT id, customer_id, payload FROM outbox"
+    " WHERE partition = ANY(CAST(:mine AS int[])) OR partition IS NULL OR partition >= :count"
+    " ORDER BY id LIMIT :n"
+)
+DELETE_OUTBOX = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 CLAIM_EVENT_IDS = text(
     "INSERT INTO processed_events (customer_id, event_id, processed_at)"
     " SELECT c, e, now() FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS u(c, e)"  # wall time: retention

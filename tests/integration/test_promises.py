@@ -41,7 +41,7 @@ from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from lifecycle.templates import Templates
 from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import RECIPIENTS_SQL, DispatcherStore
-from services.stager.worker import StagerStore, rule_config
+from services.stager.worker import StagerStore, partition_of, rule_config
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
@@ -199,6 +199,83 @@ async def test_a_run_that_cannot_be_processed_fails_alone_and_the_batch_goes_on(
             "SELECT customer_id, status || ':' || exit_reason FROM journey_runs WHERE journey = 'prospect_welcome'"
             " AND customer_id IN ('c-bad-1', 'c-bad-2')"))).all())
     assert rows == {"c-bad-1": "failed:version_unusable", "c-bad-2": "exited:step_removed:1"}
+
+
+async def test_a_claim_whose_batched_write_fails_is_written_run_by_run(
+        scratch: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(START)
+    store = _store(scratch, engine, clock)
+    customers = [f"c-batch-{n}" for n in range(3)]
+    for customer in customers:
+        await _play(engine, scratch, clock, [_event(customer, "customer_signed_up", START, traits={
+            "email": f"{customer}@example.com", "consent": "opted_in"})], store)
+    written: list[int] = []
+    move_on = DispatcherStore._move_on
+
+    async def only_one_at_a_time(self: DispatcherStore, conn: Any, runs: list[Any], now: datetime) -> None:
+        written.append(len(runs))
+        if len(runs) > 1:
+            raise ValueError("a bug that only batches meet")
+        await move_on(self, conn, runs, now)
+
+    monkeypatch.setattr(DispatcherStore, "_move_on", only_one_at_a_time)
+    sent = await store.claim_due_steps(10)
+    assert sorted(o.customer_id for o in sent) == customers and written == [3, 1, 1, 1]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT s.status, r.status AS run_status, r.step_index FROM sends s JOIN journey_runs r USING (run_id)"
+            " WHERE s.customer_id = ANY(:c)"), {"c": customers})).all()
+    assert sorted(tuple(row) for row in rows) == [("sending", "active", 2)] * 3  # one send each, never two
+
+
+class _Broker:
+    """A producer whose acknowledgements wait until the test looks at the database meanwhile."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.published: list[str] = []
+        self.open_transactions: list[int] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+        self.published.append(key.decode())
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            async with self.engine.connect() as conn:
+                self.open_transactions.append((await conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"))).scalar_one())
+            acknowledged.set_result(None)
+
+        asyncio.get_running_loop().create_task(later())
+        return acknowledged
+
+
+async def test_each_stager_relays_the_triggers_of_its_partitions_holding_no_transaction(
+        scratch: Settings, engine: AsyncEngine) -> None:
+    stager = StagerStore(engine, ManualClock(START), rule_config(scratch), partitions=4)
+    customers = [f"c-relay-{n}" for n in range(24)]
+    await stager.apply_events([_event(c, "customer_signed_up", START, traits={
+        "email": f"{c}@example.com", "consent": "opted_in"}) for c in customers])
+    async with engine.begin() as conn:
+        stored = dict((await conn.execute(text("SELECT DISTINCT customer_id, partition FROM outbox"))).all())
+        # a row from before partitions were recorded: any relay takes it
+        await conn.execute(text("INSERT INTO outbox (customer_id, payload, created_at) VALUES"
+                                " ('c-old', '{\"trigger_id\": \"old\"}', now())"))
+    assert stored == {c: partition_of(c, 4) for c in customers}
+    assert set(stored.values()) == {0, 1, 2, 3}
+    first, second = _Broker(engine), _Broker(engine)
+    assert await stager.relay_outbox(first, "triggers", 1000, [0, 1]) > 0
+    assert set(first.published) == {c for c in customers if stored[c] in (0, 1)} | {"c-old"}
+    assert await stager.relay_outbox(second, "triggers", 1000, [2, 3]) > 0
+    assert set(second.published) == {c for c in customers if stored[c] in (2, 3)}
+    assert await stager.relay_outbox(second, "triggers", 1000, [0, 1, 2, 3]) == 0  # all published, deleted
+    assert first.open_transactions and set(first.open_transactions + second.open_transactions) == {0}
+    # in each partition, the order the rows were written in
+    for broker in (first, second):
+        for partition in range(4):
+            mine = list(dict.fromkeys(c for c in broker.published if stored.get(c) == partition))
+            assert mine == [c for c in customers if stored[c] == partition]
 
 
 # --- scoped event ids, the frequency cap's index -------------------------------------------------

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from lifecycle.clock import ManualClock
-from lifecycle.consuming import DeadLetter, TopicWorker, is_transient
+from lifecycle.consuming import DeadLetter, TopicWorker, is_transient, run_task
 from lifecycle.core.journeys import SendAudience, SendFacts, still_wanted
 from lifecycle.settings import Settings
 
@@ -172,3 +172,34 @@ def test_a_transactional_email_ignores_categories_but_not_an_opt_out() -> None:
     facts = SendFacts("a@example.com", "active", "pending", "a@example.com", None, ("news",), ("news",))
     assert still_wanted(confirm, facts) is None
     assert still_wanted(confirm, SendFacts(**{**facts.__dict__, "pending_opt_outs": ("*",)})) == "consent:opted_out"
+
+
+def test_a_task_loop_waits_for_its_wake_up_or_its_idle_time_and_backs_off_after_a_failure() -> None:
+    calls: list[str] = []
+    errors: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        results = iter([1, 0, 0, RuntimeError("bug")])
+
+        async def step() -> int:
+            calls.append("step")
+            result = next(results, None)
+            if result is None:
+                stop.set()
+                return 0
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        task = asyncio.create_task(run_task("relay", step, stop, wake, 30.0, lambda n, k: errors.append((n, k))))
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2  # 1 (busy: at once again), then 0: waiting
+        wake.set()  # woken: no 30 s wait
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3
+        wake.set()  # the failing step, the backoff (0.2 s), then the last step, which stops the loop
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert errors == [("relay", "error")] and len(calls) == 5

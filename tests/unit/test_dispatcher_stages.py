@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from lifecycle.core.journeys import SendAudience
 from lifecycle.dkim import dns_txt_record
 from services.dispatcher import metrics
-from services.dispatcher.rendering import ComposeFailure, Composed, Renderer
 from services.dispatcher.recording import SentRecorder
+from services.dispatcher.rendering import Composed, ComposeFailure, Renderer
 from services.dispatcher.worker import Outgoing
 from tests.unit.test_compose import SETTINGS, TEMPLATES, spec
 from tests.unit.test_dkim import dns_stub
