@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from lifecycle.settings import Settings
 from lifecycle.smtp import Outcome, Sender, SmtpConfig, SmtpPool
@@ -26,6 +27,10 @@ log = logging.getLogger("lifecycle.dispatcher")
 
 # Time kept at the end of a lease for recording the outcome of an attempt.
 RECORD_MARGIN_SECONDS = 5.0
+# The check right before SMTP also looks at this many sends per connection further in line, and its
+# verdict on them counts for this long (an opt-out acknowledged later is seen at the next check).
+ADMIT_AHEAD_FACTOR = 4
+ADMIT_FRESH_SECONDS = 0.25
 
 
 def attempt_seconds(settings: Settings) -> float:
@@ -67,9 +72,32 @@ class Delivery:
         if not batch:
             return
 
+        verdicts: dict[int, tuple[float, bool]] = {}  # send id -> (when checked, still to send)
+        admitted: set[int] = set()
+        ahead = max(1, settings.smtp_pool_size) * ADMIT_AHEAD_FACTOR
+
         async def admit(group: list[Outgoing]) -> list[Outgoing]:
-            go, _ = await store.recheck(group)
-            return go
+            # One query checks the group and the next sends in line: a freed connection rarely waits for
+            # a query of its own. A verdict counts for ADMIT_FRESH_SECONDS, then is asked again.
+            now = time.monotonic()
+
+            def fresh(item: Outgoing) -> bool:
+                found = verdicts.get(item.send_id)  # a "no" is final: the send was skipped or is another's
+                return found is not None and (not found[1] or now - found[0] <= ADMIT_FRESH_SECONDS)
+
+            unknown = [item for item in group if not fresh(item)]
+            if unknown:
+                asked = {item.send_id for item in unknown}
+                later = [item for item in batch if item.send_id not in asked and item.send_id not in admitted
+                         and not fresh(item)][:ahead]
+                go, _ = await store.recheck(unknown + later)
+                still = {item.send_id for item in go}
+                checked = time.monotonic()
+                for item in unknown + later:
+                    verdicts[item.send_id] = (checked, item.send_id in still)
+            chosen = [item for item in group if verdicts[item.send_id][1]]
+            admitted.update(item.send_id for item in chosen)
+            return chosen
 
         async def record(item: Outgoing, outcome: Outcome, seconds: float) -> None:
             labels = {"journey": item.journey, "step": str(item.step)}
