@@ -426,7 +426,7 @@ class DispatcherStore:
         params["links"] = [json.dumps(links) for links in params["links"]]
         # leases are about process liveness: wall time from the database, even on the virtual clock
         params["lease"] = float(self.settings.send_lease_seconds)
-        inserted: dict[int, int] = dict((await conn.execute(INSERT_SENDS, params)).tuples().all())  # run -> send
+        inserted: dict[int, int] = {run: send for run, send in (await conn.execute(INSERT_SENDS, params)).all()}
         await self._move_on(conn, [(plan.run, plan.journey, plan.version_id, plan.index) for plan, _ in done],
                             claim.now)
         outgoing: list[Outgoing] = []

@@ -229,26 +229,31 @@ async def test_a_claim_whose_batched_write_fails_is_written_run_by_run(
 
 
 class _Broker:
-    """A producer whose acknowledgements wait until the test looks at the database meanwhile."""
+    """A producer that acknowledges a relay's messages only after a look at the database meanwhile."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.published: list[str] = []
         self.open_transactions: list[int] = []
+        self.waiting: list[asyncio.Future[None]] = []
 
     async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
         self.published.append(key.decode())
         acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def later() -> None:
-            async with self.engine.connect() as conn:
-                self.open_transactions.append((await conn.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"))).scalar_one())
-            acknowledged.set_result(None)
-
-        asyncio.get_running_loop().create_task(later())
+        self.waiting.append(acknowledged)
+        if len(self.waiting) == 1:
+            asyncio.get_running_loop().create_task(self._acknowledge())
         return acknowledged
+
+    async def _acknowledge(self) -> None:
+        await asyncio.sleep(0.1)  # the relay is waiting for its acknowledgements by now
+        async with self.engine.connect() as conn:
+            self.open_transactions.append((await conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"))).scalar_one())
+        waiting, self.waiting = self.waiting, []
+        for future in waiting:
+            future.set_result(None)
 
 
 async def test_each_stager_relays_the_triggers_of_its_partitions_holding_no_transaction(
@@ -272,8 +277,8 @@ async def test_each_stager_relays_the_triggers_of_its_partitions_holding_no_tran
     assert await stager.relay_outbox(second, "triggers", 1000, [0, 1, 2, 3]) == 0  # all published, deleted
     assert first.open_transactions and set(first.open_transactions + second.open_transactions) == {0}
     # in each partition, the order the rows were written in
-    for broker in (first, second):
-        for partition in range(4):
+    for broker, partitions in ((first, (0, 1)), (second, (2, 3))):
+        for partition in partitions:
             mine = list(dict.fromkeys(c for c in broker.published if stored.get(c) == partition))
             assert mine == [c for c in customers if stored[c] == partition]
 
