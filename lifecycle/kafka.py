@@ -104,20 +104,21 @@ class RenewingProducer:
                     break
                 except Exception as exc:  # Kafka away: the new producer is tried again
                     log.warning("starting a new Kafka producer failed: %s; retrying", exc)
-                    await _stop_quietly(fresh)
+                    await stop_quietly(fresh)
                     await asyncio.sleep(RENEW_RETRY_SECONDS)
             self._current = fresh
             PRODUCER_RENEWALS.inc()
         finally:
             self._renewing = None
-        retiring = asyncio.create_task(_stop_quietly(broken))  # its queued batches fail to their callers
+        retiring = asyncio.create_task(stop_quietly(broken, timeout=30))  # its queued batches fail to their callers
         self._retired.add(retiring)
         retiring.add_done_callback(self._retired.discard)
 
 
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+async def stop_quietly(producer: RenewingProducer | AIOKafkaProducer, timeout: float | None = None) -> None:
+    """Stop a producer being given up (half-started, or replaced): its failure would hide the one that matters."""
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(timeout):
             await producer.stop()
     except Exception as exc:
         log.debug("stopping a Kafka producer failed: %s", exc)

@@ -73,6 +73,8 @@ async def run_chaos(options: Options) -> int:
                                  connect_args={"server_settings": {"application_name": "chaos"}})
     watch = PipelineWatch(settings, engine, SystemClock())
     total = Verdict()
+    done = 0
+    harness_failed = False
     try:
         await sink.start()
         say(f"chaos: starting a private stack with {options.replicas} stager(s) and {options.replicas} "
@@ -91,9 +93,10 @@ async def run_chaos(options: Options) -> int:
             for finding in verdict.findings + verdict.notes:
                 say(f"  {finding}")
             total.add(verdict)
+            done += 1
     except WorkloadError as exc:
         say(f"chaos: the harness itself failed: {exc}")
-        return 2
+        harness_failed = True
     finally:
         await api.close()
         await watch.stop()
@@ -101,9 +104,12 @@ async def run_chaos(options: Options) -> int:
         await stack.close()
         await sink.stop()
         await asyncio.to_thread(stack.stop_all)
-    say(f"total, {options.runs} run(s), seed {options.seed}: {total.line()}")
+    # the runs judged before the harness failed still count: their total and JSON are written too
+    say(f"total, {done} run(s) of {options.runs}, seed {options.seed}: {total.line()}")
     if options.json_path is not None:
-        options.json_path.write_text(json.dumps(total.as_json(options.runs), indent=2) + "\n")
+        options.json_path.write_text(json.dumps(total.as_json(done), indent=2) + "\n")
+    if harness_failed:
+        return 2
     return 1 if total.broken else 0
 
 

@@ -6,7 +6,9 @@ of a run hold the pipeline up), so what a customer must receive does not depend 
 expectation is built from what the API acknowledged, never read back from the database:
 
 - `required`: must arrive exactly once;
-- `optional`: may arrive at most once (an email due before an opt-out whose acknowledgement raced it);
+- `optional`: may arrive at most once (an email due before an opt-out whose acknowledgement raced it, or
+  an email that an event ends, when a fault held that event's acknowledgement back until less than
+  RACE_SECONDS before the email fell due);
 - an opt-out (`opted_out_at`, or `left` per category) forbids everything in its scope that arrives
   more than a second after the API acknowledged it: that is `unconsented`.
 """
@@ -66,6 +68,10 @@ DUE_AFTER = {("prospect_welcome", 1): 0, ("prospect_welcome", 2): WELCOME_WAIT,
              ("prospect_welcome", 3): WELCOME_WAIT + WELCOME_LAST, ("double_opt_in", 1): 0,
              ("abandoned_cart", 1): CART_ABANDON, ("abandoned_cart", 2): CART_ABANDON + CART_WAIT,
              ("abandoned_cart", 3): CART_ABANDON + 2 * CART_WAIT, ("post_purchase", 1): AFTER_ORDER}
+# An event that ends a journey (an order, a cancellation) acknowledged less than this before one of its
+# emails falls due may not stop that email: the event still has to go through the stager and reach the
+# dispatcher, which takes longer while the pipeline recovers from a fault.
+RACE_SECONDS = 30.0
 # from its last event, how long until a story's last email is due
 HORIZON = CART_ABANDON + 2 * CART_WAIT + 5
 STORIES = ("welcome", "doi_confirm", "doi_ignore", "cart_abandon", "cart_order", "order_cancel",
@@ -95,6 +101,15 @@ class Customer:
         (self.required if required else self.optional).update(keys)
         for key in keys:
             self.due[key] = started + DUE_AFTER[key]
+
+    def ended(self, keys: list[tuple[str, int]], started: float, at: float) -> None:
+        """An event acknowledged at `at` ends the journey of `keys`, started at `started`: each of its
+        emails due too soon after `at` for the event to stop it becomes optional (the others must not come)."""
+        for key in keys:
+            due = started + DUE_AFTER[key]
+            if at + RACE_SECONDS > due and key not in self.required:
+                self.optional.add(key)
+                self.due[key] = due
 
     def forbids(self, arrival: Arrival) -> bool:
         """Whether this arrival came more than 1 s after an acknowledged opt-out covering it."""
@@ -259,22 +274,29 @@ class Workload:
     async def _cart_order(self, customer: Customer) -> None:
         # the first welcome email is due at once and the order comes a moment later: whether it goes
         # first is a matter of timing, so it may come or not; the rest of the series must not
-        customer.expect(WELCOME[:1], await self.api.events(self._signup(customer, "opted_in")), required=False)
+        signed_up = await self.api.events(self._signup(customer, "opted_in"))
+        customer.expect(WELCOME[:1], signed_up, required=False)
         await asyncio.sleep(1)
-        await self.api.events(self._cart(customer))
+        carted = await self.api.events(self._cart(customer))
         await asyncio.sleep(1)
         # the order takes the cart (no abandonment) and ends the welcome series
         acked = await self.api.events(self._order(customer))
         await self._settle(customer, acked)
         customer.expect([("post_purchase", 1)], acked)
+        customer.ended(WELCOME[1:], signed_up, acked)
+        customer.ended(CART, carted, acked)
 
     async def _order_cancel(self, customer: Customer) -> None:
-        customer.expect(WELCOME[:1], await self.api.events(self._signup(customer, "opted_in")), required=False)
+        signed_up = await self.api.events(self._signup(customer, "opted_in"))
+        customer.expect(WELCOME[:1], signed_up, required=False)
         await asyncio.sleep(1)
-        await self.api.events(self._order(customer))
+        ordered = await self.api.events(self._order(customer))
+        customer.ended(WELCOME[1:], signed_up, ordered)
         await asyncio.sleep(1)
-        await self._settle(customer, await self.api.events(self._event(
-            customer, "order_cancelled", properties={"order_id": f"order-{customer.customer_id}"})))
+        cancelled = await self.api.events(self._event(
+            customer, "order_cancelled", properties={"order_id": f"order-{customer.customer_id}"}))
+        await self._settle(customer, cancelled)
+        customer.ended([("post_purchase", 1)], ordered, cancelled)
 
     async def _unsubscribe_link(self, customer: Customer) -> None:
         acked = await self.api.events(self._signup(customer, "opted_in"))

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
-from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events
+from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
@@ -347,7 +347,7 @@ def create_app(
                 return producer
             except (KafkaError, OSError, TimeoutError) as exc:
                 if producer is not None:
-                    await _stop_quietly(producer)
+                    await stop_quietly(producer)
                 if attempt == STARTUP_ATTEMPTS:
                     log.error(
                         "Kafka at %s is still not reachable after %d attempts: %s",
@@ -581,10 +581,3 @@ async def not_ready_because(producer: RenewingProducer | AIOKafkaProducer | None
     except Exception as exc:  # any failure means "not ready"; the probe must answer
         return f"Kafka unreachable: {str(exc) or type(exc).__name__}"
     return None
-
-
-async def _stop_quietly(producer: RenewingProducer | AIOKafkaProducer) -> None:
-    try:
-        await producer.stop()
-    except Exception as exc:  # cleaning up after a failed start; the start error matters
-        log.debug("stopping a half-started producer failed: %s", exc)

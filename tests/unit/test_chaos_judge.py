@@ -10,7 +10,7 @@ import aiosmtplib
 
 from lifecycle.chaos.judge import judge
 from lifecycle.chaos.sink import Arrival, ChaosSink
-from lifecycle.chaos.workload import Customer
+from lifecycle.chaos.workload import WELCOME, WELCOME_WAIT, Customer
 
 
 def _arrival(at: float, to: str, message_id: str, step: int = 1) -> Arrival:
@@ -33,6 +33,22 @@ def test_a_copy_of_a_message_in_a_killed_senders_window_is_ambiguous_any_other_c
     assert (verdict.ambiguous, verdict.duplicates, verdict.windows) == (1, 1, 1)
     assert verdict.broken
     assert any("<m2>" in finding for finding in verdict.findings)
+
+
+def test_an_email_that_an_event_ends_may_still_come_when_a_fault_held_that_event_back() -> None:
+    """A Kafka restart held an order's acknowledgement back until a second before the welcome series'
+    second email fell due: that email may come (once); the third, due later, may too; neither must."""
+    signed_up = 1000.0
+    on_time, held_back = Customer("c-1", "c1@chaos.example", "cart_order"), Customer("c-2", "c2@chaos.example",
+                                                                                      "cart_order")
+    on_time.ended(WELCOME[1:], signed_up, signed_up + 2.0)
+    held_back.ended(WELCOME[1:], signed_up, signed_up + WELCOME_WAIT - 1.0)
+    assert on_time.optional == set() and not on_time.required
+    assert held_back.optional == set(WELCOME[1:]) and not held_back.required
+    late = [_arrival(signed_up + WELCOME_WAIT + 0.5, "c2@chaos.example", "<m2>", step=2)]
+    assert not judge([held_back], late, [], [], stuck=0).broken
+    too_soon = [_arrival(signed_up + WELCOME_WAIT + 0.5, "c1@chaos.example", "<m2>", step=2)]
+    assert judge([on_time], too_soon, [], [], stuck=0).unexpected == 1
 
 
 def test_each_window_excuses_one_copy_only() -> None:
