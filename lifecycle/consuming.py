@@ -230,6 +230,16 @@ class Backoff:
         self.current = min(self.longest, self.current * 2)
 
 
+def _report(name: str, exc: Exception, errors: Callable[[str, str], None]) -> None:
+    """A failed phase or task: counted as `transient` (a dependency away) or `error`, and logged."""
+    kind = "transient" if is_transient(exc) else "error"
+    errors(name, kind)
+    if kind == "transient":
+        log.warning("%s: %s: %s; retrying", name, type(exc).__name__, (str(exc).splitlines() or [""])[0])
+    else:
+        log.exception("%s failed; retrying", name)
+
+
 async def run_phases(phases: list[tuple[str, Callable[[], Awaitable[object]]]], stop: asyncio.Event,
                      errors: Callable[[str, str], None]) -> None:
     """A service's loop: the phases in turn until `stop`. A failing phase is logged and counted
@@ -244,12 +254,7 @@ async def run_phases(phases: list[tuple[str, Callable[[], Awaitable[object]]]], 
                 await phase()
             except Exception as exc:
                 failed = True
-                kind = "transient" if is_transient(exc) else "error"
-                errors(name, kind)
-                if kind == "transient":
-                    log.warning("%s: %s: %s; retrying", name, type(exc).__name__, (str(exc).splitlines() or [""])[0])
-                else:
-                    log.exception("%s failed; retrying", name)
+                _report(name, exc, errors)
         if failed:
             await backoff.wait(stop)
         else:
@@ -267,12 +272,7 @@ async def run_task(name: str, step: Callable[[], Awaitable[int]], stop: asyncio.
         try:
             done = await step()
         except Exception as exc:
-            kind = "transient" if is_transient(exc) else "error"
-            errors(name, kind)
-            if kind == "transient":
-                log.warning("%s: %s: %s; retrying", name, type(exc).__name__, (str(exc).splitlines() or [""])[0])
-            else:
-                log.exception("%s failed; retrying", name)
+            _report(name, exc, errors)
             await backoff.wait(stop)
             continue
         backoff.reset()
