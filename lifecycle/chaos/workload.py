@@ -105,11 +105,8 @@ class Customer:
     def ended(self, keys: list[tuple[str, int]], started: float, at: float) -> None:
         """An event acknowledged at `at` ends the journey of `keys`, started at `started`: each of its
         emails due too soon after `at` for the event to stop it becomes optional (the others must not come)."""
-        for key in keys:
-            due = started + DUE_AFTER[key]
-            if at + RACE_SECONDS > due and key not in self.required:
-                self.optional.add(key)
-                self.due[key] = due
+        raced = [key for key in keys if at + RACE_SECONDS > started + DUE_AFTER[key] and key not in self.required]
+        self.expect(raced, started, required=False)
 
     def forbids(self, arrival: Arrival) -> bool:
         """Whether this arrival came more than 1 s after an acknowledged opt-out covering it."""

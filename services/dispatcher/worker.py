@@ -468,17 +468,7 @@ class DispatcherStore:
         send_id: int | None = (
             await conn.execute(insert(sends).values(values).on_conflict_do_nothing().returning(sends.c.send_id))
         ).scalar()
-        assert run.due_at is not None
-        following = journey.next_send(index, run.due_at)
-        if following is None:
-            await self._end_run(conn, run, "completed", None, values["created_at"])
-        else:
-            next_index, due_at = following
-            await conn.execute(
-                update(journey_runs).where(journey_runs.c.run_id == run.run_id)
-                .values(step_index=next_index, due_at=due_at, version_id=version_id,
-                        step_id=journey.send_step(next_index).id)
-            )
+        await self._move_on(conn, [(run, journey, version_id, index)], values["created_at"])
         return send_id
 
     async def _end_run(self, conn: AsyncConnection, run: Run, status: str, reason: str | None,

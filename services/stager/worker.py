@@ -34,7 +34,6 @@ from services.stager.facts import record_facts
 log = logging.getLogger("lifecycle.stager")
 
 
-
 def partition_of(customer_id: str, partitions: int) -> int:
     """The customer's partition in a topic of `partitions`: Kafka's default partitioner for the key."""
     return int(murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
@@ -164,7 +163,7 @@ class StagerStore:
         futures = [
             await producer.send(
                 topic,
-                value=json.dumps(row.payload, separators=(",", ":")).encode(),
+                value=_json(row.payload).encode(),
                 key=row.customer_id.encode(),
             )
             for row in rows
