@@ -18,6 +18,7 @@ from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
 from lifecycle.settings import Settings
+from lifecycle.trusted import decode_trusted_event
 from services.stager import metrics
 from services.stager.worker import StagerStore, rule_config
 
@@ -61,7 +62,7 @@ async def serve(settings: Settings) -> None:
         metrics.BATCH_SIZE.observe(len(events))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
-    worker = TopicWorker(consumer, producer, settings, "stager", clock, Event.from_message, apply,
+    worker = TopicWorker(consumer, producer, settings, "stager", clock, decode_trusted_event, apply,
                          metrics.CONSUMED, metrics.UNREADABLE, metrics.DEAD_LETTERED)
 
     async def ready() -> bool:

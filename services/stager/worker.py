@@ -163,7 +163,7 @@ class StagerStore:
         futures = [
             await producer.send(
                 topic,
-                value=_json(row.payload).encode(),
+                value=row.payload.encode(),
                 key=row.customer_id.encode(),
             )
             for row in rows
@@ -240,9 +240,11 @@ INSERT_OUTBOX = text(
     " FROM unnest(CAST(:c AS text[]), CAST(:p AS text[]), CAST(:k AS int[])) WITH ORDINALITY AS u(c, p, k, n)"
     " ORDER BY u.n"
 )
-SELECT_OUTBOX_ALL = text("SELECT id, customer_id, payload FROM outbox ORDER BY id LIMIT :n")
+# the payload as the text jsonb prints (compact, keys in jsonb's order): published as it is, not
+# decoded and encoded again
+SELECT_OUTBOX_ALL = text("SELECT id, customer_id, payload::text AS payload FROM outbox ORDER BY id LIMIT :n")
 SELECT_OUTBOX_OF = text(
-    "SELECT id, customer_id, payload FROM outbox"
+    "SELECT id, customer_id, payload::text AS payload FROM outbox"
     " WHERE partition = ANY(CAST(:mine AS int[])) OR partition IS NULL OR partition >= :count"
     " ORDER BY id LIMIT :n"
 )
