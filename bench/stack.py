@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import Delivery, say
+from bench.common import INGEST_WORKERS, Delivery, say
 from lifecycle.chaos.stack import ChaosStack, Member
 from lifecycle.db.engine import make_engine
 from lifecycle.kafka import ensure_topics
@@ -35,7 +35,7 @@ REPLICA_PORT_STEP = 3
 
 
 def bench_settings(run_dir: Path) -> Settings:
-    return private_settings(run_dir, PORT_OFFSET, clock="system")
+    return private_settings(run_dir, PORT_OFFSET, clock="system", ingest_workers=INGEST_WORKERS)
 
 
 class BenchStack(ChaosStack):

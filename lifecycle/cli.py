@@ -24,7 +24,13 @@ def _virtual_settings() -> Settings:
     return _settings(clock="virtual")
 
 
-def cmd_service(name: str) -> int:
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers from 1 to 64")
+    return int(value)
+
+
+def cmd_service(name: str, workers: int | None = None) -> int:
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
     from lifecycle.settings import insecure_defaults
@@ -40,7 +46,7 @@ def cmd_service(name: str) -> int:
         if name == "ingest":
             from services.ingest.main import run as run_ingest
 
-            run_ingest(settings)
+            run_ingest(settings, workers)
         elif name == "stager":
             from services.stager.main import run as run_stager
 
@@ -286,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle email automation for e-commerce.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("ingest", "stager", "dispatcher"):
-        sub.add_parser(name, help=f"run the {name} service")
+        service = sub.add_parser(name, help=f"run the {name} service")
+        if name == "ingest":
+            service.add_argument("--workers", type=_workers, default=None, metavar="N",
+                                 help="processes serving the API on its one port (default: "
+                                 "LIFECYCLE_INGEST_WORKERS, 1)")
     sub.add_parser("migrate", help="apply database migrations (Alembic)")
     stack_parser = sub.add_parser("stack", help="the local stack: Kafka, PostgreSQL, SMTP sink, services")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
@@ -347,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("ingest", "stager", "dispatcher"):
-            return cmd_service(args.command)
+            return cmd_service(args.command, getattr(args, "workers", None))
         if args.command == "migrate":
             return cmd_migrate()
         if args.command == "stack":

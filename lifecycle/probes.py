@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 
-def probe_app(ready: ReadyCheck, clock: str) -> FastAPI:
+def probe_app(ready: ReadyCheck, clock: str, registry: CollectorRegistry = REGISTRY) -> FastAPI:
     app = FastAPI(title="lifecycle probes", docs_url=None, redoc_url=None)
 
     @app.get("/healthz")
@@ -31,16 +31,16 @@ def probe_app(ready: ReadyCheck, clock: str) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
 def start_probe_server(
-    host: str, port: int, ready: ReadyCheck, clock: str
+    host: str, port: int, ready: ReadyCheck, clock: str, registry: CollectorRegistry = REGISTRY
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(probe_app(ready, clock), host=host, port=port, log_level="warning", lifespan="off",
-                            log_config=None)
+    config = uvicorn.Config(probe_app(ready, clock, registry), host=host, port=port, log_level="warning",
+                            lifespan="off", log_config=None)
     server = uvicorn.Server(config)
     # uvicorn captures SIGTERM while it serves and re-raises it once stopped, so the
     # service's own handler still sees it

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -99,6 +101,16 @@ async def dependencies_ready(engine: AsyncEngine, kafka_check: Callable[[], Awai
         return True
     except Exception:
         return False
+
+
+def die_with_parent(parent: int, sig: signal.Signals) -> None:
+    """In a worker process: Linux sends `sig` to this process when its parent dies, even by SIGKILL.
+    A parent that died while this worker was starting is seen here (the worker ends at once)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # Idle keep-alive connections stay open this long: longer than a load balancer's idle timeout, so
     # the balancer (or client) closes first and never sends a request on a connection being closed.
     ingest_keep_alive_seconds: int = Field(default=75, ge=1)
+    # processes serving the ingest API on the one port (`lifecycle ingest --workers N` overrides it)
+    ingest_workers: int = Field(default=1, ge=1, le=64)
     stager_port: int = 8081
     dispatcher_port: int = 8082
 

@@ -10,12 +10,10 @@ own process (tests, debugging).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -26,6 +24,7 @@ from functools import partial
 from typing import TypeVar
 
 from lifecycle.dkim import DkimSigner, signer_from_settings
+from lifecycle.runtime import die_with_parent
 from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys
@@ -96,19 +95,9 @@ class _Tools:
 _worker: _Tools | None = None  # in a worker process: what it loaded when it started
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this worker when the dispatcher dies, even by SIGKILL. A dispatcher
-    that died while this worker was starting is seen here."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _start_worker(settings: Settings, parent: int) -> None:
     global _worker
-    _die_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the dispatcher, which stops the pool
     _worker = _Tools.load(settings)
 

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -229,14 +230,19 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _decode_json(body: bytes) -> object:
     if not body.strip():
         raise HTTPException(400, 'the request body is empty; send one event or {"events": [...]} as JSON')
     try:
         # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
         payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
-        # "\ud800" alone is valid JSON but no text: it could never be written to Kafka or PostgreSQL
-        json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+        # "\ud800" alone is valid JSON but no text: it could never be written to Kafka or PostgreSQL. Only
+        # a \u escape of a surrogate makes one (UTF-8 cannot carry them): only then is the payload encoded
+        if _SURROGATE_ESCAPE.search(body):
+            json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
         return payload
     except UnicodeEncodeError:
         raise HTTPException(400, "the request body holds a \\u escape that is no character (a lone surrogate)"

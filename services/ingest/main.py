@@ -12,6 +12,7 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import make_clock
 from lifecycle.db.engine import make_engine
@@ -54,29 +55,38 @@ def start_metrics_server(settings: Settings, app: FastAPI) -> tuple[uvicorn.Serv
     return start_probe_server(settings.ingest_host, settings.ingest_metrics_port, ready, settings.clock)
 
 
-async def _serve(settings: Settings) -> None:
+async def prepare(settings: Settings, engine: AsyncEngine) -> Templates:
+    """The start-up work done once per ingest process (or once for all its workers)."""
+    templates = Templates(settings.journeys_dir, settings.default_locale)
+    files = load_journey_files(settings.journeys_dir, templates, render_templates=False)
+    # the database holds the opt-out fences and the journey versions: it must be there first
+    await wait_for_database(engine)
+    # registered before any journey can be applied here, so an applied version stays the newest
+    await retry_until("PostgreSQL (journey versions)", lambda: register_files(engine, files))
+    # Wait here rather than in the lifespan: a failure becomes one clear line.
+    await retry_until(f"Kafka at {settings.kafka_bootstrap}", lambda: ensure_topics(settings))
+    return templates
+
+
+def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> FastAPI:
     # Imported here: the db layer is only needed when actually serving.
     from lifecycle.db.queries import make_customer_reader, make_message_reader
 
+    return create_app(
+        settings,
+        make_clock(settings.clock, engine),
+        customer_reader=make_customer_reader(engine, settings),
+        manage_topics=False,
+        message_reader=make_message_reader(engine),
+        fence_writer=make_fence_writer(engine),
+        journey_store=PgJourneyStore(engine, templates),
+    )
+
+
+async def _serve(settings: Settings) -> None:
     engine = make_engine(settings, "ingest")
     try:
-        templates = Templates(settings.journeys_dir, settings.default_locale)
-        files = load_journey_files(settings.journeys_dir, templates, render_templates=False)
-        # the database holds the opt-out fences and the journey versions: it must be there first
-        await wait_for_database(engine)
-        # registered before any journey can be applied here, so an applied version stays the newest
-        await retry_until("PostgreSQL (journey versions)", lambda: register_files(engine, files))
-        # Wait here rather than in the lifespan: a failure becomes one clear line.
-        await retry_until(f"Kafka at {settings.kafka_bootstrap}", lambda: ensure_topics(settings))
-        app = create_app(
-            settings,
-            make_clock(settings.clock, engine),
-            customer_reader=make_customer_reader(engine, settings),
-            manage_topics=False,
-            message_reader=make_message_reader(engine),
-            fence_writer=make_fence_writer(engine),
-            journey_store=PgJourneyStore(engine, templates),
-        )
+        app = build_app(settings, engine, await prepare(settings, engine))
         # uvicorn hands a SIGTERM back once it has stopped: to this handler, not to the default one that
         # would end the process there, before the clean-up below and with status 143
         stop_on_signals()
@@ -96,9 +106,16 @@ async def _serve(settings: Settings) -> None:
         log.info("ingest stopped")
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, workers: int | None = None) -> None:
+    """Serve until SIGTERM: in this process, or in `workers` processes (LIFECYCLE_INGEST_WORKERS)."""
+    count = settings.ingest_workers if workers is None else workers
     try:
-        asyncio.run(_serve(settings))
+        if count > 1:
+            from services.ingest.workers import serve_workers
+
+            asyncio.run(serve_workers(settings, count))
+        else:
+            asyncio.run(_serve(settings))
     except SystemExit as exc:
         # uvicorn exits this way when a port is taken or start-up failed; it logged why.
         if exc.code not in (0, None):

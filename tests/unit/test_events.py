@@ -671,6 +671,9 @@ def test_round_trip_property(raw: dict[str, Any], received: datetime) -> None:
     assert again == event
     assert again.to_message() == message
     assert again.traits == event.traits
+    # the wire format is exactly the compact UTF-8 JSON of the event's JSON form, as it always was
+    assert message == json.dumps({"schema_version": 1, "event": event.model_dump(mode="json", exclude_unset=True)},
+                                 ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     assert (again.traits.provided() if again.traits else None) == (event.traits.provided() if event.traits else None)
 
 

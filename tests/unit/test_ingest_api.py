@@ -294,6 +294,8 @@ async def test_bad_payload_shapes_are_422(harness: Harness, payload: object, fie
         (b'{"value": Infinity}', "Infinity"),
         (b"\xff\xfe{}", "UTF-8"),
         (b"[" * 100_000, "not valid JSON"),
+        (b'{"type": "page_viewed", "customer_id": "c\\ud800"}', "lone surrogate"),
+        (b'{"type": "page_viewed", "customer_id": "c\\uDFFF\\ud83d"}', "lone surrogate"),
     ],
 )
 async def test_bad_json_is_400(harness: Harness, body: bytes, message: str) -> None:
@@ -302,6 +304,17 @@ async def test_bad_json_is_400(harness: Harness, body: bytes, message: str) -> N
     assert response.status_code == 400
     assert message in response.json()["detail"]
     assert harness.producer.sent == []
+
+
+async def test_escaped_characters_beyond_the_basic_plane_are_text(harness: Harness) -> None:
+    # a surrogate pair in \u escapes is one character; an escaped backslash before "ud800" is no escape
+    body = json.dumps({**event(), "customer_id": "c-\U0001F600-\\ud800"}, ensure_ascii=True).encode()
+    assert b"\\ud83d\\ude00" in body
+    async with harness.client() as client:
+        response = await client.post("/v1/events", content=body, headers=AUTH)
+    assert response.status_code == 202, response.text
+    [(_, key, _)] = harness.producer.sent
+    assert key.decode() == "c-\U0001F600-\\ud800"
 
 
 async def test_byte_order_mark_is_tolerated(harness: Harness) -> None:
