@@ -80,9 +80,11 @@ class Settings(BaseSettings):
     # Inputs stay out of error messages: several settings are secrets.
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore", hide_input_in_errors=True)
 
-    # Where things are
-    database_url: str = "postgresql+asyncpg://lifecycle@127.0.0.1:55432/lifecycle"
-    kafka_bootstrap: str = "127.0.0.1:59092"
+    # Where things are. The local stack's ports (these, 2525 and 8080 to 8083, moved by a private
+    # stack's offset) stay below Linux's ephemeral range (32768-60999): a client retrying a port with
+    # nothing behind it can otherwise connect to itself and hold the port its server needs.
+    database_url: str = "postgresql+asyncpg://lifecycle@127.0.0.1:15432/lifecycle"
+    kafka_bootstrap: str = "127.0.0.1:19092"
     events_topic: str = "lifecycle.events"
     triggers_topic: str = "lifecycle.triggers"
     dlq_topic: str = "lifecycle.dead-letters"
@@ -143,7 +145,7 @@ class Settings(BaseSettings):
     run_dir: Path = Path(".run")
     cache_dir: Path = Path.home() / ".cache" / "lifecycle"
     kafka_version: str = "4.1.1"
-    postgres_port: int = 55432
+    postgres_port: int = 15432
 
     # Lifecycle rules
     new_customer_days: int = 90

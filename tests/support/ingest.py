@@ -41,7 +41,7 @@ class FakeProducer:
     async def start(self) -> None:
         if self.start_failures:
             self.start_failures -= 1
-            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 59092)]")
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 19092)]")
         self.started = True
 
     async def stop(self) -> None:

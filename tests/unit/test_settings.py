@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +149,16 @@ def test_limits_cannot_be_negative() -> None:
     with pytest.raises(ValidationError):
         settings_with({"page_limit_per_ip_per_minute": -1})
     assert settings_with({"page_limit_per_ip_per_minute": 0}).page_limit_per_ip_per_minute == 0  # 0: no limit
+
+
+@pytest.mark.parametrize("offset", [0, 100, 200, 300, 600, 900, 1200, 2000])
+def test_the_stack_ports_stay_below_the_ephemeral_range(offset: int, tmp_path: Path) -> None:
+    # a port in 32768-60999 can be taken by a client's self-connection while its server restarts
+    from lifecycle.stack import private_settings
+    from lifecycle.stack.kafka import ports
+
+    settings = private_settings(tmp_path, offset)
+    _, kafka, controller = ports(settings)
+    used = [kafka, controller, settings.postgres_port, settings.smtp_port, settings.ingest_port,
+            settings.ingest_metrics_port, settings.stager_port, settings.dispatcher_port]
+    assert max(used) < 32768, used
