@@ -29,7 +29,7 @@ from lifecycle.settings import Settings
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics
-from services.dispatcher.compose import MessageSpec, compose_email
+from services.dispatcher.compose import MessageSpec, compose_email, message_bytes
 
 log = logging.getLogger("lifecycle.dispatcher")
 
@@ -82,7 +82,7 @@ class _Tools:
             except TemplateError as exc:
                 found.append(ComposeFailure(str(exc.path), exc.line, exc.message))
             else:
-                found.append(Composed(bytes(email.message), str(email.message["Subject"]), email.links))
+                found.append(Composed(message_bytes(email.message), str(email.message["Subject"]), email.links))
         return found
 
     def sign(self, messages: Sequence[bytes], at: datetime | None = None) -> list[bytes]:
