@@ -1,0 +1,40 @@
+"""The vocabulary of events: their types, consent states and email categories."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final, Literal
+
+
+class EventType(StrEnum):
+    CUSTOMER_SIGNED_UP = "customer_signed_up"
+    CUSTOMER_UPDATED = "customer_updated"
+    CONSENT_CONFIRMED = "consent_confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    PAGE_VIEWED = "page_viewed"
+    PRODUCT_VIEWED = "product_viewed"
+    CART_UPDATED = "cart_updated"
+    CHECKOUT_STARTED = "checkout_started"
+    ORDER_PLACED = "order_placed"
+    ORDER_CANCELLED = "order_cancelled"
+    ORDER_REFUNDED = "order_refunded"
+    EMAIL_OPENED = "email_opened"
+    EMAIL_CLICKED = "email_clicked"
+    EMAIL_BOUNCED = "email_bounced"
+    EMAIL_COMPLAINED = "email_complained"
+
+
+# Only these types describe the customer themselves, so only they carry traits.
+CUSTOMER_TYPES: Final = frozenset({EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED})
+
+
+class Consent(StrEnum):
+    OPTED_IN = "opted_in"
+    PENDING = "pending"
+    OPTED_OUT = "opted_out"
+
+
+# The kinds of marketing email a customer can leave one by one on the preference page;
+# every journey belongs to one of them (its `category`).
+EmailCategory = Literal["cart_reminders", "offers", "news"]
+EMAIL_CATEGORIES: Final[tuple[EmailCategory, ...]] = ("cart_reminders", "offers", "news")
