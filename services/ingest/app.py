@@ -6,7 +6,7 @@ event (acks=all), so an accepted event is durable. A retry after a 503 may publi
 events twice; that is harmless because the stager deduplicates on event_id.
 
 The pages behind the links in emails (unsubscribe, preferences, confirmation) live in
-`pages.py`, the open pixel and click redirect in `tracking.py`; both publish through
+the `pages` package, the open pixel and click redirect in `tracking.py`; both publish through
 this module's one publish path.
 """
 
