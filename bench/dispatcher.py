@@ -31,12 +31,12 @@ from sqlalchemy import text
 from bench.common import DISPATCHER_SENDS, Results, Row, Scale, count_duplicates, rate, ratio, say, spread_rate
 from bench.stack import BenchStack, deliveries, message_count, reset, scalar, wait_until
 from bench.workload import batches, parsed, signup
+from devstack.smtp_sink import clear_messages, mail_dir
 from lifecycle.clock import SystemClock
 from lifecycle.core.triggers import Trigger
 from lifecycle.journey_catalog import JourneyCatalog, register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.settings import Settings
-from lifecycle.stack.smtp_sink import clear_messages, mail_dir
 from lifecycle.templates import Templates
 from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import DispatcherStore

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import dispatcher, dkim_sign, ingest, latency, replicas, stager, tick
 from bench.common import PHASES, PIPELINE_CUSTOMERS, PIPELINE_VIEWS, Results, Scale, machine, say, table
 from bench.stack import BenchStack, bench_settings, reset, summarize_profiles
-from lifecycle.stack import StackError, down, processes, up
+from devstack import StackError, down, processes, up
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,13 +21,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import INGEST_WORKERS, Delivery, say
-from lifecycle.chaos.stack import ChaosStack, Member
+from devstack import StackError, private_settings, processes, service_env
+from devstack.chaos.stack import ChaosStack, Member
+from devstack.smtp_sink import clear_messages, mail_dir
 from lifecycle.db.engine import make_engine
 from lifecycle.kafka import ensure_topics
 from lifecycle.scenario import STATE_TABLES
 from lifecycle.settings import Settings
-from lifecycle.stack import StackError, private_settings, processes, service_env
-from lifecycle.stack.smtp_sink import clear_messages, mail_dir
 
 PORT_OFFSET = 200  # the benchmark's ports: apart from the local stack's, the tests' and the fault harness's
 # the second stager and dispatcher listen just above the stack's own ports (stager +3, dispatcher +3)
@@ -39,8 +39,8 @@ def bench_settings(run_dir: Path) -> Settings:
 
 
 class BenchStack(ChaosStack):
-    """Kafka, PostgreSQL and the SMTP sink of lifecycle.stack, and the services as named processes:
-    `ingest`, `stager`, `dispatcher` (the names `lifecycle.stack.down` knows), `stager-2`, `dispatcher-2`."""
+    """Kafka, PostgreSQL and the SMTP sink of devstack, and the services as named processes:
+    `ingest`, `stager`, `dispatcher` (the names `devstack.down` knows), `stager-2`, `dispatcher-2`."""
 
     def __init__(self, settings: Settings, profile_dir: Path | None = None) -> None:
         super().__init__(settings)

@@ -73,7 +73,7 @@ def cmd_migrate() -> int:
 
 
 def cmd_stack(action: str, clock: str = "virtual") -> int:
-    from lifecycle import stack
+    import devstack as stack
 
     settings = _settings(clock=clock)
     if action == "up":
@@ -93,7 +93,7 @@ def cmd_stack(action: str, clock: str = "virtual") -> int:
 
 def ensure_virtual_stack(settings: Settings) -> None:
     """Start what is missing; refuse a running stack whose services are not on the virtual clock."""
-    from lifecycle import stack
+    import devstack as stack
 
     stack.up(settings)
     for port in (settings.stager_port, settings.dispatcher_port):
@@ -347,12 +347,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands that run the local stack (devstack, beside the runtime package: not in the image)
+LOCAL_STACK_COMMANDS = ("stack", "demo", "scenario", "chaos")
+
+
+def _with_local_stack(args: argparse.Namespace) -> int:
+    try:
+        from devstack import StackError
+    except ModuleNotFoundError:
+        print(f"error: `lifecycle {args.command}` needs the local stack tools (the devstack package), which this "
+              "installation does not include; run it from a clone of the repository (README.md)", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "stack":
+            return cmd_stack(args.action, args.clock)
+        if args.command == "demo":
+            return cmd_demo()
+        if args.command == "scenario":
+            return cmd_scenario(args.files)
+        from devstack._util import absolute
+        from devstack.chaos.harness import main as chaos_main
+
+        return chaos_main(args.runs, args.seed, args.replicas, args.json_path,
+                          absolute(_settings().run_dir) / "chaos", args.faults, args.port_offset)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from lifecycle.settings import describe_invalid_settings
-    from lifecycle.stack import StackError
 
     args = build_parser().parse_args(argv)
     try:
@@ -360,22 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_service(args.command, getattr(args, "workers", None))
         if args.command == "migrate":
             return cmd_migrate()
-        if args.command == "stack":
-            return cmd_stack(args.action, args.clock)
-        if args.command == "demo":
-            return cmd_demo()
-        if args.command == "scenario":
-            return cmd_scenario(args.files)
+        if args.command in LOCAL_STACK_COMMANDS:
+            return _with_local_stack(args)
         if args.command == "report":
             return cmd_report(args.since, args.journey, args.format)
         if args.command == "templates":
             return run_templates_command(args, _settings())
-        if args.command == "chaos":
-            from lifecycle.chaos.harness import main as chaos_main
-            from lifecycle.stack._util import absolute
-
-            return chaos_main(args.runs, args.seed, args.replicas, args.json_path,
-                              absolute(_settings().run_dir) / "chaos", args.faults, args.port_offset)
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))
@@ -384,9 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.journeys_command == "list":
             return asyncio.run(_journeys_list(_settings(), args.name, args.json))
         return cmd_journeys_validate(args.dir)
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except ValidationError as exc:
         # LIFECYCLE_* values that cannot be used: say which and why, no traceback
         for line in describe_invalid_settings(exc):

@@ -21,13 +21,13 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import restart_services
+from devstack.smtp_sink import clear_messages, mail_dir, read_messages
 from lifecycle.clock import set_virtual_time, virtual_time_is_set
 from lifecycle.core.durations import parse_duration
 from lifecycle.db.queries import iso
 from lifecycle.idle import PipelineWatch
 from lifecycle.settings import Settings
-from lifecycle.stack import restart_services
-from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
                 "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",

@@ -68,7 +68,7 @@ say "pip install -e '.[dev]'"
 "$PYTHON" -m pip install -q -e '.[dev]'
 
 # --- Kafka jars ------------------------------------------------------------------------
-"$PYTHON" -m lifecycle.stack.kafka fetch
+"$PYTHON" -m devstack.kafka fetch
 
 # --- Operations tools: Prometheus and promtool, kustomize, hadolint ----------------------
 command -v go >/dev/null 2>&1 || die "go not found: kustomize is built from the Go module proxy (apt-get install -y golang)"

@@ -8,9 +8,9 @@ PYTHON="${PYTHON:-python3}"
 
 bash scripts/setup.sh
 echo "== ruff" >&2
-"$PYTHON" -m ruff check lifecycle services tests bench
+"$PYTHON" -m ruff check lifecycle services devstack tests bench
 echo "== mypy --strict" >&2
-"$PYTHON" -m mypy lifecycle services bench
+"$PYTHON" -m mypy lifecycle services devstack bench
 echo "== journeys validate" >&2
 "$PYTHON" -m lifecycle.cli journeys validate
 echo "== pytest" >&2

@@ -78,6 +78,8 @@ def test_the_build_context_keeps_what_the_image_copies() -> None:
             assert source.rstrip("/") not in ignored, f"{source} is copied but excluded from the context"
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
     assert {".run", ".git", "tests"} <= ignored
+    # the local stack's launchers and the fault harness are no part of a deployment
+    assert not any(source.rstrip("/") == "devstack" for sources in copied for source in sources)
 
 
 def test_the_wheel_of_the_build_stage_carries_everything_the_services_load(tmp_path: Path) -> None:

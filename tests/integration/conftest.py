@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devstack import StackError, down, private_settings, start_infrastructure, up
 from lifecycle.idle import PipelineWatch
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import StackError, down, private_settings, start_infrastructure, up
 
 
 def integration_settings(run_dir: Path) -> Settings:

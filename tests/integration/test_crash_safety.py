@@ -15,13 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
+from devstack import processes, start_services
+from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.clock import VirtualClock
 from lifecycle.events import Event
 from lifecycle.kafka import make_consumer
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import processes, start_services
-from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from services.stager.worker import StagerStore, rule_config
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from lifecycle.tokens import SigningKeys
 from lifecycle.tracking import open_pixel_url, read_click_token
 

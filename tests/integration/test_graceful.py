@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from devstack import SERVICES, processes, start_services
+from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import SERVICES, processes, start_services
-from lifecycle.stack.smtp_sink import mail_dir, read_messages
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)

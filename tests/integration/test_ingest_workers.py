@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from devstack import service_env
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import service_env
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)

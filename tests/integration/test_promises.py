@@ -22,6 +22,9 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from devstack import processes, service_env, start_services
+from devstack.postgres import reset_database
+from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.clock import ManualClock, set_virtual_time
 from lifecycle.core.triggers import Trigger, TriggerType
 from lifecycle.db.retention import (
@@ -35,9 +38,6 @@ from lifecycle.journey_catalog import JourneyCatalog, apply, definition_text, re
 from lifecycle.journey_files import load_journey_files
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack import processes, service_env, start_services
-from lifecycle.stack.postgres import reset_database
-from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from lifecycle.templates import Templates
 from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import RECIPIENTS_SQL, DispatcherStore

@@ -21,10 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from devstack.smtp_sink import _message_files, mail_dir, read_messages
 from lifecycle.dkim import dns_txt_record
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack.smtp_sink import _message_files, mail_dir, read_messages
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)

@@ -13,10 +13,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy.engine import make_url
 
+from devstack import status
+from devstack.postgres import reset_database
+from devstack.smtp_sink import clear_messages, mail_dir, read_messages, wait_for_messages
 from lifecycle.settings import Settings
-from lifecycle.stack import status
-from lifecycle.stack.postgres import reset_database
-from lifecycle.stack.smtp_sink import clear_messages, mail_dir, read_messages, wait_for_messages
 
 pytestmark = pytest.mark.integration
 

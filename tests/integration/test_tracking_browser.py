@@ -25,9 +25,9 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from sqlalchemy import text
 
+from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
-from lifecycle.stack.smtp_sink import mail_dir, read_messages
 from lifecycle.tokens import SigningKeys
 from lifecycle.tracking import click_url, open_pixel_url
 from services.ingest.tracking import PIXEL_GIF

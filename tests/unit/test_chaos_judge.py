@@ -8,9 +8,9 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from lifecycle.chaos.judge import judge
-from lifecycle.chaos.sink import Arrival, ChaosSink
-from lifecycle.chaos.workload import WELCOME, WELCOME_WAIT, Customer
+from devstack.chaos.judge import judge
+from devstack.chaos.sink import Arrival, ChaosSink
+from devstack.chaos.workload import WELCOME, WELCOME_WAIT, Customer
 
 
 def _arrival(at: float, to: str, message_id: str, step: int = 1) -> Arrival:

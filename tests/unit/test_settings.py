@@ -126,7 +126,7 @@ def test_a_service_refuses_to_start_with_one_line_per_setting_and_exit_1(
 
 
 def test_the_local_stack_runs_its_services_as_local() -> None:
-    from lifecycle.stack import service_env
+    from devstack import service_env
 
     assert service_env(Settings())["LIFECYCLE_ENVIRONMENT"] == "local"
 
@@ -154,11 +154,23 @@ def test_limits_cannot_be_negative() -> None:
 @pytest.mark.parametrize("offset", [0, 100, 200, 300, 600, 900, 1200, 2000])
 def test_the_stack_ports_stay_below_the_ephemeral_range(offset: int, tmp_path: Path) -> None:
     # a port in 32768-60999 can be taken by a client's self-connection while its server restarts
-    from lifecycle.stack import private_settings
-    from lifecycle.stack.kafka import ports
+    from devstack import private_settings
+    from devstack.kafka import ports
 
     settings = private_settings(tmp_path, offset)
     _, kafka, controller = ports(settings)
     used = [kafka, controller, settings.postgres_port, settings.smtp_port, settings.ingest_port,
             settings.ingest_metrics_port, settings.stager_port, settings.dispatcher_port]
     assert max(used) < 32768, used
+
+
+@pytest.mark.parametrize("argv", [["stack", "status"], ["demo"], ["chaos", "--runs", "1"],
+                                  ["scenario", "run", "x.yaml"]])
+def test_without_the_local_stack_tools_their_commands_say_so(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # as in the container image, which carries lifecycle and services only
+    import sys
+
+    monkeypatch.setitem(sys.modules, "devstack", None)
+    assert main(argv) == 1
+    assert "needs the local stack tools (the devstack package)" in capsys.readouterr().err

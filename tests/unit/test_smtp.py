@@ -18,6 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from devstack.smtp_sink import MessageStore, _Handler, read_messages
 from lifecycle.settings import Settings
 from lifecycle.smtp import (
     After,
@@ -30,7 +31,6 @@ from lifecycle.smtp import (
     classify,
     retry_delay,
 )
-from lifecycle.stack.smtp_sink import MessageStore, _Handler, read_messages
 
 MESSAGE = b"From: Shop <hello@shop.example>\r\nTo: x@example.com\r\nSubject: Hi\r\n\r\nHello\r\n"
 

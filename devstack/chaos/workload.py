@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from lifecycle.chaos.sink import Arrival, ChaosSink
+from devstack.chaos.sink import Arrival, ChaosSink
 
 # The journeys of a run: the shop's defaults with waits of seconds (applied through the admin API).
 # MARGIN separates every event that can end a run or cancel an email from the email's due time: it is

@@ -1,6 +1,6 @@
 """An SMTP server that accepts everything and keeps each message as a file.
 
-    python -m lifecycle.stack.smtp_sink --host 127.0.0.1 --port 2525 --dir .run/mail
+    python -m devstack.smtp_sink --host 127.0.0.1 --port 2525 --dir .run/mail
 
 Every message becomes <dir>/<sequence>.eml (zero-padded, so names sort in arrival order),
 written to a temporary file first and renamed, so readers never see half a message. The
@@ -30,10 +30,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from devstack import processes
+from devstack._util import absolute, say
+from devstack.errors import StackError
 from lifecycle.settings import Settings
-from lifecycle.stack import processes
-from lifecycle.stack._util import absolute, say
-from lifecycle.stack.errors import StackError
 
 NAME = "smtp_sink"
 _SUFFIX = ".eml"
@@ -179,7 +179,7 @@ async def serve(host: str, port: int, directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lifecycle.stack.smtp_sink")
+    parser = argparse.ArgumentParser(prog="python -m devstack.smtp_sink")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--dir", type=Path, required=True, help="where to store <n>.eml files")
@@ -207,7 +207,7 @@ def start(settings: Settings, timeout: float = 15.0) -> None:
             "(another stack? set LIFECYCLE_SMTP_PORT)"
         )
     directory = mail_dir(settings)
-    argv = [sys.executable, "-m", "lifecycle.stack.smtp_sink", "--host", host, "--port", str(port),
+    argv = [sys.executable, "-m", "devstack.smtp_sink", "--host", host, "--port", str(port),
             "--dir", str(directory)]  # fmt: skip
     log = processes.log_file(run_dir, NAME)
     processes.spawn(run_dir, NAME, argv, log=log)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from lifecycle.stack.errors import StackError
+from devstack.errors import StackError
 
 # Popen objects of the processes this interpreter started: kept so they can be reaped
 # (no zombies, no "still running" ResourceWarning from a collected Popen).

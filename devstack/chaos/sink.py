@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
-log = logging.getLogger("lifecycle.chaos.sink")
+log = logging.getLogger("devstack.chaos.sink")
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifecycle.chaos.faults import FaultRecord
-from lifecycle.chaos.sink import Arrival
-from lifecycle.chaos.workload import Customer
+from devstack.chaos.faults import FaultRecord
+from devstack.chaos.sink import Arrival
+from devstack.chaos.workload import Customer
 
 COUNTERS = ("expected", "delivered", "duplicates", "ambiguous", "lost", "unconsented", "unexpected", "stuck")
 

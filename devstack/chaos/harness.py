@@ -15,15 +15,15 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from lifecycle.chaos.faults import BACKEND_TERMINATE, KINDS, FaultRecord, Faults
-from lifecycle.chaos.judge import Verdict, judge
-from lifecycle.chaos.sink import ChaosSink
-from lifecycle.chaos.stack import ADMIN_KEY, PORT_OFFSET, WRITE_KEY, ChaosStack, chaos_settings
-from lifecycle.chaos.workload import JOURNEYS, Api, Workload, WorkloadError
+from devstack.chaos.faults import BACKEND_TERMINATE, KINDS, FaultRecord, Faults
+from devstack.chaos.judge import Verdict, judge
+from devstack.chaos.sink import ChaosSink
+from devstack.chaos.stack import ADMIN_KEY, PORT_OFFSET, WRITE_KEY, ChaosStack, chaos_settings
+from devstack.chaos.workload import JOURNEYS, Api, Workload, WorkloadError
 from lifecycle.clock import SystemClock
 from lifecycle.idle import NotIdle, PipelineWatch
 
-log = logging.getLogger("lifecycle.chaos")
+log = logging.getLogger("devstack.chaos")
 
 CUSTOMERS_PER_RUN = 22  # every story twice
 ARRIVAL_WINDOW = 12.0  # seconds over which a run's customers arrive

@@ -8,7 +8,7 @@ All state lives under settings.run_dir (pids/, logs/, kafka/, postgres/, mail/);
 jars are cached under settings.cache_dir. Expected failures raise StackError with a message
 for a person.
 
-Submodules are imported inside the functions: `python -m lifecycle.stack.kafka` (and
+Submodules are imported inside the functions: `python -m devstack.kafka` (and
 .smtp_sink) import this package first, and must not find themselves already imported.
 """
 
@@ -22,10 +22,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from devstack import processes
+from devstack._util import absolute, say, settings_env
+from devstack.errors import StackError
 from lifecycle.settings import Settings
-from lifecycle.stack import processes
-from lifecycle.stack._util import absolute, say, settings_env
-from lifecycle.stack.errors import StackError
 
 __all__ = [
     "SERVICES",
@@ -105,7 +105,7 @@ def wait_http_ok(url: str, timeout: float = HEALTH_TIMEOUT, *, log: Path | None 
 
 def start_infrastructure(settings: Settings) -> None:
     """Start Kafka, PostgreSQL and the SMTP sink (each only if not running) and wait for them."""
-    from lifecycle.stack import kafka, postgres, smtp_sink
+    from devstack import kafka, postgres, smtp_sink
 
     # The JVM takes longest to come up: let it boot while PostgreSQL and the sink start.
     if not kafka.launch(settings):
@@ -116,7 +116,7 @@ def start_infrastructure(settings: Settings) -> None:
 
 
 def stop_infrastructure(settings: Settings) -> None:
-    from lifecycle.stack import kafka, postgres, smtp_sink
+    from devstack import kafka, postgres, smtp_sink
 
     smtp_sink.stop(settings)
     kafka.stop(settings)
@@ -205,7 +205,7 @@ def down(settings: Settings) -> None:
 
 def status(settings: Settings) -> list[tuple[str, bool, str]]:
     """(name, running, detail) for every component, infrastructure first."""
-    from lifecycle.stack import kafka, postgres, smtp_sink
+    from devstack import kafka, postgres, smtp_sink
 
     rows: list[tuple[str, bool, str]] = []
     for name, probe in (

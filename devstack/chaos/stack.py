@@ -3,7 +3,7 @@ R stagers and R dispatchers as separate processes on the same topics and databas
 
 Every process of the stack can be killed, stopped and started again by name (`stager-1`,
 `dispatcher-2`, ...); Kafka and PostgreSQL can be restarted; the services' database sessions can be
-terminated. The SMTP server is the harness's own (lifecycle/chaos/sink.py).
+terminated. The SMTP server is the harness's own (devstack/chaos/sink.py).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from devstack import StackError, private_settings, processes, service_env, wait_http_ok
+from devstack._util import absolute
 from lifecycle.settings import Settings
-from lifecycle.stack import StackError, private_settings, processes, service_env, wait_http_ok
-from lifecycle.stack._util import absolute
 
-log = logging.getLogger("lifecycle.chaos")
+log = logging.getLogger("devstack.chaos")
 
 # Ports of the harness's stack: apart from the local stack's, the tests' and the benchmark's
 # (`lifecycle chaos --port-offset` moves them again, for a second harness beside the first).
@@ -75,7 +75,7 @@ class ChaosStack:
     # --- infrastructure ----------------------------------------------------------------------
 
     def start_infrastructure(self) -> None:
-        from lifecycle.stack import _migrate, kafka, postgres
+        from devstack import _migrate, kafka, postgres
 
         kafka.launch(self.settings)
         postgres.start(self.settings)
@@ -83,7 +83,7 @@ class ChaosStack:
         _migrate(self.settings, self.env())
 
     def stop_all(self) -> None:
-        from lifecycle.stack import kafka, postgres
+        from devstack import kafka, postgres
 
         for name in list(self.members):
             self.stop(name, timeout=10.0)
@@ -91,7 +91,7 @@ class ChaosStack:
         postgres.stop(self.settings)
 
     def restart_kafka(self, down_seconds: float) -> None:
-        from lifecycle.stack import kafka
+        from devstack import kafka
 
         kafka.stop(self.settings)
         time.sleep(down_seconds)
@@ -104,7 +104,7 @@ class ChaosStack:
         _start_again(start, "kafka")
 
     def restart_postgres(self, down_seconds: float) -> None:
-        from lifecycle.stack import postgres
+        from devstack import postgres
 
         postgres.stop(self.settings)
         time.sleep(down_seconds)

@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from lifecycle.chaos.sink import ChaosSink
-from lifecycle.chaos.stack import ChaosStack
+from devstack.chaos.sink import ChaosSink
+from devstack.chaos.stack import ChaosStack
 
-log = logging.getLogger("lifecycle.chaos")
+log = logging.getLogger("devstack.chaos")
 
 KINDS = ("kill_stager", "kill_dispatcher", "kill_after_data", "sigterm", "kafka_restart", "postgres_restart",
          "lock_holder", "smtp_tempfail", "smtp_drop_mid_data", "smtp_down", "rebalance")
