@@ -188,10 +188,6 @@ async def scalar(engine: AsyncEngine, sql: str, params: dict[str, object] | None
         return int((await conn.execute(text(sql), params or {})).scalar() or 0)
 
 
-def asyncpg_dsn(settings: Settings) -> str:
-    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 # --- the sink ------------------------------------------------------------------------------------
 
 

@@ -23,14 +23,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from bench.common import TICK_DUE, TICK_LARGE, TICK_SMALL, Results, Row, Scale, ratio, say
-from bench.stack import BenchStack, asyncpg_dsn, reset, scalar
+from bench.stack import BenchStack, reset, scalar
 from bench.workload import parsed
 from lifecycle.clock import SystemClock
 from lifecycle.core.rules import DueKind, apply_event
 from lifecycle.core.state import CustomerState
+from lifecycle.db.notify import asyncpg_dsn
 from services.stager.worker import CUSTOMER_COLUMNS, StagerStore, _customer_row, rule_config
 
 PLACEHOLDER = "TEMPLATECUSTOMER"
@@ -90,7 +91,7 @@ def _records(template: dict[str, Any], ids: range, prefix: str) -> Iterator[tupl
 async def load(stack: BenchStack, customers: int, due: int, now: datetime) -> None:
     """`customers` rows by COPY, `due` of them with a change due a minute ago, the others a birthday later."""
     rows = templates(stack, now)
-    conn = await asyncpg.connect(asyncpg_dsn(stack.settings))
+    conn = await asyncpg.connect(asyncpg_dsn(stack.settings.database_url))
     try:
         for k, kind in enumerate(DUE_KINDS):
             ids = range(k, due, len(DUE_KINDS))

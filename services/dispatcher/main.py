@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import Clock, make_clock
@@ -28,6 +27,7 @@ from lifecycle.templates import Templates
 from services.dispatcher import metrics
 from services.dispatcher.delivery import Delivery
 from services.dispatcher.rendering import Renderer
+from services.dispatcher.sql import ACTIVE_RUNS, STEPS_DUE
 from services.dispatcher.worker import DispatcherStore, Outgoing
 
 log = logging.getLogger("lifecycle.dispatcher")
@@ -36,19 +36,10 @@ log = logging.getLogger("lifecycle.dispatcher")
 async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]) -> None:
     now = await clock.now()
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT count(*) AS n, min(due_at) AS oldest FROM journey_runs"
-                     " WHERE status = 'active' AND due_at <= :now"),
-                {"now": now},
-            )
-        ).one()
+        row = (await conn.execute(STEPS_DUE, {"now": now})).one()
         metrics.STEPS_DUE.set(row.n)
         metrics.OLDEST_DUE_AGE.set((now - row.oldest).total_seconds() if row.oldest else 0.0)
-        active: dict[str, int] = dict((
-            await conn.execute(text("SELECT journey, count(*) FROM journey_runs WHERE status = 'active'"
-                                    " GROUP BY journey"))
-        ).all())
+        active: dict[str, int] = dict((await conn.execute(ACTIVE_RUNS)).all())
         # every journey gets a value, zero included, so a finished journey does not keep its last count
         for journey in sorted(set(journeys) | set(active)):
             metrics.RUNS_ACTIVE.labels(journey=journey).set(active.get(journey, 0))

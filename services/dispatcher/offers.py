@@ -1,4 +1,4 @@
-"""What a send step offers: the customer's tier, a coupon, recommended products (PostgreSQL side)."""
+"""What a send step offers: the customer's tier, a coupon, recommended products (PostgreSQL side, SQL in sql.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lifecycle.core.journeys import Journey, Run, SendStep
 from lifecycle.core.offers import TierThresholds, new_coupon_code, tier_of
 from lifecycle.settings import Settings
 from lifecycle.templates.links import product_image_url, product_url
+from services.dispatcher.sql import COUPON_OF_STEP, CUSTOMER_SPEND, ISSUE_COUPON, RECOMMENDATIONS
 
 
 def thresholds(settings: Settings) -> TierThresholds:
@@ -21,8 +21,7 @@ def thresholds(settings: Settings) -> TierThresholds:
 
 
 async def customer_tier(conn: AsyncConnection, customer_id: str, settings: Settings) -> str:
-    row = (await conn.execute(text("SELECT total_spent, orders_count FROM customers WHERE customer_id = :c"),
-                              {"c": customer_id})).first()
+    row = (await conn.execute(CUSTOMER_SPEND, {"c": customer_id})).first()
     if row is None:
         return "bronze"
     return tier_of(float(row.total_spent), int(row.orders_count), thresholds(settings))
@@ -44,11 +43,7 @@ async def coupon_for(conn: AsyncConnection, journey: Journey, run: Run, step: Se
         amount = spec.amount_for(tier)
         prefix = "".join(part[0] for part in journey.name.split("_")).upper()
         await conn.execute(
-            text(
-                "INSERT INTO coupons (code, customer_id, run_id, journey, step, kind, amount, currency, issued_at,"
-                " expires_at) VALUES (:code, :c, :r, :j, :s, :k, :a, :cur, :now, :exp)"
-                " ON CONFLICT (run_id, step) DO NOTHING"
-            ),
+            ISSUE_COUPON,
             {"code": new_coupon_code(prefix), "c": customer_id, "r": run.run_id, "j": journey.name, "s": step.number,
              "k": spec.kind, "a": amount, "cur": run.context.get("currency") or "EUR", "now": now,
              "exp": end_of_day(now + spec.valid, timezone)},
@@ -58,7 +53,7 @@ async def coupon_for(conn: AsyncConnection, journey: Journey, run: Run, step: Se
         source_step = spec.reuse_step
     row = (
         await conn.execute(
-            text("SELECT code, kind, amount, currency, expires_at FROM coupons WHERE run_id = :r AND step = :s"),
+            COUPON_OF_STEP,
             {"r": run.run_id, "s": source_step},
         )
     ).first()
@@ -73,23 +68,7 @@ async def recommendations(conn: AsyncConnection, customer_id: str, limit: int,
     """Often bought together with what the customer bought, never what they bought; then best sellers."""
     rows = (
         await conn.execute(
-            text(
-                "WITH bought AS (SELECT product_id FROM customer_products WHERE customer_id = :c),"
-                " together AS ("
-                "  SELECT cp.other_id AS product_id, sum(cp.orders) AS score FROM co_purchases cp"
-                "  WHERE cp.product_id IN (SELECT product_id FROM bought)"
-                "  AND cp.other_id NOT IN (SELECT product_id FROM bought)"
-                "  GROUP BY cp.other_id),"
-                " ranked AS ("
-                "  SELECT product_id, score, 0 AS tier FROM together"
-                "  UNION ALL SELECT ps.product_id, ps.orders, 1 FROM product_sales ps"
-                "  WHERE ps.product_id NOT IN (SELECT product_id FROM bought))"
-                " SELECT r.product_id, ps.name, ps.price, ps.currency FROM ("
-                "  SELECT DISTINCT ON (product_id) product_id, tier, score FROM ranked"
-                "  ORDER BY product_id, tier, score DESC) r"
-                " JOIN product_sales ps USING (product_id)"
-                " ORDER BY r.tier, r.score DESC, r.product_id LIMIT :n"
-            ),
+            RECOMMENDATIONS,
             {"c": customer_id, "n": limit},
         )
     ).all()

@@ -1,4 +1,4 @@
-"""Every SQL statement of the dispatcher's store, in one place.
+"""Every SQL statement of the dispatcher (its store, offers and gauges), in one place.
 
 A name ending in `_SQL` is a string (wrapped in `text()` where it runs, or formatted first when it
 has a `{placeholder}`); the others are ready `text()` clauses. SQLAlchemy Core statements
@@ -159,3 +159,48 @@ SUPPRESS_ADDRESS = text(
     "INSERT INTO suppressions (address, reason, suppressed_at) VALUES (lower(:a), :r, :t)"
     " ON CONFLICT (address) DO NOTHING"
 )
+
+# --- offers: tier, coupon, recommendations (offers.py) ----------------------------------------
+
+# What the customer spent and ordered, for their tier.
+CUSTOMER_SPEND = text("SELECT total_spent, orders_count FROM customers WHERE customer_id = :c")
+
+# A step's coupon, issued once per run and step (a retried step keeps the code it had).
+ISSUE_COUPON = text(
+    "INSERT INTO coupons (code, customer_id, run_id, journey, step, kind, amount, currency, issued_at,"
+    " expires_at) VALUES (:code, :c, :r, :j, :s, :k, :a, :cur, :now, :exp)"
+    " ON CONFLICT (run_id, step) DO NOTHING"
+)
+
+# The coupon a run's step issued, for that step or a later one that reuses it.
+COUPON_OF_STEP = text("SELECT code, kind, amount, currency, expires_at FROM coupons WHERE run_id = :r AND step = :s")
+
+# Often bought together with what the customer bought, never what they bought; then best sellers.
+RECOMMENDATIONS = text(
+    "WITH bought AS (SELECT product_id FROM customer_products WHERE customer_id = :c),"
+    " together AS ("
+    "  SELECT cp.other_id AS product_id, sum(cp.orders) AS score FROM co_purchases cp"
+    "  WHERE cp.product_id IN (SELECT product_id FROM bought)"
+    "  AND cp.other_id NOT IN (SELECT product_id FROM bought)"
+    "  GROUP BY cp.other_id),"
+    " ranked AS ("
+    "  SELECT product_id, score, 0 AS tier FROM together"
+    "  UNION ALL SELECT ps.product_id, ps.orders, 1 FROM product_sales ps"
+    "  WHERE ps.product_id NOT IN (SELECT product_id FROM bought))"
+    " SELECT r.product_id, ps.name, ps.price, ps.currency FROM ("
+    "  SELECT DISTINCT ON (product_id) product_id, tier, score FROM ranked"
+    "  ORDER BY product_id, tier, score DESC) r"
+    " JOIN product_sales ps USING (product_id)"
+    " ORDER BY r.tier, r.score DESC, r.product_id LIMIT :n"
+)
+
+# --- gauges (main.py) -------------------------------------------------------------------------
+
+# Steps due by `:now` and the oldest of their due times.
+STEPS_DUE = text(
+    "SELECT count(*) AS n, min(due_at) AS oldest FROM journey_runs"
+    " WHERE status = 'active' AND due_at <= :now"
+)
+
+# Active runs per journey.
+ACTIVE_RUNS = text("SELECT journey, count(*) FROM journey_runs WHERE status = 'active' GROUP BY journey")

@@ -1,22 +1,20 @@
-"""The ingest API's PostgreSQL side: opt-out fences and journey versions."""
+"""The ingest API's PostgreSQL side: opt-out fences and journey versions (its SQL in sql.py)."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, list_versions
 from lifecycle.templates import Templates
 from services.ingest.app import Fence, FenceWriter
+from services.ingest.sql import INSERT_FENCES
 
 
 def make_fence_writer(engine: AsyncEngine) -> FenceWriter:
     async def write(fences: list[Fence]) -> None:
         async with engine.begin() as conn:
             await conn.execute(
-                text("INSERT INTO consent_fences (customer_id, event_id, category, acknowledged_at)"
-                     " SELECT * FROM unnest(CAST(:c AS text[]), CAST(:e AS text[]), CAST(:k AS text[]))"
-                     " AS f(customer_id, event_id, category), now() ON CONFLICT DO NOTHING"),
+                INSERT_FENCES,
                 {"c": [f.customer_id for f in fences], "e": [f.event_id for f in fences],
                  "k": [f.category for f in fences]},
             )

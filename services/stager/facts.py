@@ -3,6 +3,7 @@
 Orders (with coupon redemption and last-click attribution), what was bought
 together (for recommendations), email engagement, and suppressed addresses.
 Each event reaches here once: the caller passes only events seen for the first time.
+Its SQL is in sql.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lifecycle.events import Event, EventType
+from services.stager.sql import (
+    INSERT_CUSTOMER_PRODUCTS,
+    INSERT_EMAIL_EVENTS,
+    INSERT_ORDERS,
+    LAST_CLICKS,
+    LOCK_COUPON,
+    RECORD_COUPON_ATTEMPT,
+    REDEEM_COUPON,
+    SENT_MESSAGES,
+    SUPPRESS,
+    UPSERT_CO_PURCHASES,
+    UPSERT_PRODUCT_SALES,
+    VOID_ORDERS,
+)
 
 EMAIL_KINDS = {
     EventType.EMAIL_OPENED: "opened",
@@ -107,47 +121,9 @@ async def _orders(conn: AsyncConnection, orders: list[Event], attribution_days: 
         await _bought_together(conn, new_orders)
 
 
-VOID_ORDERS = text("UPDATE orders SET voided = true WHERE order_id = ANY(CAST(:o AS text[]))")
-# in the batch's order: the first reason recorded for an address stays
-SUPPRESS = text(
-    "INSERT INTO suppressions (address, reason, suppressed_at)"
-    " SELECT u.a, u.r, u.t FROM unnest(CAST(:a AS text[]), CAST(:r AS text[]), CAST(:t AS timestamptz[]))"
-    " WITH ORDINALITY AS u(a, r, t, n) ORDER BY u.n ON CONFLICT (address) DO NOTHING"
-)
-SENT_MESSAGES = text("SELECT message_id, journey, step, variant FROM sends WHERE message_id = ANY(CAST(:m AS text[]))")
-INSERT_EMAIL_EVENTS = text(
-    "INSERT INTO email_events (event_id, customer_id, message_id, journey, step, variant, kind, link, occurred_at)"
-    " SELECT * FROM unnest(CAST(:e AS text[]), CAST(:c AS text[]), CAST(:m AS text[]), CAST(:j AS text[]),"
-    " CAST(:s AS int[]), CAST(:v AS text[]), CAST(:k AS text[]), CAST(:l AS text[]), CAST(:t AS timestamptz[]))"
-    " ON CONFLICT (customer_id, event_id) DO NOTHING"
-)
-# one row per order, in the batch's order: the customer's last click before it, within the window
-LAST_CLICKS = text(
-    "SELECT a.message_id, a.journey, a.step, a.variant, a.send_id"
-    " FROM unnest(CAST(:c AS text[]), CAST(:t AS timestamptz[])) WITH ORDINALITY AS u(c, t, n)"
-    " LEFT JOIN LATERAL (SELECT e.message_id, e.journey, e.step, e.variant, s.send_id FROM email_events e"
-    "  LEFT JOIN sends s ON s.message_id = e.message_id"
-    "  WHERE e.customer_id = u.c AND e.kind = 'clicked' AND e.occurred_at <= u.t"
-    "  AND e.occurred_at > u.t - make_interval(days => CAST(:days AS int))"
-    "  ORDER BY e.occurred_at DESC, e.id DESC LIMIT 1) a ON true"
-    " ORDER BY u.n"
-)
-INSERT_ORDERS = text(
-    "INSERT INTO orders (order_id, customer_id, occurred_at, value, currency, coupon_code,"
-    " attributed_send_id, attributed_journey, attributed_step, attributed_variant)"
-    " SELECT u.o, u.c, u.t, u.v, u.cur, u.code, u.sid, u.j, u.s, u.var FROM unnest(CAST(:o AS text[]),"
-    " CAST(:c AS text[]), CAST(:t AS timestamptz[]), CAST(:v AS numeric[]), CAST(:cur AS text[]),"
-    " CAST(:code AS text[]), CAST(:sid AS bigint[]), CAST(:j AS text[]), CAST(:s AS int[]), CAST(:var AS text[]))"
-    " WITH ORDINALITY AS u(o, c, t, v, cur, code, sid, j, s, var, n) ORDER BY u.n"
-    " ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
-)
-
-
 async def _redeem(conn: AsyncConnection, code: str, order_id: str, customer_id: str, at: datetime) -> None:
     """Mark the code redeemed, or record why it was not: unknown, foreign, expired, already redeemed."""
-    coupon = (await conn.execute(
-        text("SELECT customer_id, expires_at, redeemed_order_id FROM coupons WHERE code = :k FOR UPDATE"),
-        {"k": code.upper()})).first()
+    coupon = (await conn.execute(LOCK_COUPON, {"k": code.upper()})).first()
     if coupon is None:
         outcome = "unknown"
     elif coupon.customer_id != customer_id:
@@ -159,12 +135,11 @@ async def _redeem(conn: AsyncConnection, code: str, order_id: str, customer_id: 
     else:
         outcome = "redeemed"
         await conn.execute(
-            text("UPDATE coupons SET redeemed_at = :t, redeemed_order_id = :o WHERE code = :k"),
+            REDEEM_COUPON,
             {"t": at, "o": order_id, "k": code.upper()},
         )
     await conn.execute(
-        text("INSERT INTO coupon_attempts (order_id, code, customer_id, outcome, occurred_at)"
-             " VALUES (:o, :k, :c, :r, :t) ON CONFLICT DO NOTHING"),
+        RECORD_COUPON_ATTEMPT,
         {"o": order_id, "k": code.upper(), "c": customer_id, "r": outcome, "t": at},
     )
 
@@ -201,20 +176,3 @@ async def _bought_together(conn: AsyncConnection, orders: list[Event]) -> None:
         await conn.execute(UPSERT_CO_PURCHASES, {"a": [a for (a, _), _ in counted], "b": [b for (_, b), _ in counted],
                                                  "k": [k for _, k in counted]})
 
-
-UPSERT_PRODUCT_SALES = text(
-    "INSERT INTO product_sales (product_id, orders, name, price, currency)"
-    " SELECT * FROM unnest(CAST(:p AS text[]), CAST(:k AS int[]), CAST(:n AS text[]), CAST(:pr AS numeric[]),"
-    " CAST(:cur AS text[]))"
-    " ON CONFLICT (product_id) DO UPDATE SET orders = product_sales.orders + EXCLUDED.orders, name = EXCLUDED.name,"
-    " price = EXCLUDED.price, currency = EXCLUDED.currency"
-)
-INSERT_CUSTOMER_PRODUCTS = text(
-    "INSERT INTO customer_products (customer_id, product_id)"
-    " SELECT * FROM unnest(CAST(:c AS text[]), CAST(:p AS text[])) ON CONFLICT DO NOTHING"
-)
-UPSERT_CO_PURCHASES = text(
-    "INSERT INTO co_purchases (product_id, other_id, orders)"
-    " SELECT * FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), CAST(:k AS int[]))"
-    " ON CONFLICT (product_id, other_id) DO UPDATE SET orders = co_purchases.orders + EXCLUDED.orders"
-)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.clock import make_clock
@@ -20,6 +19,7 @@ from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, 
 from lifecycle.settings import Settings
 from lifecycle.trusted import decode_trusted_event
 from services.stager import metrics
+from services.stager.sql import DUE_BACKLOG, OUTBOX_BACKLOG
 from services.stager.worker import StagerStore, rule_config
 
 log = logging.getLogger("lifecycle.stager")
@@ -27,15 +27,10 @@ log = logging.getLogger("lifecycle.stager")
 
 async def _refresh_gauges(engine: AsyncEngine, clock_now: object) -> None:
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age FROM outbox")
-            )
-        ).one()
+        row = (await conn.execute(OUTBOX_BACKLOG)).one()
         metrics.OUTBOX_WAITING.set(row.n)
         metrics.OUTBOX_OLDEST.set(float(row.age or 0.0))
-        due = (await conn.execute(text("SELECT count(*) FROM due_changes WHERE due_at <= :now"),
-                                  {"now": clock_now})).scalar()
+        due = (await conn.execute(DUE_BACKLOG, {"now": clock_now})).scalar()
         metrics.DUE_WAITING.set(due or 0)
 
 

@@ -7,6 +7,8 @@ rules. Each outbox row carries its customer's partition of the events topic;
 each stager relays the rows of the partitions it consumes, in id order, and
 deletes them once the broker acknowledged (no transaction is held while it
 waits for the broker).
+
+Its SQL, and that of facts.py, is in sql.py.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lifecycle.clock import Clock
@@ -30,6 +31,39 @@ from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.events import Event
 from services.stager import metrics
 from services.stager.facts import record_facts
+from services.stager.sql import (
+    CLAIM_EVENT_IDS,
+    CLEAR_DUES,
+    CUSTOMER_COLUMNS,
+    DELETE_APPLIED_FENCES,
+    DELETE_OUTBOX,
+    DUE_CHANGES_OF,
+    DUE_CUSTOMERS,
+    INSERT_OUTBOX,
+    LOCK_STATES,
+    LOCK_STATES_SKIP_LOCKED,
+    SELECT_OUTBOX_ALL,
+    SELECT_OUTBOX_OF,
+    SWEEP_FENCES,
+    UPSERT_CUSTOMERS,
+    UPSERT_DUES,
+)
+
+# the statements that lived here before sql.py still import from here
+__all__ = [
+    "CLAIM_EVENT_IDS",
+    "CLEAR_DUES",
+    "CUSTOMER_COLUMNS",
+    "DELETE_OUTBOX",
+    "INSERT_OUTBOX",
+    "SELECT_OUTBOX_ALL",
+    "SELECT_OUTBOX_OF",
+    "UPSERT_CUSTOMERS",
+    "UPSERT_DUES",
+    "StagerStore",
+    "partition_of",
+    "rule_config",
+]
 
 log = logging.getLogger("lifecycle.stager")
 
@@ -90,8 +124,7 @@ class StagerStore:
             await record_facts(conn, new_events, emails, self.attribution_days)
             # the opt-outs applied here no longer need the fence the ingest API put up for them
             await conn.execute(
-                text("DELETE FROM consent_fences f USING unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS a(c, e)"
-                     " WHERE f.customer_id = a.c AND f.event_id = a.e"),
+                DELETE_APPLIED_FENCES,
                 {"c": [e.customer_id for e in new_events], "e": [e.event_id for e in new_events]},
             )
         metrics.APPLIED.inc(len(new_events))
@@ -103,10 +136,7 @@ class StagerStore:
             now = await self.clock.now()
             candidates = (
                 await conn.execute(
-                    text(
-                        "SELECT DISTINCT customer_id FROM ("
-                        " SELECT customer_id FROM due_changes WHERE due_at <= :now ORDER BY due_at LIMIT :n) d"
-                    ),
+                    DUE_CUSTOMERS,
                     {"now": now, "n": limit},
                 )
             ).scalars().all()
@@ -120,10 +150,7 @@ class StagerStore:
                 return 0
             rows = (
                 await conn.execute(
-                    text(
-                        "SELECT customer_id, kind, due_at FROM due_changes"
-                        " WHERE customer_id = ANY(:ids) AND due_at <= :now ORDER BY due_at, kind FOR UPDATE"
-                    ),
+                    DUE_CHANGES_OF,
                     {"ids": list(states), "now": now},
                 )
             ).all()
@@ -141,9 +168,7 @@ class StagerStore:
     async def sweep_fences(self) -> int:
         """Fences whose opt-out the stager applied before the ingest API wrote them: they hold nothing."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(text(
-                "DELETE FROM consent_fences f USING processed_events p"
-                " WHERE p.customer_id = f.customer_id AND p.event_id = f.event_id"))
+            result = await conn.execute(SWEEP_FENCES)
         return int(result.rowcount or 0)
 
     async def relay_outbox(self, producer: Any, topic: str, limit: int, mine: list[int] | None = None) -> int:
@@ -209,53 +234,6 @@ class _Changes:
                 "k": [partition_of(c, partitions) if partitions else None for c in customers]})
 
 
-# Every batch write is one statement of fixed text over arrays: compiled and prepared once, whatever
-# the batch's size (a multi-row VALUES is a new statement, compiled anew, for every batch).
-CUSTOMER_COLUMNS = ("customer_id", "state", "stage", "consent", "email", "suppressed", "last_engagement_at",
-                    "orders_count", "total_spent", "first_order_at", "last_order_at")
-_CUSTOMER_TYPES = ("text", "text", "text", "text", "text", "text", "timestamptz", "int", "numeric", "timestamptz",
-                   "timestamptz")
-UPSERT_CUSTOMERS = text(
-    f"INSERT INTO customers ({', '.join(CUSTOMER_COLUMNS)}, updated_at)"
-    f" SELECT u.customer_id, u.state::jsonb, {', '.join('u.' + c for c in CUSTOMER_COLUMNS[2:])}, :now"
-    " FROM unnest("
-    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(CUSTOMER_COLUMNS, _CUSTOMER_TYPES, strict=True))
-    + f") AS u({', '.join(CUSTOMER_COLUMNS)})"
-    " ON CONFLICT (customer_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*CUSTOMER_COLUMNS[1:], "updated_at"))
-)
-UPSERT_DUES = text(
-    "INSERT INTO due_changes (customer_id, kind, due_at)"
-    " SELECT * FROM unnest(CAST(:c AS text[]), CAST(:k AS text[]), CAST(:at AS timestamptz[]))"
-    " ON CONFLICT (customer_id, kind) DO UPDATE SET due_at = EXCLUDED.due_at"
-)
-CLEAR_DUES = text(
-    "DELETE FROM due_changes d USING unnest(CAST(:c AS text[]), CAST(:k AS text[])) AS u(c, k)"
-    " WHERE d.customer_id = u.c AND d.kind = u.k"
-)
-# in the batch's order: the relay publishes triggers in id order
-INSERT_OUTBOX = text(
-    "INSERT INTO outbox (customer_id, payload, created_at, partition)"
-    " SELECT u.c, u.p::jsonb, :now, u.k"
-    " FROM unnest(CAST(:c AS text[]), CAST(:p AS text[]), CAST(:k AS int[])) WITH ORDINALITY AS u(c, p, k, n)"
-    " ORDER BY u.n"
-)
-# the payload as the text jsonb prints (compact, keys in jsonb's order): published as it is, not
-# decoded and encoded again
-SELECT_OUTBOX_ALL = text("SELECT id, customer_id, payload::text AS payload FROM outbox ORDER BY id LIMIT :n")
-SELECT_OUTBOX_OF = text(
-    "SELECT id, customer_id, payload::text AS payload FROM outbox"
-    " WHERE partition = ANY(CAST(:mine AS int[])) OR partition IS NULL OR partition >= :count"
-    " ORDER BY id LIMIT :n"
-)
-DELETE_OUTBOX = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
-CLAIM_EVENT_IDS = text(
-    "INSERT INTO processed_events (customer_id, event_id, processed_at)"
-    " SELECT c, e, now() FROM unnest(CAST(:c AS text[]), CAST(:e AS text[])) AS u(c, e)"  # wall time: retention
-    " ON CONFLICT DO NOTHING RETURNING customer_id, event_id"
-)
-
-
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -277,13 +255,9 @@ async def _claim_event_ids(conn: AsyncConnection, events: Iterable[Event]) -> se
 async def _lock_states(
     conn: AsyncConnection, customer_ids: set[str], skip_locked: bool = False
 ) -> dict[str, CustomerState]:
-    suffix = " SKIP LOCKED" if skip_locked else ""
     rows = (
         await conn.execute(
-            text(
-                "SELECT customer_id, state FROM customers WHERE customer_id = ANY(:ids)"
-                f" ORDER BY customer_id FOR UPDATE{suffix}"
-            ),
+            LOCK_STATES_SKIP_LOCKED if skip_locked else LOCK_STATES,
             {"ids": sorted(customer_ids)},
         )
     ).all()
