@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lifecycle.clock import make_clock
 from lifecycle.consuming import TopicWorker, run_phases, run_task
 from lifecycle.db.engine import make_engine
+from lifecycle.db.notify import OUTBOX_CHANNEL, Listener
 from lifecycle.db.retention import prune
 from lifecycle.events import Event
 from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
@@ -95,13 +96,16 @@ async def serve(settings: Settings) -> None:
 
     # the relay in a task of its own: publishing never waits for a batch, nor a batch for the broker
     relaying = asyncio.create_task(run_task("relay", relay, stop, relay_wake, RELAY_IDLE_SECONDS, count_error))
+    # another stager's time-driven changes may write triggers for this one's partitions: it notifies
+    listening = asyncio.create_task(Listener(settings.database_url, OUTBOX_CHANNEL, relay_wake.set, stop,
+                                             "lifecycle-stager").run())
     try:
         await run_phases([("events", worker.poll_once), ("due", due_changes), ("housekeeping", housekeeping)],
                          stop, count_error)
     finally:
         log.info("stager stopping: batch committed, closing Kafka clients")
         stop.set()
-        await asyncio.gather(relaying, return_exceptions=True)
+        await asyncio.gather(relaying, listening, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
         server.should_exit = True
@@ -109,8 +113,9 @@ async def serve(settings: Settings) -> None:
         await engine.dispose()
 
 
-# How often a relay with nothing to publish looks again without being woken: for the rows another
-# stager's time-driven changes wrote for this stager's partitions.
+# How often a relay with nothing to publish looks again without being woken (by this stager's own
+# batches, or by another stager's NOTIFY when its time-driven changes wrote rows for this one's
+# partitions): the notification is a hint, this poll is what never misses a row.
 RELAY_IDLE_SECONDS = 0.2
 
 

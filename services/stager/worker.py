@@ -28,6 +28,7 @@ from lifecycle.clock import Clock
 from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
 from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
+from lifecycle.db.notify import OUTBOX_CHANNEL, notify
 from lifecycle.events import Event
 from services.stager import metrics
 from services.stager.facts import record_facts
@@ -163,6 +164,9 @@ class StagerStore:
                 changes.add(decision)
                 metrics.record_transition(before, state.stage)
             await changes.save(conn, now, self.partitions)
+            if changes.triggers:
+                # these customers' partitions may be another stager's: its relay is woken at the commit
+                await conn.execute(notify(OUTBOX_CHANNEL))
         return len(rows)
 
     async def sweep_fences(self) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from devstack.postgres import reset_database
 from devstack.smtp_sink import mail_dir, read_messages
 from lifecycle.clock import ManualClock, set_virtual_time
 from lifecycle.core.triggers import Trigger, TriggerType
+from lifecycle.db.notify import OUTBOX_CHANNEL, Listener
 from lifecycle.db.retention import (
     PRUNE_MESSAGE_BODIES,
     PRUNE_PROCESSED_EVENTS,
@@ -281,6 +283,41 @@ async def test_each_stager_relays_the_triggers_of_its_partitions_holding_no_tran
         for partition in partitions:
             mine = list(dict.fromkeys(c for c in broker.published if stored.get(c) == partition))
             assert mine == [c for c in customers if stored[c] == partition]
+
+
+async def test_a_time_driven_change_with_triggers_wakes_every_relay_at_its_commit(
+        scratch: Settings, engine: AsyncEngine) -> None:
+    # its customer's partition may be another stager's: that relay must not wait for its next look
+    clock = ManualClock(START)
+    stager = StagerStore(engine, clock, rule_config(scratch), partitions=4)
+    await stager.apply_events([
+        _event("c-wake", "customer_signed_up", START, traits={"email": "wake@example.com", "consent": "opted_in"}),
+        _event("c-wake", "cart_updated", START, properties={
+            "cart_id": "k-wake", "currency": "EUR", "value": 20, "items": [
+                {"product_id": "p1", "name": "Shirt", "quantity": 1, "price": 20}]})])
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM outbox"))
+    woken: list[int] = []
+    stop = asyncio.Event()
+    listener = Listener(scratch.database_url, OUTBOX_CHANNEL, lambda: woken.append(1), stop, "lifecycle-test")
+    listening = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 30)
+        deadline = time.monotonic() + 30
+        while not woken:  # the wake-up every (re)connection gives
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        clock.set(START + timedelta(minutes=scratch.cart_abandon_minutes + 1))
+        assert await stager.apply_due_changes(100) >= 1
+        async with engine.connect() as conn:
+            written = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
+        assert written and written >= 1
+        while len(woken) < 2:
+            assert time.monotonic() < deadline, "no notification for the outbox rows"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await listening
 
 
 # --- scoped event ids, the frequency cap's index -------------------------------------------------
