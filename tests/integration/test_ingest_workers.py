@@ -23,6 +23,7 @@ from sqlalchemy import text
 from devstack import service_env
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
@@ -108,15 +109,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def _wait_for(condition: object, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} within {seconds} s")
-
-
 async def test_workers_share_one_port_and_one_metrics_endpoint_and_a_dead_one_is_replaced(
         pipeline: Settings, runner: ScenarioRunner) -> None:
     await runner.configure(Path(__file__), {})
@@ -136,7 +128,7 @@ async def test_workers_share_one_port_and_one_metrics_endpoint_and_a_dead_one_is
         # a worker killed outright: its counts stay in the sum, and another takes its place
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        await _wait_for(lambda: victim not in ingest.workers() and len(ingest.workers()) == 2,
+        await until(lambda: victim not in ingest.workers() and len(ingest.workers()) == 2,
                         "a new worker in the dead one's place")
         await ingest.wait_ready()
         for n in range(10, 20):
@@ -162,7 +154,7 @@ async def test_the_workers_end_with_their_parent_even_when_it_is_killed(pipeline
         workers = ingest.workers()
         ingest.process.kill()
         ingest.process.wait(10)
-        await _wait_for(lambda: not any(_alive(pid) for pid in workers), "every worker gone after its parent")
+        await until(lambda: not any(_alive(pid) for pid in workers), "every worker gone after its parent")
         with socket.socket() as probe:  # and the port is free again
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", ingest.settings.ingest_port))

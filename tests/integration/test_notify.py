@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy import text
@@ -13,16 +12,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from lifecycle.db.notify import Listener, notify
 from lifecycle.settings import Settings
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 CHANNEL = "lifecycle_test_wakeups"
-
-
-async def _until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {seconds} s"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_committed_notification_wakes_the_listener_and_a_rolled_back_one_does_not(infra: Settings) -> None:
@@ -34,7 +27,7 @@ async def test_a_committed_notification_wakes_the_listener_and_a_rolled_back_one
     engine = create_async_engine(infra.database_url)
     try:
         await asyncio.wait_for(listener.connected.wait(), 30)
-        await _until(lambda: len(woken) == 1, "the wake-up for what was missed before listening")
+        await until(lambda: len(woken) == 1, "the wake-up for what was missed before listening")
         async with engine.connect() as conn:
             transaction = await conn.begin()
             await conn.execute(notify(CHANNEL))
@@ -46,7 +39,7 @@ async def test_a_committed_notification_wakes_the_listener_and_a_rolled_back_one
         async with engine.begin() as conn:
             await conn.execute(notify(CHANNEL))
         # notifications arrive in commit order: once the second is here, a rolled-back one would be too
-        await _until(lambda: len(woken) >= 3, "the two committed notifications")
+        await until(lambda: len(woken) >= 3, "the two committed notifications")
         assert len(woken) == 3
 
         # the backend terminated (as the fault harness does): the listener connects again and wakes once
@@ -55,11 +48,11 @@ async def test_a_committed_notification_wakes_the_listener_and_a_rolled_back_one
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE application_name = 'lifecycle-test-listener'"))).scalar()
         assert ended == 1
-        await _until(lambda: len(woken) >= 4, "the wake-up after reconnecting")
+        await until(lambda: len(woken) >= 4, "the wake-up after reconnecting")
         await asyncio.wait_for(listener.connected.wait(), 30)
         async with engine.begin() as conn:
             await conn.execute(notify(CHANNEL))
-        await _until(lambda: len(woken) >= 5, "a notification after reconnecting")
+        await until(lambda: len(woken) >= 5, "a notification after reconnecting")
         assert len(woken) == 5
     finally:
         stop.set()

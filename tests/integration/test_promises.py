@@ -11,7 +11,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,7 @@ from lifecycle.templates import Templates
 from services.dispatcher.rendering import Renderer
 from services.dispatcher.worker import RECIPIENTS_SQL, DispatcherStore
 from services.stager.worker import StagerStore, partition_of, rule_config
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
@@ -303,18 +303,13 @@ async def test_a_time_driven_change_with_triggers_wakes_every_relay_at_its_commi
     listening = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.connected.wait(), 30)
-        deadline = time.monotonic() + 30
-        while not woken:  # the wake-up every (re)connection gives
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await until(lambda: bool(woken), "the wake-up every (re)connection gives")
         clock.set(START + timedelta(minutes=scratch.cart_abandon_minutes + 1))
         assert await stager.apply_due_changes(100) >= 1
         async with engine.connect() as conn:
             written = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
         assert written and written >= 1
-        while len(woken) < 2:
-            assert time.monotonic() < deadline, "no notification for the outbox rows"
-            await asyncio.sleep(0.05)
+        await until(lambda: len(woken) >= 2, "a notification for the outbox rows")
     finally:
         stop.set()
         await listening
