@@ -242,11 +242,19 @@ def _java() -> str:
     return java
 
 
+def new_cluster_id() -> str:
+    """A base64url-encoded 16-byte UUID without padding, as Kafka's own: never starting with "-", which
+    the storage tool would read as an option (about one id in 64 otherwise)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(settings: Settings, java: str, lib: Path, props: Path) -> None:
     if (data_dir(settings) / "meta.properties").exists():
         return
-    # A Kafka cluster id is a base64url-encoded 16-byte UUID without padding.
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = new_cluster_id()
     argv = [java, "-Xmx256m", "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
             "-t", cluster_id, "-c", str(props)]  # fmt: skip
     env = dict(os.environ, KAFKA_LOG4J_OPTS="")
