@@ -14,7 +14,7 @@ from jinja2 import Template, TemplateNotFound, TemplateSyntaxError
 
 from lifecycle.templates.errors import Rendered, TemplateError
 from lifecycle.templates.formatting import FORMAT_LOCALE_KEY, format_locale_for
-from lifecycle.templates.html import compile_mjml
+from lifecycle.templates.converted import ConvertedCache
 from lifecycle.templates.jinja import (
     MJML_SUFFIX,
     TEXT_SUFFIX,
@@ -28,7 +28,7 @@ from lifecycle.templates.jinja import (
 from lifecycle.templates.links import UNTRACKED, Links
 from lifecycle.templates.locales import locale_folders, normalize_locale, pick_locale
 from lifecycle.templates.samples import SAMPLE_SHOP_URL, sample_contexts
-from lifecycle.templates.text import mjml_to_text, unknown_elements
+from lifecycle.templates.text import unknown_elements
 
 # the package's folder: the shipped templates sit beside this module
 BUILTIN_DIR = Path(__file__).parent
@@ -57,6 +57,7 @@ class Templates:
         self._strings: dict[str, dict[str, Any]] = {}
         self._locale_dirs: dict[str, str] | None = None
         self._locales_of: dict[str, list[str]] = {}
+        self.converted = ConvertedCache()
 
     # --- where templates are -------------------------------------------------------------------
 
@@ -198,13 +199,14 @@ class Templates:
         preheader = _one_line(render_template(path, compiled.preheader, values)) if compiled.preheader else ""
         values["subject"], values["preheader"] = subject, preheader
         mjml = links.track_hrefs(render_template(path, compiled.body, values))
-        html = compile_mjml(path, mjml)
+        html, from_mjml = self.converted.convert(path, mjml, links.issued(), with_text=compiled.text is None)
         if compiled.text is not None:
             text_path = compiled.text_path or path
             text = render_template(text_path, compiled.text, values).strip() + "\n"
         else:
             text_path = path
-            text = mjml_to_text(mjml)
+            assert from_mjml is not None
+            text = from_mjml
         if not text.strip():
             raise TemplateError(text_path, 1, "the text part is empty")
         return Rendered(subject=subject, html=html, text=text, locale=locale, preheader=preheader)

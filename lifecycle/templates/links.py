@@ -134,6 +134,10 @@ class Links:
 
         return _HREF.sub(replace, markup)
 
+    def issued(self) -> set[str]:
+        """Every URL this message's links resolved to: tracked URLs and the untracked ones."""
+        return set(self._final)
+
     def collected(self) -> list[dict[str, str]]:
         """The message's tracked links in index order: what `sends.links` stores."""
         return [dict(link) for link in self._collected]
