@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from time import monotonic
@@ -21,7 +21,7 @@ from lifecycle.db.schema import journey_runs
 from services.dispatcher import metrics, offers
 from services.dispatcher.compose import MessageSpec
 from services.dispatcher.sql import DUE_RUNS, RECIPIENTS_SQL
-from services.dispatcher.store_base import Outgoing, _Claim, _Planned, _run_from_row
+from services.dispatcher.store_base import _PENDING_COUNTS, Outgoing, _Claim, _Planned, _run_from_row, count
 from services.dispatcher.writes import ClaimWrites
 
 log = logging.getLogger("lifecycle.dispatcher")
@@ -51,12 +51,7 @@ class ClaimSteps(ClaimWrites):
             by_run = await self._run_journeys(conn, runs, current)
             recipients = await self._recipients(conn, sorted({r.customer_id for r in rows}), now)
             claim = _Claim(str(uuid.uuid4()), claimed_at + self.settings.send_lease_seconds, now)
-            planned: list[_Planned] = []
-            for row, run in zip(rows, runs, strict=True):
-                found = await self._isolated(conn, row.customer_id, run, now, self._plan(
-                    conn, row.customer_id, run, by_run[run.run_id], recipients, claim))
-                if isinstance(found, _Planned):
-                    planned.append(found)
+            planned = await self._plan_all(conn, list(zip(rows, runs, strict=True)), by_run, recipients, claim)
             started = monotonic()
             composed = await self.renderer.compose([p.spec for p in planned]) if planned else []
             if planned:
@@ -76,6 +71,40 @@ class ClaimSteps(ClaimWrites):
                                             self._record(conn, [(plan, email)], claim))
                 outgoing.extend(sent or [])
         return outgoing
+
+    async def _plan_all(self, conn: AsyncConnection, due: list[tuple[Any, Run]],
+                        by_run: dict[int, tuple[int | None, Journey | None]],
+                        recipients: dict[str, tuple[dict[str, Any], Recipient]], claim: _Claim) -> list[_Planned]:
+        """Every run's step decided in one savepoint. If a run fails there, that is undone and the runs
+        are decided again one by one, each in a savepoint of its own, so that the one failing is marked
+        failed and the others go on (a savepoint per run costs two statements a run, every time)."""
+        pending: list[Callable[[], None]] = []
+        reset = _PENDING_COUNTS.set(pending)
+        try:
+            async with conn.begin_nested():
+                # a copy: the frequency cap's counts of this attempt must not stay if it is undone
+                together = dict(recipients)
+                planned = [found for row, run in due if (found := await self._plan(
+                    conn, row.customer_id, run, by_run[run.run_id], together, claim)) is not None]
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("deciding the claim's steps together failed (%s: %s); deciding them run by run",
+                        type(exc).__name__, exc)
+        else:
+            recipients.update(together)
+            for increment in pending:
+                increment()
+            return planned
+        finally:
+            _PENDING_COUNTS.reset(reset)
+        planned = []
+        for row, run in due:
+            found = await self._isolated(conn, row.customer_id, run, claim.now, self._plan(
+                conn, row.customer_id, run, by_run[run.run_id], recipients, claim))
+            if isinstance(found, _Planned):
+                planned.append(found)
+        return planned
 
     async def _isolated(self, conn: AsyncConnection, customer_id: str, run: Run, now: datetime,
                         work: Awaitable[T]) -> T | None:
@@ -116,7 +145,7 @@ class ClaimSteps(ClaimWrites):
             # quiet hours: the same step falls due again when they end; nothing is recorded as sent
             await conn.execute(update(journey_runs).where(journey_runs.c.run_id == run.run_id)
                                .values(due_at=decision.until, version_id=version_id, step_id=step.id))
-            metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="deferred").inc()
+            count(metrics.SENDS.labels(journey=journey.name, step=str(step.number), result="deferred"))
             return None
         message_id = self._message_id(run.run_id, step.number)
         assert run.due_at is not None
@@ -127,8 +156,8 @@ class ClaimSteps(ClaimWrites):
         }
         if not isinstance(decision, SendNow):
             values.update(status="skipped", reason=decision.reason)
-            metrics.SENDS.labels(journey=journey.name, step=str(step.number),
-                                 result=f"skipped:{decision.reason.split(':')[0]}").inc()
+            count(metrics.SENDS.labels(journey=journey.name, step=str(step.number),
+                                       result=f"skipped:{decision.reason.split(':')[0]}"))
             await self._write_step(conn, run, journey, version_id, index, values)
             return None
         assert recipient.email is not None

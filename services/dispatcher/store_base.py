@@ -3,9 +3,11 @@ it reads, and the records a claim passes from planning to writing and on to SMTP
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -16,6 +18,24 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys
 from services.dispatcher.compose import MessageSpec
 from services.dispatcher.rendering import Renderer
+
+
+class _Incrementable(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+# While a claim decides its runs together, what they count waits here: if one run fails, they are
+# decided again one by one, and a count made in the attempt that was undone must not stay.
+_PENDING_COUNTS: ContextVar[list[Callable[[], None]] | None] = ContextVar("pending_counts", default=None)
+
+
+def count(counter: _Incrementable) -> None:
+    """`counter.inc()`, or once the claim's decisions are kept."""
+    pending = _PENDING_COUNTS.get()
+    if pending is None:
+        counter.inc()
+    else:
+        pending.append(counter.inc)
 
 
 @dataclass(frozen=True)

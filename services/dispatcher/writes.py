@@ -17,7 +17,7 @@ from lifecycle.db.schema import journey_runs, sends
 from services.dispatcher import metrics
 from services.dispatcher.rendering import Composed, ComposeFailure
 from services.dispatcher.sql import INSERT_SENDS, MOVE_RUNS_ON, SEND_COLUMNS
-from services.dispatcher.store_base import Outgoing, StoreBase, _Claim, _Planned
+from services.dispatcher.store_base import Outgoing, StoreBase, _Claim, _Planned, count
 
 log = logging.getLogger("lifecycle.dispatcher")
 
@@ -79,7 +79,7 @@ class ClaimWrites(StoreBase):
             ("run_id", "status", "step_index", "due_at", "version_id", "step_id", "ended_at"))})
         for (run, _, _, _), move in zip(runs, moves, strict=True):
             if move[1] == "completed":
-                metrics.RUNS_ENDED.labels(journey=run.journey, outcome="completed").inc()
+                count(metrics.RUNS_ENDED.labels(journey=run.journey, outcome="completed"))
 
     async def _write_step(self, conn: AsyncConnection, run: Run, journey: Journey, version_id: int | None,
                           index: int, values: dict[str, Any]) -> int | None:
@@ -96,4 +96,4 @@ class ClaimWrites(StoreBase):
             update(journey_runs).where(journey_runs.c.run_id == run.run_id)
             .values(status=status, exit_reason=reason, ended_at=now, due_at=None, step_index=None)
         )
-        metrics.RUNS_ENDED.labels(journey=run.journey, outcome=status).inc()
+        count(metrics.RUNS_ENDED.labels(journey=run.journey, outcome=status))

@@ -203,6 +203,51 @@ async def test_a_run_that_cannot_be_processed_fails_alone_and_the_batch_goes_on(
     assert rows == {"c-bad-1": "failed:version_unusable", "c-bad-2": "exited:step_removed:1"}
 
 
+async def test_a_run_whose_decision_raises_is_decided_alone_and_nothing_is_counted_twice(
+        scratch: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    clock = ManualClock(START)
+    store = _store(scratch, engine, clock)
+    customers = ["c-plan-ok", "c-plan-bug", "c-plan-out"]
+    for customer in customers:
+        await _play(engine, scratch, clock, [_event(customer, "customer_signed_up", START, traits={
+            "email": f"{customer}@example.com", "consent": "opted_in"})], store)
+    async with engine.begin() as conn:
+        # opted out since its run started: its step is skipped, and that skip is counted once
+        await conn.execute(text("UPDATE customers SET consent = 'opted_out' WHERE customer_id = 'c-plan-out'"))
+
+    def skipped() -> float:
+        return sum(sample.value for metric in REGISTRY.collect() if metric.name == "lifecycle_dispatcher_sends"
+                   for sample in metric.samples if sample.name.endswith("_total")
+                   and sample.labels.get("result", "").startswith("skipped"))
+
+    extras = DispatcherStore._extras
+    tried: list[str] = []
+
+    async def a_bug_for_one(self: DispatcherStore, conn: Any, journey: Any, run: Any, step: Any, customer_id: str,
+                            *args: Any) -> dict[str, Any]:
+        tried.append(customer_id)
+        if customer_id == "c-plan-bug":
+            raise ValueError("a bug this customer meets")
+        return await extras(self, conn, journey, run, step, customer_id, *args)
+
+    monkeypatch.setattr(DispatcherStore, "_extras", a_bug_for_one)
+    before = skipped()
+    sent = await store.claim_due_steps(10)
+    assert [o.customer_id for o in sent] == ["c-plan-ok"]
+    assert skipped() - before == 1
+    assert tried.count("c-plan-bug") == 2  # together, then alone
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(text(
+            "SELECT r.customer_id, r.status || ':' || coalesce(r.exit_reason, '') FROM journey_runs r"
+            " WHERE r.customer_id = ANY(:c)"), {"c": customers})).all())
+        sends = (await conn.execute(text("SELECT customer_id, status FROM sends WHERE customer_id = ANY(:c)"
+                                         " ORDER BY customer_id"), {"c": customers})).all()
+    assert rows["c-plan-bug"] == "failed:error: ValueError: a bug this customer meets"
+    assert [tuple(s) for s in sends] == [("c-plan-ok", "sending"), ("c-plan-out", "skipped")]
+
+
 async def test_a_claim_whose_batched_write_fails_is_written_run_by_run(
         scratch: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = ManualClock(START)
