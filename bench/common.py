@@ -35,7 +35,7 @@ ISSUE_KEYS: tuple[str, ...] = (
     "ingest_events_per_s", "ingest_raw_per_s", "ingest_ratio",
     "stager_events_per_s",
     "dispatcher_emails_per_s", "smtp_raw_per_s", "dispatcher_ratio",
-    "dispatcher_dkim_ratio",
+    "dispatcher_dkim_ratio", "dispatcher_distinct_ratio",
     "latency_p50_s", "latency_p99_s",
     "tick_10k_s", "tick_1m_s", "tick_ratio",
     "replicas_2_emails_per_s", "replicas_2_duplicates",

@@ -25,10 +25,10 @@ def _item(n: int, quantity: int = 1) -> dict[str, Any]:
     return {"product_id": product_id, "name": name, "quantity": quantity, "price": price}
 
 
-def signup(customer_id: str, at: datetime, consent: str = "opted_in") -> dict[str, Any]:
+def signup(customer_id: str, at: datetime, consent: str = "opted_in", first_name: str = "Bench") -> dict[str, Any]:
     return {"event_id": f"{customer_id}-signup", "type": "customer_signed_up", "customer_id": customer_id,
             "occurred_at": _at(at),
-            "traits": {"email": f"{customer_id}@example.com", "first_name": "Bench", "consent": consent}}
+            "traits": {"email": f"{customer_id}@example.com", "first_name": first_name, "consent": consent}}
 
 
 def mixed_customer(customer_id: str, start: datetime, seed: int) -> list[dict[str, Any]]:
