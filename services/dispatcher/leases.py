@@ -78,13 +78,13 @@ class SendLeases(StoreBase):
         return go, skipped
 
     async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return list((await conn.execute(text(sql), params)).all())
 
     # --- after SMTP: each outcome is one transaction, fenced by the claim's token (docs/sending.md) --
 
     async def _update_held(self, item: Outgoing, values: str, params: dict[str, Any] | None = None) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.autocommit.connect() as conn:
             result = await conn.execute(
                 text(UPDATE_HELD_SQL.format(values=values)),
                 {"id": item.send_id, "token": item.lease_token, **(params or {})},
@@ -96,13 +96,13 @@ class SendLeases(StoreBase):
         return item.send_id in await self.mark_sent_many([item])
 
     async def mark_sent_many(self, items: list[Outgoing]) -> set[int]:
-        """The 250s of several sends in one transaction, each fenced by its own claim's token.
+        """The 250s of several sends in one statement, each fenced by its own claim's token.
 
         Returns the send ids recorded; a send missing from it was no longer ours. The time between a
         250 and this commit is the window in which a crash sends twice (docs/sending.md)."""
         if not items:
             return set()
-        async with self.engine.begin() as conn:
+        async with self.autocommit.connect() as conn:  # one UPDATE: committed as it returns
             rows = await conn.execute(
                 text(MARK_SENT_SQL),
                 {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]},

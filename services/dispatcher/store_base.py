@@ -93,6 +93,9 @@ class StoreBase:
     # patches one on DispatcherStore changes what the others call
     settings: Settings
     engine: AsyncEngine
+    # the same pool, for single statements: no BEGIN and COMMIT round trips around them (one statement
+    # is atomic and durable on its own)
+    autocommit: AsyncEngine
     clock: Clock
     catalog: JourneyCatalog
     renderer: Renderer

@@ -57,6 +57,7 @@ class DispatcherStore(TriggerHandling, ClaimSteps, SendLeases):
                  renderer: Renderer) -> None:
         self.settings = settings
         self.engine = engine
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = clock
         self.catalog = catalog
         self.renderer = renderer
