@@ -1,6 +1,7 @@
-"""dispatcher_emails_per_s, smtp_raw_per_s, dispatcher_ratio, dispatcher_dkim_ratio: 5,000 due sends
-already in PostgreSQL, delivered to the sink by one dispatcher, against a plain aiosmtplib loop sending
-the same messages to the same sink over as many connections (smtp_pool_size).
+"""dispatcher_emails_per_s, smtp_raw_per_s, dispatcher_ratio, dispatcher_distinct_ratio,
+dispatcher_dkim_ratio: 5,000 due sends already in PostgreSQL, delivered to the sink by one dispatcher,
+against a plain aiosmtplib loop sending the same messages to the same sink over as many connections
+(smtp_pool_size).
 
 The due sends are made by the services' own code, in this process, with every service stopped: the
 stager's StagerStore.apply_events takes one opted-in sign-up per customer (customers rows, outbox

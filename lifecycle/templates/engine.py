@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from jinja2 import Template, TemplateNotFound, TemplateSyntaxError
 
+from lifecycle.templates.converted import ConvertedCache
 from lifecycle.templates.errors import Rendered, TemplateError
 from lifecycle.templates.formatting import FORMAT_LOCALE_KEY, format_locale_for
-from lifecycle.templates.converted import ConvertedCache
 from lifecycle.templates.jinja import (
     MJML_SUFFIX,
     TEXT_SUFFIX,
