@@ -133,7 +133,9 @@ class Delivery:
         renderer = self.renderer
 
         async def sign(item: Outgoing) -> bytes:
-            return await renderer.sign(item.message)
+            # a first attempt was signed with its composing, moments ago; a retry or a take-over is
+            # signed now (the key configured now, the time it goes)
+            return item.signed if item.signed is not None else await renderer.sign(item.message)
 
         postponed = await self.sender.run(
             batch, record, budget=max(1.0, settings.send_lease_seconds / 2),

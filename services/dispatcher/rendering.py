@@ -47,6 +47,8 @@ class Composed:
     message: bytes
     subject: str
     links: list[dict[str, str]]
+    # with DKIM on: the message signed as it was composed, for its first attempt (retries sign again)
+    signed: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ class _Tools:
             except TemplateError as exc:
                 found.append(ComposeFailure(str(exc.path), exc.line, exc.message))
             else:
-                found.append(Composed(message_bytes(email.message), str(email.message["Subject"]), email.links))
+                message = message_bytes(email.message)
+                signed = self.signer.sign(message) if self.signer is not None else None
+                found.append(Composed(message, str(email.message["Subject"]), email.links, signed))
         return found
 
     def sign(self, messages: Sequence[bytes], at: datetime | None = None) -> list[bytes]:

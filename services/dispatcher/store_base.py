@@ -70,6 +70,7 @@ class Outgoing:
     lease_token: str  # the claim's fencing token: every change after SMTP names it
     lease_deadline: float  # monotonic() by which our lease may have run out
     audience: SendAudience  # what the run's journey version accepts (checked again before SMTP)
+    signed: bytes | None = None  # `message` DKIM-signed when it was composed (first attempts only)
 
 
 def _run_from_row(row: Any) -> Run:

@@ -59,7 +59,7 @@ class ClaimWrites(StoreBase):
             if send_id is not None and isinstance(email, Composed):
                 outgoing.append(Outgoing(send_id, plan.spec.to_address, email.message, plan.journey.name,
                                          plan.step.number, str(plan.values["customer_id"]), claim.token,
-                                         claim.lease_deadline, SendAudience.of(plan.journey)))
+                                         claim.lease_deadline, SendAudience.of(plan.journey), email.signed))
         return outgoing
 
     async def _move_on(self, conn: AsyncConnection, runs: list[tuple[Run, Journey, int | None, int]],

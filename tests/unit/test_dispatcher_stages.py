@@ -88,7 +88,16 @@ def test_workers_sign_with_the_key_they_loaded(tmp_path: Path) -> None:
     finally:
         renderer.close()
     assert renderer.signs and signed.startswith(b"DKIM-Signature:")
-    assert dkim.verify(signed, dnsfunc=dns_stub(dns_txt_record(pem), "s1", "shop.example"))
+    dns = dns_stub(dns_txt_record(pem), "s1", "shop.example")
+    assert dkim.verify(signed, dnsfunc=dns)
+    # composing signs too, in the same task: the first attempt goes with that signature, and what
+    # is stored stays unsigned
+    assert composed.signed is not None
+    assert composed.signed.endswith(b"\r\n".join(composed.message.splitlines()) + b"\r\n")
+    assert composed.signed.startswith(b"DKIM-Signature:") and dkim.verify(composed.signed, dnsfunc=dns)
+    assert not composed.message.startswith(b"DKIM-Signature:")
+    unsigned = asyncio.run(Renderer(SETTINGS, workers=0).compose([spec()]))[0]
+    assert isinstance(unsigned, Composed) and unsigned.signed is None  # no key: nothing signed
     assert asyncio.run(Renderer(SETTINGS, workers=0).sign(b"x")) == b"x"  # no key: unchanged
 
 
