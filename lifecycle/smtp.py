@@ -20,6 +20,7 @@ from typing import Literal, Protocol, TypeVar
 
 import aiosmtplib
 
+from lifecycle import smtp_data
 from lifecycle.settings import Settings
 
 log = logging.getLogger("lifecycle.smtp")
@@ -34,6 +35,8 @@ IDLE_CHECK_SECONDS = 5.0
 MESSAGES_PER_CONNECTION = 100
 # Domain buckets unused this long are forgotten (they are full again by then anyway).
 DOMAIN_BUCKET_TTL = 300.0
+
+smtp_data.install()  # DATA without regular expressions over messages already in wire form
 
 
 # --- configuration ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import TypeVar
 from lifecycle.dkim import DkimSigner, signer_from_settings
 from lifecycle.runtime import die_with_parent
 from lifecycle.settings import Settings
+from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics
@@ -84,7 +85,7 @@ class _Tools:
             except TemplateError as exc:
                 found.append(ComposeFailure(str(exc.path), exc.line, exc.message))
             else:
-                message = message_bytes(email.message)
+                message = to_wire_form(message_bytes(email.message))  # CRLF: sent as it is stored
                 signed = self.signer.sign(message) if self.signer is not None else None
                 found.append(Composed(message, str(email.message["Subject"]), email.links, signed))
         return found

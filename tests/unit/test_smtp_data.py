@@ -1,0 +1,55 @@
+"""DATA's fast paths (lifecycle/smtp_data.py): the same bytes as aiosmtplib's own regular expressions."""
+
+from __future__ import annotations
+
+import re
+
+import aiosmtplib.protocol
+import aiosmtplib.smtp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lifecycle import smtp_data
+
+# what aiosmtplib 5 does, written out, so the comparison does not depend on the patched module
+_LINE_ENDINGS = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+_PERIOD = re.compile(rb"(?m)^\.")
+
+
+def _normalized(message: bytes) -> bytes:
+    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    return message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+_LINES = st.lists(st.sampled_from([b"a", b".", b"..", b" ", b"\r", b"\n", b"\r\n", b"x.y", b"=", b"\n."]),
+                  max_size=40).map(b"".join)
+
+
+def test_the_fast_paths_are_installed_where_aiosmtplib_calls_them() -> None:
+    assert smtp_data.install()
+    assert isinstance(aiosmtplib.protocol.PERIOD_REGEX, smtp_data._PeriodStuffing)
+    assert aiosmtplib.smtp.normalize_message_line_endings is aiosmtplib.protocol.normalize_message_line_endings
+    assert smtp_data.install()  # twice: still one layer
+    assert not isinstance(aiosmtplib.protocol.PERIOD_REGEX.pattern, smtp_data._PeriodStuffing)
+
+
+@given(_LINES)
+def test_line_endings_are_what_the_regular_expression_makes(message: bytes) -> None:
+    smtp_data.install()
+    assert aiosmtplib.protocol.normalize_message_line_endings(message) == _normalized(message)
+    assert smtp_data.in_wire_form(message) == (message == _normalized(message))
+
+
+@given(_LINES)
+def test_dots_are_stuffed_as_the_regular_expression_stuffs_them(message: bytes) -> None:
+    smtp_data.install()
+    assert aiosmtplib.protocol.PERIOD_REGEX.sub(b"..", message) == _PERIOD.sub(b"..", message)
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b" ", b"\n", b"=", b"b.c"]), max_size=40).map(b"".join))
+def test_a_composed_message_in_wire_form_is_already_what_data_sends(message: bytes) -> None:
+    wire = smtp_data.to_wire_form(message)
+    assert b"\r\n".join(wire.split(b"\r\n")) == wire and wire.replace(b"\r\n", b"\n") == message
+    if message.endswith(b"\n"):
+        assert smtp_data.in_wire_form(wire) and _normalized(wire) == wire
+    assert smtp_data.to_wire_form(b"a\r\nb\n") == b"a\r\nb\n"  # a CR already: left as it is
