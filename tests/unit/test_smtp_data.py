@@ -53,3 +53,28 @@ def test_a_composed_message_in_wire_form_is_already_what_data_sends(message: byt
     if message.endswith(b"\n"):
         assert smtp_data.in_wire_form(wire) and _normalized(wire) == wire
     assert smtp_data.to_wire_form(b"a\r\nb\n") == b"a\r\nb\n"  # a CR already: left as it is
+
+
+@given(st.text(alphabet=st.sampled_from(list('ab@.<> "\r\n\x00é,')), max_size=30))
+def test_an_address_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
+    import aiosmtplib.email
+
+    smtp_data.install()
+    parse = aiosmtplib.email.parse_address
+    assert hasattr(parse, "cache_info") and aiosmtplib.smtp.parse_address is parse
+    original = parse.__wrapped__  # type: ignore[attr-defined]
+    for _ in range(2):  # the second answer from the cache, errors included (never kept)
+        try:
+            expected: str | type[Exception] = original(address)
+        except ValueError:
+            expected = ValueError
+        try:
+            got: str | type[Exception] = parse(address)
+        except ValueError:
+            got = ValueError
+        assert got == expected
+        try:
+            quoted: str | type[Exception] = aiosmtplib.email.quote_address(address)
+        except ValueError:
+            quoted = ValueError
+        assert quoted == (f"<{expected}>" if isinstance(expected, str) else ValueError)
