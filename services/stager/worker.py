@@ -14,7 +14,6 @@ Its SQL, and that of facts.py, is in sql.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -24,6 +23,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lifecycle import jsoncodec
 from lifecycle.clock import Clock
 from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
@@ -239,7 +239,7 @@ class _Changes:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return jsoncodec.dumps(value)
 
 
 def _customer_row(state: CustomerState) -> tuple[Any, ...]:
