@@ -35,6 +35,7 @@ BUILTIN_DIR = Path(__file__).parent
 STRINGS_FILE = "_strings.yaml"
 
 _WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
+_CONVERTED_ALONE = ConvertedCache(size=0)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class Templates:
         values["t"] = self.strings(locale)
         return values, links
 
-    def _render_in(self, name: str, locale: str, context: dict[str, Any]) -> Rendered:
+    def _render_in(self, name: str, locale: str, context: dict[str, Any],
+                   converted: ConvertedCache | None = None) -> Rendered:
         compiled = self._compile(name, locale)
         path = compiled.path
         values, links = self._prepare(context, locale)
@@ -199,7 +201,8 @@ class Templates:
         preheader = _one_line(render_template(path, compiled.preheader, values)) if compiled.preheader else ""
         values["subject"], values["preheader"] = subject, preheader
         mjml = links.track_hrefs(render_template(path, compiled.body, values))
-        html, from_mjml = self.converted.convert(path, mjml, links.issued(), with_text=compiled.text is None)
+        html, from_mjml = (converted or self.converted).convert(path, mjml, links.issued(),
+                                                                with_text=compiled.text is None)
         if compiled.text is not None:
             text_path = compiled.text_path or path
             text = render_template(text_path, compiled.text, values).strip() + "\n"
@@ -243,7 +246,8 @@ class Templates:
                     found[error.key()] = error
             for context in sample_contexts():
                 try:
-                    self._render_in(name, locale, context)
+                    # converted alone: the samples would only take the cache's room from real emails
+                    self._render_in(name, locale, context, _CONVERTED_ALONE)
                 except TemplateError as exc:
                     found.setdefault(exc.key(), exc)
                     if exc.message.startswith(("a template starts", "the front matter", "front matter")):

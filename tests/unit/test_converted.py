@@ -133,3 +133,9 @@ def test_a_conversion_that_rewrites_a_placeholder_is_not_cached(tmp_path: Path,
     html, _ = cache.convert(tmp_path / "t.mjml", f"<p>{url}</p>", {url}, with_text=False)
     assert html == f"<P>{url.upper()}</P>"
     assert not cache._entries
+
+
+def test_checking_templates_keeps_nothing_in_the_cache() -> None:
+    templates = Templates()
+    assert templates.problems("prospect_welcome_1") == []
+    assert not templates.converted._entries and templates.converted.misses == 0
