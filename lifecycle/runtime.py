@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -101,6 +102,25 @@ async def dependencies_ready(engine: AsyncEngine, kafka_check: Callable[[], Awai
         return True
     except Exception:
         return False
+
+
+# A young generation this large is collected a few times a second under load rather than hundreds of
+# times; what a collection finds is garbage of cycles, which a service makes little of.
+YOUNG_GENERATION_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """Once a process has started (modules, templates, schemas, pools loaded): move what it holds out
+    of the collector's sight and collect the young generation less often.
+
+    Measured in the benchmark: the collector took 15% of the ingest API's CPU and 12% of the stager's,
+    mostly full collections going over every object the process loaded at start (about 0.1 s each). The
+    objects loaded at start live as long as the process, and a frozen object is never scanned again.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, max(middle, 20), oldest)
 
 
 def die_with_parent(parent: int, sig: signal.Signals) -> None:

@@ -21,7 +21,14 @@ from lifecycle.journey_catalog import JourneyCatalog, register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
+from lifecycle.runtime import (
+    dependencies_ready,
+    retry_until,
+    settle_heap,
+    stop_on_signals,
+    wait_for_clock,
+    wait_for_database,
+)
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.dispatcher import metrics
@@ -70,6 +77,7 @@ async def serve(settings: Settings) -> None:
     server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
     stop = stop_on_signals()
     await wait_for_clock(clock, stop)
+    settle_heap()
     log.info("dispatcher started: %d journey files, clock %s", len(files), settings.clock)
     last_gauges = 0.0
 

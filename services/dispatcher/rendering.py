@@ -24,7 +24,7 @@ from functools import partial
 from typing import TypeVar
 
 from lifecycle.dkim import DkimSigner, signer_from_settings
-from lifecycle.runtime import die_with_parent
+from lifecycle.runtime import die_with_parent, settle_heap
 from lifecycle.settings import Settings
 from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import TemplateError, Templates
@@ -105,6 +105,7 @@ def _start_worker(settings: Settings, parent: int) -> None:
     die_with_parent(parent, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the dispatcher, which stops the pool
     _worker = _Tools.load(settings)
+    settle_heap()
 
 
 def _compose_in_worker(specs: list[MessageSpec]) -> list[Composed | ComposeFailure]:

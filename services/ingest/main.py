@@ -20,7 +20,7 @@ from lifecycle.journey_catalog import register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import StartupError, retry_until, stop_on_signals, wait_for_database
+from lifecycle.runtime import StartupError, retry_until, settle_heap, stop_on_signals, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app, not_ready_because
@@ -87,6 +87,7 @@ async def _serve(settings: Settings) -> None:
     engine = make_engine(settings, "ingest")
     try:
         app = build_app(settings, engine, await prepare(settings, engine))
+        settle_heap()
         # uvicorn hands a SIGTERM back once it has stopped: to this handler, not to the default one that
         # would end the process there, before the clean-up below and with status 143
         stop_on_signals()

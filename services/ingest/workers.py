@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 
 from lifecycle.db.engine import make_engine
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import StartupError, die_with_parent, setup_logging, stop_on_signals
+from lifecycle.runtime import StartupError, die_with_parent, settle_heap, setup_logging, stop_on_signals
 from lifecycle.settings import Settings
 from services.ingest.main import GRACEFUL_SHUTDOWN_SECONDS, api_config, build_app, prepare
 
@@ -213,6 +213,7 @@ async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> N
     engine = make_engine(settings, "ingest")
     try:
         app = build_app(settings, engine, Templates(settings.journeys_dir, settings.default_locale))
+        settle_heap()
         # uvicorn hands a SIGTERM back once it has stopped: to this handler, so the worker ends cleanly
         stop_on_signals()
         log.info("ingest worker %d serving (pid %d)", slot, os.getpid())

@@ -16,7 +16,14 @@ from lifecycle.db.retention import prune
 from lifecycle.events import Event
 from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import dependencies_ready, retry_until, stop_on_signals, wait_for_clock, wait_for_database
+from lifecycle.runtime import (
+    dependencies_ready,
+    retry_until,
+    settle_heap,
+    stop_on_signals,
+    wait_for_clock,
+    wait_for_database,
+)
 from lifecycle.settings import Settings
 from lifecycle.trusted import decode_trusted_event
 from services.stager import metrics
@@ -67,6 +74,7 @@ async def serve(settings: Settings) -> None:
     server, server_task = start_probe_server(settings.ingest_host, settings.stager_port, ready, settings.clock)
     stop = stop_on_signals()
     await wait_for_clock(clock, stop)
+    settle_heap()
     log.info("stager started: topic %s, group %s, clock %s", settings.events_topic, settings.stager_group,
              settings.clock)
     last_housekeeping = 0.0
