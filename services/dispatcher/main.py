@@ -24,6 +24,7 @@ from lifecycle.probes import start_probe_server
 from lifecycle.runtime import (
     dependencies_ready,
     retry_until,
+    run_service,
     settle_heap,
     stop_on_signals,
     wait_for_clock,
@@ -136,4 +137,4 @@ def _collect(tasks: set[asyncio.Task[None]]) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    run_service(serve(settings))

@@ -20,7 +20,7 @@ from lifecycle.journey_catalog import register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import StartupError, retry_until, settle_heap, stop_on_signals, wait_for_database
+from lifecycle.runtime import StartupError, retry_until, run_service, settle_heap, stop_on_signals, wait_for_database
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app, not_ready_because
@@ -114,9 +114,9 @@ def run(settings: Settings, workers: int | None = None) -> None:
         if count > 1:
             from services.ingest.workers import serve_workers
 
-            asyncio.run(serve_workers(settings, count))
+            run_service(serve_workers(settings, count))
         else:
-            asyncio.run(_serve(settings))
+            run_service(_serve(settings))
     except SystemExit as exc:
         # uvicorn exits this way when a port is taken or start-up failed; it logged why.
         if exc.code not in (0, None):

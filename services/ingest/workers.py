@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 
 from lifecycle.db.engine import make_engine
 from lifecycle.probes import start_probe_server
-from lifecycle.runtime import StartupError, die_with_parent, settle_heap, setup_logging, stop_on_signals
+from lifecycle.runtime import StartupError, die_with_parent, run_service, settle_heap, setup_logging, stop_on_signals
 from lifecycle.settings import Settings
 from services.ingest.main import GRACEFUL_SHUTDOWN_SECONDS, api_config, build_app, prepare
 
@@ -204,7 +204,7 @@ def _local(host: str) -> str:
 def _worker_main(settings: Settings, sock: socket.socket, parent: int, slot: int) -> None:
     die_with_parent(parent, signal.SIGTERM)
     setup_logging(settings.log_format, settings.log_level)
-    asyncio.run(_serve_worker(settings, sock, slot))
+    run_service(_serve_worker(settings, sock, slot))
 
 
 async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> None:

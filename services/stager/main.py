@@ -19,6 +19,7 @@ from lifecycle.probes import start_probe_server
 from lifecycle.runtime import (
     dependencies_ready,
     retry_until,
+    run_service,
     settle_heap,
     stop_on_signals,
     wait_for_clock,
@@ -128,4 +129,4 @@ RELAY_IDLE_SECONDS = 0.2
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    run_service(serve(settings))

@@ -1,13 +1,14 @@
-"""settle_heap: what a service holds after start-up is frozen, and the young generation is collected less often."""
+"""How a service process runs: on uvloop, with what it loaded at start frozen and young collections rarer."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
 import pytest
 
-from lifecycle.runtime import YOUNG_GENERATION_THRESHOLD, settle_heap
+from lifecycle.runtime import YOUNG_GENERATION_THRESHOLD, run_service, settle_heap
 
 
 @pytest.fixture
@@ -38,3 +39,10 @@ def test_cycles_made_after_start_are_still_collected(restored_collector: None) -
     first.other, second.other = second, first
     del first, second
     assert gc.collect() >= 2
+
+
+def test_services_run_on_uvloop() -> None:
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_service(loop_module()).startswith("uvloop")
