@@ -28,9 +28,9 @@ from pathlib import Path
 
 from bench import dispatcher, dkim_sign, ingest, latency, replicas, stager, tick
 from bench.common import PHASES, PIPELINE_CUSTOMERS, PIPELINE_VIEWS, Results, Scale, machine, say, table
-from lifecycle.runtime import settle_heap
 from bench.stack import BenchStack, bench_settings, reset, summarize_profiles
 from devstack import StackError, down, processes, up
+from lifecycle.runtime import settle_heap
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -115,10 +115,13 @@ T = TypeVar("T")
 
 
 class TopicWorker(Generic[T]):
-    """One consumer's loop step: poll, decode, handle, commit; poison to the dead-letter topic."""
+    """One consumer's loop step: poll, decode, handle, commit; poison to the dead-letter topic.
+
+    `decode` gets each message's value and headers."""
 
     def __init__(self, consumer: AIOKafkaConsumer, producer: RenewingProducer, settings: Settings, service: str,
-                 clock: Clock, decode: Callable[[bytes], T], handle: Callable[[list[T]], Awaitable[object]],
+                 clock: Clock, decode: Callable[[bytes, Sequence[tuple[str, bytes]]], T],
+                 handle: Callable[[list[T]], Awaitable[object]],
                  consumed: Counter, unreadable: Counter, dead_lettered: Counter, attempts: int = 3) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -147,7 +150,7 @@ class TopicWorker(Generic[T]):
         try:
             for tp, record in records:
                 try:
-                    decoded.append((tp, record, self.decode(record.value)))
+                    decoded.append((tp, record, self.decode(record.value, record.headers)))
                 except Exception as exc:  # a message nobody can read is poison at once
                     self.unreadable.inc()
                     await self._dead_letter(tp, record, f"unreadable: {exc}", 1)

@@ -23,6 +23,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter, Gauge
 
 from lifecycle.events import Event
+from lifecycle.seal import Seal
 from lifecycle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,12 @@ class RenewingProducer:
         await asyncio.gather(*self._retired, return_exceptions=True)
         await self._current.stop()
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
         if self._renewing is not None:
             await asyncio.shield(self._renewing)
         producer = self._current
-        delivery = await producer.send(topic, value=value, key=key)
+        delivery = await producer.send(topic, value=value, key=key, headers=headers)
         return asyncio.ensure_future(self._delivered(producer, delivery))
 
     async def _delivered(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> Any:
@@ -186,8 +188,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: str, events: Sequence[Event]) -> None:
-    """Send every event (key = customer_id) and return once Kafka acknowledged all of them.
+async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: str, events: Sequence[Event],
+                         seal: Seal | None = None) -> None:
+    """Send every event (key = customer_id) and return once Kafka acknowledged all of them. With a
+    `seal`, each message carries it: only events that went through validation are published.
 
     Raises the first failure. On failure or cancellation some events may still have been
     written; that is fine because consumers deduplicate on event_id.
@@ -196,7 +200,9 @@ async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: s
     try:
         # Queue everything first so the records share batches, then wait for all acks.
         for event in events:
-            futures.append(await producer.send(topic, value=event.to_message(), key=event.customer_id.encode("utf-8")))
+            value = event.to_message()
+            futures.append(await producer.send(topic, value=value, key=event.customer_id.encode("utf-8"),
+                                               headers=seal.headers(value) if seal is not None else None))
         await asyncio.gather(*futures)
     except BaseException:
         for future in futures:

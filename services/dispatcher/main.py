@@ -69,7 +69,8 @@ async def serve(settings: Settings) -> None:
     producer = make_renewing_producer(settings)  # the dead-letter topic
     await retry_until("Kafka consumer", consumer.start)
     await retry_until("Kafka producer", producer.start)
-    worker = TopicWorker(consumer, producer, settings, "dispatcher", clock, Trigger.from_message,
+    worker = TopicWorker(consumer, producer, settings, "dispatcher", clock,
+                         lambda value, _headers: Trigger.from_message(value),
                          store.handle_triggers, metrics.TRIGGERS, metrics.UNREADABLE, metrics.DEAD_LETTERED)
 
     async def ready() -> bool:

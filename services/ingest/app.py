@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifecycle.clock import Clock
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
+from lifecycle.seal import Seal
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
@@ -414,6 +415,8 @@ def create_app(
 
     app.add_exception_handler(405, method_not_allowed)
 
+    seal = Seal.from_settings(settings)  # the stager reads sealed events without checking them again
+
     async def publish(events: Sequence[Event], *, timeout: float | None = None) -> None:
         """The one way events reach Kafka (API, link pages, tracking); PublishFailed if not acknowledged."""
         producer = runtime.producer
@@ -422,7 +425,7 @@ def create_app(
         started = time.perf_counter()
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS if timeout is None else timeout):
-                await publish_events(producer, settings.events_topic, events)
+                await publish_events(producer, settings.events_topic, events, seal)
         except (KafkaError, OSError, TimeoutError) as exc:
             metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_UNAVAILABLE).inc(len(events))
             log.warning("publishing %d events failed: %s", len(events), str(exc) or type(exc).__name__)

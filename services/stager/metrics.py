@@ -7,6 +7,14 @@ from prometheus_client import Counter, Gauge, Histogram
 CONSUMED = Counter("lifecycle_stager_events_consumed_total", "Events read from Kafka.")
 APPLIED = Counter("lifecycle_stager_events_applied_total", "New events applied to customer state.")
 DUPLICATES = Counter("lifecycle_stager_events_duplicate_total", "Events ignored because their event_id was seen.")
+_READ = Counter(
+    "lifecycle_stager_events_read_total",
+    "Messages read, by how: sealed (by the ingest API, read as written) or checked (every check run again; "
+    "a message of another writer, or a key the stager does not hold).",
+    ["reading"],
+)
+READ_SEALED = _READ.labels(reading="sealed")
+READ_CHECKED = _READ.labels(reading="checked")
 UNREADABLE = Counter("lifecycle_stager_events_unreadable_total", "Messages that could not be decoded.")
 DEAD_LETTERED = Counter(
     "lifecycle_stager_events_dead_lettered_total",

@@ -193,7 +193,7 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
     wanted = {
         "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_admin_keys", "lifecycle_signing_secret",
                    "lifecycle_signing_keys"},
-        "stager": {"lifecycle_database_url"},
+        "stager": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys"},
         "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",
                        "lifecycle_smtp_password"},
         "migrate": {"lifecycle_database_url"},

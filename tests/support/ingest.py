@@ -37,6 +37,7 @@ class FakeProducer:
         self.ack_error: BaseException | None = None  # delivered through the future
         self.hang = False  # the future never resolves
         self.client = FakeClient()
+        self.headers: list[list[tuple[str, bytes]]] = []  # each sent message's, in order
 
     async def start(self) -> None:
         if self.start_failures:
@@ -47,7 +48,8 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[None]:
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[None]:
         if self.send_error is not None:
             raise self.send_error
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -56,6 +58,7 @@ class FakeProducer:
         elif not self.hang:
             assert value is not None and key is not None
             self.sent.append((topic, key, value))
+            self.headers.append(headers or [])
             future.set_result(None)
         return future
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import namedtuple
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from lifecycle.consuming import DeadLetter, TopicWorker, is_transient, run_task
 from lifecycle.core.journeys import SendAudience, SendFacts, still_wanted
 from lifecycle.settings import Settings
 
-Record = namedtuple("Record", "offset key value")
+Record = namedtuple("Record", "offset key value headers", defaults=((),))
 TP = TopicPartition("lifecycle.events", 0)
 
 
@@ -66,10 +67,10 @@ def _worker(consumer: FakeConsumer, producer: FakeProducer, handle: Any) -> Topi
     registry = CollectorRegistry()
     counters = [Counter(name, name, registry=registry) for name in ("consumed", "unreadable", "dead")]
 
-    def decode(raw: bytes) -> str:
+    def decode(raw: bytes, headers: Sequence[tuple[str, bytes]]) -> str:
         if raw.startswith(b"\x00"):
             raise ValueError("not a message")
-        return raw.decode()
+        return raw.decode() + "".join(f"+{name}={value.decode()}" for name, value in headers)
 
     return TopicWorker(consumer, producer, Settings(), "stager",  # type: ignore[arg-type]
                        ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), decode, handle, *counters)
@@ -94,6 +95,17 @@ async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_is_ha
     assert letters[0].value == b"\x00x"  # kept whole, to be replayed
     assert consumer.committed_offsets == {TP: 14}
     assert all(topic == "lifecycle.dead-letters" for topic, _, _ in producer.sent)
+
+
+async def test_each_message_is_decoded_with_its_headers() -> None:
+    handled: list[list[str]] = []
+
+    async def handle(values: list[str]) -> None:
+        handled.append(values)
+
+    consumer = FakeConsumer([[Record(1, b"c1", b"a", (("lifecycle-seal", b"k:mac"),)), Record(2, b"c2", b"b")]])
+    assert await _worker(consumer, FakeProducer(), handle).poll_once()
+    assert handled == [["a+lifecycle-seal=k:mac", "b"]]
 
 
 async def test_a_transient_failure_commits_nothing_and_rewinds() -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from lifecycle.clock import ManualClock
 from lifecycle.events import EventType
 from lifecycle.runtime import setup_logging
+from lifecycle.seal import Seal
 from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys, confirm_token, unsubscribe_token
 from services.ingest import app as ingest_app
@@ -201,6 +202,21 @@ async def test_batch_is_published_keyed_by_customer_then_202(harness: Harness) -
     ]
     assert all(e.received_at == NOW for e in published)  # from the injected clock
     assert len({e.event_id for e in published}) == 3
+
+
+async def test_every_published_event_is_sealed_for_the_stager(harness: Harness) -> None:
+    async with harness.client() as client:
+        response = await client.post("/v1/events", json={"events": [event(customer="a"), event(customer="b")]},
+                                     headers=AUTH)
+    assert response.status_code == 202
+    seal = Seal.from_settings(make_settings())
+    assert seal is not None
+    sent = harness.producer.sent
+    assert len(sent) == len(harness.producer.headers) == 2
+    assert all(seal.verifies(value, headers) for (_, _, value), headers in zip(sent, harness.producer.headers,
+                                                                               strict=True))
+    other = Seal.from_settings(make_settings(signing_secret="another deployment's secret"))
+    assert other is not None and not other.verifies(sent[0][2], harness.producer.headers[0])
 
 
 async def test_an_event_without_id_gets_the_same_id_when_the_request_is_retried(harness: Harness) -> None:

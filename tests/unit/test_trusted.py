@@ -13,7 +13,7 @@ from hypothesis import given
 from pydantic import BaseModel, Field
 
 from lifecycle.events import PROPERTIES_MODELS, Event, MessageInvalid, Traits, parse_event
-from lifecycle.trusted import builder, converter, decode_trusted_event
+from lifecycle.trusted import builder, converter, decode_sealed_event, decode_trusted_event, plain_builder
 from tests.unit.test_events import NOW, VALID, _moments, body, ids, raw_events
 
 
@@ -63,6 +63,36 @@ def test_any_valid_event_reads_alike(raw: dict[str, Any], received: datetime) ->
     fast, full = _both(message)
     _same(fast, full)
     assert fast.to_message() == message
+
+
+@given(raw_events(), _moments)
+def test_a_sealed_event_reads_as_full_validation_reads_it(raw: dict[str, Any], received: datetime) -> None:
+    received = max(received, datetime.fromisoformat(raw["occurred_at"]))
+    message = parse_event(raw, received, lambda: str(uuid.uuid4())).to_message()
+    sealed = decode_sealed_event(message)
+    _same(sealed, Event.from_message(message))
+    assert sealed.to_message() == message
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_every_type_reads_alike_sealed(kind: str) -> None:
+    event = parse_event(body(kind, occurred_at="2026-03-02T10:00:00+01:00"), NOW, ids())
+    _same(decode_sealed_event(event.to_message()), Event.from_message(event.to_message()))
+
+
+@pytest.mark.parametrize("data", [
+    b'{"schema_version":1,"event":{"type":"no_such_type"}}',
+    b'{"schema_version":2,"event":{}}',
+    b"not json",
+])
+def test_a_sealed_message_that_is_not_what_the_api_writes_is_validated_in_full(data: bytes) -> None:
+    with pytest.raises(MessageInvalid):
+        decode_sealed_event(data)
+
+
+@pytest.mark.parametrize("model", [Traits, *dict.fromkeys(PROPERTIES_MODELS.values())])
+def test_every_model_the_topic_carries_has_a_plain_reading(model: type[BaseModel]) -> None:
+    assert callable(plain_builder(model))
 
 
 def _message(**event: Any) -> bytes:
