@@ -59,10 +59,13 @@ class _PeriodStuffing:
         self.pattern = pattern
 
     def sub(self, replacement: bytes, message: bytes, count: int = 0) -> bytes:
-        # (?m)^ matches at the start and after each LF only
-        if not message.startswith(b".") and b"\n." not in message:
-            return message
-        return self.pattern.sub(replacement, message, count)
+        # (?m)^ matches at the start and after each LF only: what bytes.replace does in C, without
+        # the regular expression's pass over every byte (an HTML email's <style> has lines that
+        # start with a dot)
+        if replacement != b".." or count:
+            return self.pattern.sub(replacement, message, count)
+        stuffed = message.replace(b"\n.", b"\n..")
+        return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.pattern, name)
