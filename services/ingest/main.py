@@ -84,7 +84,7 @@ def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> 
 
 
 async def _serve(settings: Settings) -> None:
-    engine = make_engine(settings, "ingest")
+    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
     try:
         app = build_app(settings, engine, await prepare(settings, engine))
         settle_heap()

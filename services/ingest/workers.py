@@ -54,7 +54,7 @@ LONGEST_PAUSE_SECONDS = 30.0
 
 
 async def serve_workers(settings: Settings, count: int) -> None:
-    engine = make_engine(settings, "ingest")
+    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
     try:
         await prepare(settings, engine)  # once, before any worker starts
     finally:
@@ -210,7 +210,7 @@ def _worker_main(settings: Settings, sock: socket.socket, parent: int, slot: int
 async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> None:
     from lifecycle.templates import Templates
 
-    engine = make_engine(settings, "ingest")
+    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
     try:
         app = build_app(settings, engine, Templates(settings.journeys_dir, settings.default_locale))
         settle_heap()
