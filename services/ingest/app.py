@@ -13,6 +13,7 @@ this module's one publish path.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -442,8 +443,8 @@ def create_app(
                 metrics.EVENTS_REFUSED.labels(reason=metrics.REFUSED_UNAVAILABLE).inc(len(events))
                 log.warning("recording %d opt-outs failed: %s", len(fences), str(exc) or type(exc).__name__)
                 raise PublishFailed(f"opt-out not recorded: {exc}") from exc
-        for event in events:
-            metrics.EVENTS_ACCEPTED.labels(type=event.type.value).inc()
+        for kind, count in collections.Counter(event.type.value for event in events).items():
+            metrics.EVENTS_ACCEPTED.labels(type=kind).inc(count)
 
     def unavailable_json() -> JSONResponse:
         return JSONResponse(
