@@ -83,8 +83,14 @@ def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> 
     )
 
 
+def api_engine(settings: Settings) -> AsyncEngine:
+    """The API's engine: every pooled connection is pinged at checkout, so that a client never gets a 503
+    for a restart or a terminated backend (the consumers ping only after a second idle, and retry)."""
+    return make_engine(settings, "ingest", ping_after_idle=0)
+
+
 async def _serve(settings: Settings) -> None:
-    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
+    engine = api_engine(settings)
     try:
         app = build_app(settings, engine, await prepare(settings, engine))
         settle_heap()

@@ -39,11 +39,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from lifecycle.db.engine import make_engine
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import StartupError, die_with_parent, run_service, settle_heap, setup_logging, stop_on_signals
 from lifecycle.settings import Settings
-from services.ingest.main import GRACEFUL_SHUTDOWN_SECONDS, api_config, build_app, prepare
+from services.ingest.main import GRACEFUL_SHUTDOWN_SECONDS, api_config, api_engine, build_app, prepare
 
 log = logging.getLogger("lifecycle.ingest")
 
@@ -54,7 +53,7 @@ LONGEST_PAUSE_SECONDS = 30.0
 
 
 async def serve_workers(settings: Settings, count: int) -> None:
-    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
+    engine = api_engine(settings)
     try:
         await prepare(settings, engine)  # once, before any worker starts
     finally:
@@ -210,7 +209,7 @@ def _worker_main(settings: Settings, sock: socket.socket, parent: int, slot: int
 async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> None:
     from lifecycle.templates import Templates
 
-    engine = make_engine(settings, "ingest", ping_after_idle=0)  # a client never sees a 503 for a restart
+    engine = api_engine(settings)
     try:
         app = build_app(settings, engine, Templates(settings.journeys_dir, settings.default_locale))
         settle_heap()
