@@ -16,10 +16,11 @@ from datetime import datetime
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from lifecycle.settings import Settings
+from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import Links, Templates, with_open_pixel
 from lifecycle.tokens import SigningKeys, confirm_url, unsubscribe_url
 from lifecycle.tracking import click_url, open_pixel_url, preferences_url
@@ -152,8 +153,18 @@ def template_context(settings: Settings, spec: MessageSpec, links: Links) -> dic
     }
 
 
-def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> ComposedEmail:
-    """The email of `spec`; every link in it is signed with `keys` (built once: `SigningKeys.from_settings`)."""
+@dataclass(frozen=True)
+class _Rendered:
+    """An email's content and headers, before it is written (as an EmailMessage, or straight to bytes)."""
+
+    headers: list[tuple[str, str]]  # From to List-Unsubscribe-Post, in order; MIME headers come after
+    locale: str
+    text: str
+    html: str  # with the open pixel
+    links: list[dict[str, str]]
+
+
+def _render(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> _Rendered:
     customer_id = str(spec.customer["customer_id"])
     unsubscribe = unsubscribe_url(settings, keys, customer_id, spec.message_id)
     links = Links(
@@ -170,25 +181,132 @@ def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, s
     variant_subject = (spec.extras.get("variant") or {}).get("subject")
     subject = templates.render_string(variant_subject, context, rendered.locale) if variant_subject \
         else rendered.subject
+    headers = [
+        ("From", settings.mail_from),
+        ("To", spec.to_address),
+        ("Subject", subject),
+        ("Date", format_datetime(spec.date)),
+        ("Message-ID", spec.message_id),
+        ("X-Lifecycle-Journey", spec.journey),
+        ("X-Lifecycle-Step", str(spec.step)),
+        ("List-Unsubscribe", f"<{unsubscribe}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    ]
+    html = with_open_pixel(rendered.html, open_pixel_url(settings, keys, spec.message_id, customer_id))
+    return _Rendered(headers, rendered.locale, rendered.text, html, links.collected())
 
+
+def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> ComposedEmail:
+    """The email of `spec`; every link in it is signed with `keys` (built once: `SigningKeys.from_settings`)."""
+    rendered = _render(settings, keys, templates, spec)
+    return ComposedEmail(message=_message(rendered, spec.message_id), links=rendered.links, locale=rendered.locale)
+
+
+def _message(rendered: _Rendered, message_id: str) -> EmailMessage:
     message = EmailMessage(policy=_POLICY)
-    message["From"] = settings.mail_from
-    message["To"] = spec.to_address
-    message["Subject"] = subject
-    message["Date"] = format_datetime(spec.date)
-    message["Message-ID"] = spec.message_id
-    message["X-Lifecycle-Journey"] = spec.journey
-    message["X-Lifecycle-Step"] = str(spec.step)
-    message["List-Unsubscribe"] = f"<{unsubscribe}>"
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in rendered.headers:
+        message[name] = value
     message["MIME-Version"] = "1.0"
     message.make_alternative()
-    message.set_boundary(_boundary(spec.message_id))
+    message.set_boundary(_boundary(message_id))
     message["Content-Language"] = rendered.locale  # after make_alternative, which moves Content-* headers
     message.attach(_text_part("plain", rendered.text))
-    message.attach(_text_part("html", with_open_pixel(rendered.html,
-                                                      open_pixel_url(settings, keys, spec.message_id, customer_id))))
-    return ComposedEmail(message=message, links=links.collected(), locale=rendered.locale)
+    message.attach(_text_part("html", rendered.html))
+    return message
+
+
+@dataclass(frozen=True)
+class WireEmail:
+    """An email as SMTP sends it (CRLF line ends), with what the dispatcher records of it."""
+
+    message: bytes
+    subject: str  # as read back from the message: `str(message["Subject"])`
+    links: list[dict[str, str]]
+    locale: str
+
+
+def compose_wire(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> WireEmail:
+    """The bytes `compose_email` makes, in wire form, written without building an EmailMessage.
+
+    The email package parsed and folded each header and set the boundary by rewriting a parsed
+    Content-Type: half of the time of composing an email whose conversion was cached. Here a header
+    is written as given when the policy would write it unchanged (plain ASCII on one line, of a kind
+    whose parse gives back its text), and through the policy otherwise, that result kept for values
+    that repeat (From, subjects). tests/unit/test_compose.py holds both to the same bytes."""
+    rendered = _render(settings, keys, templates, spec)
+    text, html = _quoted_printable(rendered.text), _quoted_printable(rendered.html)
+    if b"\r" in text or b"\r" in html:  # a carriage return of the content's own: the generator's way
+        message = _message(rendered, spec.message_id)
+        return WireEmail(to_wire_form(message_bytes(message)), str(message["Subject"]), rendered.links,
+                         rendered.locale)
+    boundary = _boundary(spec.message_id)
+    out: list[bytes] = []
+    subject = ""
+    for name, value in rendered.headers:
+        line, read_back = _written(name, value)
+        out.append(line)
+        if name == "Subject":
+            subject = read_back
+    out += [_written("MIME-Version", "1.0")[0],
+            f'Content-Type: multipart/alternative;\n boundary="{boundary}"\n'.encode("ascii"),
+            _written("Content-Language", rendered.locale)[0],
+            f"\n--{boundary}\n".encode("ascii"), _PART_HEADERS["plain"], text,
+            f"\n--{boundary}\n".encode("ascii"), _PART_HEADERS["html"], html,
+            f"\n--{boundary}--\n".encode("ascii")]
+    return WireEmail(to_wire_form(b"".join(out)), subject, rendered.links, rendered.locale)
+
+
+_PART_HEADERS = {subtype: f'Content-Type: text/{subtype}; charset="utf-8"\nContent-Transfer-Encoding: '
+                          f"quoted-printable\n\n".encode("ascii") for subtype in ("plain", "html")}
+# headers the policy parses but writes back unchanged when their value has this plain form
+# (a dot-atom address, a message id of dot-atoms): property-tested
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_AS_GIVEN_FORMS = {
+    "to": re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}"),
+    "message-id": re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>"),
+}
+_written_cache: dict[tuple[str, str], tuple[bytes, str]] = {}
+
+
+def _written(name: str, value: str) -> tuple[bytes, str]:
+    """The header's line as the composer's policy writes it (LF), and its value read back as a string."""
+    if _as_given(name, value):
+        return f"{name}: {value}\n".encode("ascii"), value
+    found = _written_cache.get((name, value))
+    if found is None:
+        stored = _POLICY.header_store_parse(name, value)[1]
+        found = (_POLICY.fold_binary(name, stored), str(stored))
+        if len(_written_cache) >= 4096:
+            _written_cache.clear()
+        _written_cache[(name, value)] = found
+    return found
+
+
+def _as_given(name: str, value: str) -> bool:
+    if not value.isascii() or "=?" in value or not _PRINTABLE_LINE.fullmatch(value):
+        return False
+    key = name.lower()
+    if key == "list-unsubscribe":
+        return True  # never folded (_MailPolicy), however long
+    if len(name) + 2 + len(value) > _LINE:
+        return False
+    if key == "date":  # parsed, then written by format_datetime: as given if that writes it back
+        return _date_written_back(value)
+    form = _AS_GIVEN_FORMS.get(key)
+    if form is not None:
+        return form.fullmatch(value) is not None
+    return key not in _REPEATED and _unstructured(_POLICY, name)
+
+
+def _date_written_back(value: str) -> bool:
+    try:
+        return format_datetime(parsedate_to_datetime(value)) == value
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _quoted_printable(content: str) -> bytes:
+    return binascii.b2a_qp(content.encode("utf-8"), istext=True)
 
 
 def message_bytes(message: EmailMessage) -> bytes:
@@ -242,5 +360,5 @@ def _text_part(subtype: str, content: str) -> EmailMessage:
     part = EmailMessage(policy=_POLICY)
     part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
     part["Content-Transfer-Encoding"] = "quoted-printable"
-    part.set_payload(binascii.b2a_qp(content.encode("utf-8"), istext=True).decode("ascii"))
+    part.set_payload(_quoted_printable(content).decode("ascii"))
     return part

@@ -26,11 +26,10 @@ from typing import TypeVar
 from lifecycle.dkim import DkimSigner, signer_from_settings
 from lifecycle.runtime import die_with_parent, settle_heap
 from lifecycle.settings import Settings
-from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys
 from services.dispatcher import metrics
-from services.dispatcher.compose import MessageSpec, compose_email, message_bytes
+from services.dispatcher.compose import MessageSpec, compose_wire
 
 log = logging.getLogger("lifecycle.dispatcher")
 
@@ -81,13 +80,12 @@ class _Tools:
         found: list[Composed | ComposeFailure] = []
         for spec in specs:
             try:
-                email = compose_email(self.settings, self.keys, self.templates, spec)
+                email = compose_wire(self.settings, self.keys, self.templates, spec)  # CRLF: sent as stored
             except TemplateError as exc:
                 found.append(ComposeFailure(str(exc.path), exc.line, exc.message))
             else:
-                message = to_wire_form(message_bytes(email.message))  # CRLF: sent as it is stored
-                signed = self.signer.sign(message) if self.signer is not None else None
-                found.append(Composed(message, str(email.message["Subject"]), email.links, signed))
+                signed = self.signer.sign(email.message) if self.signer is not None else None
+                found.append(Composed(email.message, email.subject, email.links, signed))
         return found
 
     def sign(self, messages: Sequence[bytes], at: datetime | None = None) -> list[bytes]:

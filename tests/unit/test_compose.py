@@ -19,11 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifecycle.settings import Settings
+from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import TemplateError, Templates
 from lifecycle.tokens import SigningKeys, confirm_url, read_confirm_token, unsubscribe_url
 from lifecycle.tracking import open_pixel_url, preferences_url, read_click_token
 from services.dispatcher import compose as compose_module
-from services.dispatcher.compose import ComposedEmail, MessageSpec, compose_email, message_bytes
+from services.dispatcher.compose import ComposedEmail, MessageSpec, compose_email, compose_wire, message_bytes
 
 SETTINGS = Settings(shop_name="Maison Lin", shop_url="https://shop.example", public_url="https://t.shop.example",
                     mail_from="Maison Lin <hello@shop.example>", shop_logo_url="https://shop.example/logo.png",
@@ -300,6 +301,74 @@ def test_a_message_of_another_shape_is_left_to_the_generator() -> None:
     message["Subject"] = "plain"
     message.set_content("one part\r\nwith a carriage return\n")
     assert message_bytes(message) == bytes(message)
+
+
+def _same_as_the_email_package(settings: Settings, one: MessageSpec) -> None:
+    wire = compose_wire(settings, KEYS, TEMPLATES, one)
+    composed = compose_email(settings, KEYS, TEMPLATES, one)
+    assert wire.message == to_wire_form(message_bytes(composed.message))
+    assert wire.subject == str(composed.message["Subject"])
+    assert (wire.links, wire.locale) == (composed.links, composed.locale)
+
+
+def test_the_wire_form_is_written_as_the_email_package_writes_every_shipped_template() -> None:
+    written = 0
+    for name in TEMPLATES.names():
+        for locale in TEMPLATES.locales(name):
+            one = spec(name, customer={"locale": locale, "first_name": "Zoë"}, extras={
+                "coupon": {"code": "AC-7K2Q9", "kind": "percent", "amount": 10.0, "currency": "EUR",
+                           "expires_at": datetime(2026, 3, 5, 23, 59, 59, tzinfo=UTC)},
+                "offer": {"percent": 10.0}})
+            try:
+                _same_as_the_email_package(SETTINGS, one)
+            except TemplateError:
+                continue
+            written += 1
+    assert written >= 20
+
+
+@pytest.mark.parametrize("settings", [
+    SETTINGS,
+    SETTINGS.model_copy(update={"mail_from": "Café \"Lin\", Paris <hello@shop.example>", "shop_name": "Café Lin"}),
+    SETTINGS.model_copy(update={"mail_from": "hello@shop.example", "default_locale": "en"}),
+])
+@pytest.mark.parametrize("one", [
+    spec(),
+    spec(customer={"locale": "en", "first_name": "Zoë"}),
+    spec(customer={"first_name": "A" * 90}),
+    spec(customer={"first_name": "Ana  Maria "}),
+    spec(customer={"first_name": "Ana\r\nMaria"}),  # a carriage return in the content: the generator writes it
+    spec(extras={"variant": {"name": "b", "subject": "x" * 70}}),
+    spec(extras={"variant": {"name": "b", "subject": "=?utf-8?q?not_an_encoded_word?= [tag]: a;b <c>"}}),
+    spec(extras={"variant": {"name": "b", "subject": "Soldes d'été : -20 % 🎉"}}),
+    MessageSpec(**{**spec().__dict__, "to_address": "ana.o'neil+tag@example.com"}),
+    MessageSpec(**{**spec().__dict__, "to_address": "zoë@exämple.com"}),
+    MessageSpec(**{**spec().__dict__, "to_address": "\"very unusual\"@example.com"}),
+    MessageSpec(**{**spec().__dict__, "to_address": "a@" + "b" * 80 + ".example"}),
+    MessageSpec(**{**spec().__dict__, "message_id": "<x y@shop.example>"}),
+], ids=lambda one: "")
+def test_the_wire_form_is_written_as_the_email_package_writes_it(settings: Settings, one: MessageSpec) -> None:
+    _same_as_the_email_package(settings, one)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), name=st.sampled_from(["To", "Message-ID", "Date", "Subject", "X-Lifecycle-Journey",
+                                             "List-Unsubscribe"]))
+def test_a_header_written_as_given_is_what_the_parsing_policy_writes(data: st.DataObject, name: str) -> None:
+    dot_atom = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,12}){0,3}"
+    plain = {
+        "To": st.from_regex(f"{dot_atom}@{dot_atom}", fullmatch=True),
+        "Message-ID": st.from_regex(f"<{dot_atom}@{dot_atom}>", fullmatch=True),
+        "Date": st.one_of(st.datetimes(timezones=st.sampled_from([UTC, None])).map(email.utils.format_datetime),
+                          st.sampled_from(["Tue, 01 Jan 2001 00:00:00 +0000", "Mon, 01 Jan 0001 00:00:00 +0000"])),
+    }.get(name, st.nothing())
+    value = data.draw(st.one_of(plain, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=120)))
+    if not compose_module._as_given(name, value):
+        return
+    parsing = _ParsingPolicy(header_factory=HeaderRegistry())
+    name_, stored = parsing.header_store_parse(name, value)
+    assert compose_module._POLICY.fold_binary(name_, stored) == f"{name}: {value}\n".encode("ascii")
+    assert str(stored) == value
 
 
 @settings(max_examples=400, deadline=None)
