@@ -13,6 +13,7 @@ from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lifecycle.core.journeys import SendAudience, SendFacts, still_wanted
+from lifecycle.db.driver import DriverStatement, fetch
 from lifecycle.db.schema import sends
 from lifecycle.smtp import retry_delay
 from services.dispatcher import metrics
@@ -36,6 +37,10 @@ from services.dispatcher.store_base import Outgoing, StoreBase
 
 log = logging.getLogger("lifecycle.dispatcher")
 
+# run for every group of emails: on the driver itself (lifecycle/db/driver.py)
+_RECHECK = DriverStatement(RECHECK_SQL)
+_MARK_SENT = DriverStatement(MARK_SENT_SQL)
+
 
 class SendLeases(StoreBase):
     # --- right before SMTP ----------------------------------------------------------------------
@@ -46,20 +51,20 @@ class SendLeases(StoreBase):
         if not items:
             return [], []
         rows = {
-            row.send_id: row for row in (await self._read(
-                RECHECK_SQL, {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]}))
+            row["send_id"]: row for row in await fetch(
+                self.engine, _RECHECK, {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]})
         }
         go: list[Outgoing] = []
         skipped: list[tuple[Outgoing, str]] = []
         for item in items:
             row = rows.get(item.send_id)
-            if row is None or not row.held:
+            if row is None or not row["held"]:
                 log.info("send %d is no longer ours (lease taken over): not sent by this dispatcher", item.send_id)
                 metrics.LEASES_LOST.inc()
                 continue
             reason = still_wanted(item.audience, SendFacts(
-                item.to_address, row.run_status, row.consent, row.email, row.suppressed,
-                tuple(row.categories or ()), tuple(row.fences or ())))
+                item.to_address, row["run_status"], row["consent"], row["email"], row["suppressed"],
+                tuple(row["categories"] or ()), tuple(row["fences"] or ())))
             if reason is None:
                 go.append(item)
             else:
@@ -76,10 +81,6 @@ class SendLeases(StoreBase):
                 metrics.SENDS.labels(journey=item.journey, step=str(item.step),
                                      result=f"skipped:{reason.split(':')[0]}").inc()
         return go, skipped
-
-    async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        async with self.autocommit.connect() as conn:
-            return list((await conn.execute(text(sql), params)).all())
 
     # --- after SMTP: each outcome is one transaction, fenced by the claim's token (docs/sending.md) --
 
@@ -102,12 +103,9 @@ class SendLeases(StoreBase):
         250 and this commit is the window in which a crash sends twice (docs/sending.md)."""
         if not items:
             return set()
-        async with self.autocommit.connect() as conn:  # one UPDATE: committed as it returns
-            rows = await conn.execute(
-                text(MARK_SENT_SQL),
-                {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]},
-            )
-            return set(rows.scalars().all())
+        rows = await fetch(self.engine, _MARK_SENT,  # one UPDATE: committed as it returns
+                           {"ids": [i.send_id for i in items], "tokens": [i.lease_token for i in items]})
+        return {row[0] for row in rows}
 
     async def mark_retry(self, item: Outgoing, reason: str) -> str | None:
         """A 4xx or a lost connection: due again after a backoff that grows with the attempts, as a row
