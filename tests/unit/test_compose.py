@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import hashlib
@@ -349,6 +350,15 @@ def test_the_wire_form_is_written_as_the_email_package_writes_every_shipped_temp
 ], ids=lambda one: "")
 def test_the_wire_form_is_written_as_the_email_package_writes_it(settings: Settings, one: MessageSpec) -> None:
     _same_as_the_email_package(settings, one)
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(st.text(st.sampled_from(list("ab =\t.\u00e9\u20ac\U0001f389-")), max_size=90), max_size=8),
+       end=st.sampled_from(["", "\n", "\r\n", " "]))
+def test_quoted_printable_line_by_line_is_the_encoding_of_the_whole(lines: list[str], end: str) -> None:
+    content = "\n".join(lines) + end
+    for _ in range(2):  # the second time from the lines kept
+        assert compose_module._quoted_printable(content) == binascii.b2a_qp(content.encode("utf-8"), istext=True)
 
 
 @settings(max_examples=300, deadline=None)
