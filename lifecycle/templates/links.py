@@ -19,6 +19,8 @@ from jinja2.exceptions import UndefinedError
 
 UNTRACKED = ("unsubscribe", "preferences", "confirm")
 PRODUCT_PREFIX = "product:"
+# what str.isspace() calls whitespace (the same test as `\s`), control characters, DEL
+_UNREADABLE = re.compile(r"[\s\x00-\x1f\x7f]")
 # href="..." or href='...' in rendered MJML; values come out of autoescaped Jinja, so quotes are escaped
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 
@@ -47,7 +49,7 @@ def product_image_url(shop_url: str, product_id: str) -> str:
 
 def is_web_url(value: object) -> bool:
     """An absolute http(s) URL with a host and nothing a browser would read differently (spaces, controls)."""
-    if not isinstance(value, str) or not value or any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+    if not isinstance(value, str) or not value or _UNREADABLE.search(value):
         return False
     try:
         parts = urlsplit(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +22,7 @@ from lifecycle.templates import (
     sample_contexts,
     with_open_pixel,
 )
-from lifecycle.templates.links import product_image_url, product_url
+from lifecycle.templates.links import is_web_url, product_image_url, product_url
 from lifecycle.templates.text import mjml_to_text
 
 NBSP = "\u00a0"
@@ -568,3 +569,10 @@ def test_send_test_goes_through_the_configured_smtp_server(capsys: pytest.Captur
     assert code == 0 and len(received) == 1
     assert b"To: qa@shop.example" in received[0] and b"X-Lifecycle-Journey: post_purchase" in received[0]
     assert "sent post_purchase_4 (en) to qa@shop.example" in capsys.readouterr().out
+
+
+def test_a_web_url_has_no_character_str_isspace_calls_whitespace_nor_a_control_character() -> None:
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        unreadable = char.isspace() or code < 0x20 or char == "\x7f"
+        assert is_web_url(f"https://shop.example/a{char}b") is not unreadable, hex(code)
