@@ -41,6 +41,7 @@ WallClock = Callable[[], float]
 _SIGNED = tuple(name.lower().encode() for name in SIGNED_HEADERS)
 _WSP = re.compile(rb"[ \t]+")
 _WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # WSP other than a lone space: the same result as _WSP, faster
+_SPACE_RUN = re.compile(rb"  +")
 _WIDTH = 78  # longest line of the DKIM-Signature header, as RFC 5322 recommends
 _KEY_KINDS: tuple[tuple[type[object], str], ...] = (
     (ec.EllipticCurvePrivateKey, "EC"), (dsa.DSAPrivateKey, "DSA"), (ed448.Ed448PrivateKey, "Ed448"),
@@ -94,7 +95,9 @@ def relaxed_body(body: bytes) -> bytes:
     """The body (CRLF line endings) canonicalized the relaxed way (RFC 6376 §3.4.4): runs of WSP made
     one space, none at the end of a line, no empty lines at the end, a CRLF at the end; an empty body
     (or one of empty lines only) stays empty."""
-    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    # without a tab (a quoted-printable body has none) only runs of spaces change: an expression that
+    # starts with two spaces is found by a literal search, ten times faster than any WSP at every space
+    body = (_WSP_RUN if b"\t" in body else _SPACE_RUN).sub(b" ", body).replace(b" \r\n", b"\r\n")
     # A last line without CRLF gets one from SMTP on its way out, so its trailing WSP goes too.
     end = len(body) - 1 if body.endswith(b" ") else len(body)
     while body.endswith(b"\r\n", 0, end):
