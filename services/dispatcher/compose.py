@@ -51,8 +51,7 @@ class _MailPolicy(EmailPolicy):
                 if len(_parsed) > 1000:
                     _parsed.clear()
             return found
-        if (isinstance(value, str) and value.isascii() and len(name) + 2 + len(value) <= _LINE
-                and "=?" not in value and _PRINTABLE_LINE.fullmatch(value)  # the parser decodes encoded words
+        if (isinstance(value, str) and _plain(value) and _fits(name, value)
                 and _unstructured(self, name)):  # addresses, dates, message ids: parsed
             return (name, value)
         return super().header_store_parse(name, value)
@@ -87,6 +86,16 @@ _LINE = 78  # EmailPolicy's max_line_length
 _REPEATED = frozenset({"content-type", "content-transfer-encoding", "content-language", "mime-version", "from"})
 _parsed: dict[tuple[str, str], tuple[str, str]] = {}
 _folded: dict[tuple[int, str, str, int | None], tuple[object, bytes]] = {}
+
+
+def _plain(value: str) -> bool:
+    """Printable ASCII as the policy writes it back unchanged (no encoded word: the parser decodes those)."""
+    return value.isascii() and "=?" not in value and _PRINTABLE_LINE.fullmatch(value) is not None
+
+
+def _fits(name: str, value: str) -> bool:
+    """On one line of the policy's length."""
+    return len(name) + 2 + len(value) <= _LINE
 
 
 def _unstructured(policy: EmailPolicy, name: str) -> bool:
@@ -283,12 +292,12 @@ def _written(name: str, value: str) -> tuple[bytes, str]:
 
 
 def _as_given(name: str, value: str) -> bool:
-    if not value.isascii() or "=?" in value or not _PRINTABLE_LINE.fullmatch(value):
+    if not _plain(value):
         return False
     key = name.lower()
     if key == "list-unsubscribe":
         return True  # never folded (_MailPolicy), however long
-    if len(name) + 2 + len(value) > _LINE:
+    if not _fits(name, value):
         return False
     if key == "date":  # parsed, then written by format_datetime: as given if that writes it back
         return _date_written_back(value)
