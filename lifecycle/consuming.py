@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
 
 from lifecycle.clock import Clock
+from lifecycle.db.driver import asyncpg_connection_gone
 from lifecycle.kafka import RenewingProducer
 from lifecycle.settings import Settings
 
@@ -66,8 +67,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(current, OSError | TimeoutError | KafkaError | ConnectionError):
             return True
-        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in (
-                "ConnectionDoesNotExistError", "InterfaceError", "InternalClientError"):
+        if asyncpg_connection_gone(current):
             return True
         current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
     return False

@@ -48,14 +48,17 @@ class DriverStatement:
         return [params[name] for name in self.names]
 
 
-# what says the connection itself is gone, rather than the statement wrong
-_BROKEN = ("ConnectionDoesNotExistError", "InterfaceError", "InternalClientError", "ConnectionFailureError")
+# asyncpg's errors that say the connection itself is gone, rather than the statement wrong
+_CONNECTION_GONE = ("ConnectionDoesNotExistError", "InterfaceError", "InternalClientError", "ConnectionFailureError")
+
+
+def asyncpg_connection_gone(exc: BaseException) -> bool:
+    """Whether `exc` is one of asyncpg's errors for a connection that is gone."""
+    return type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _CONNECTION_GONE
 
 
 def _connection_broke(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | ConnectionError | TimeoutError):
-        return True
-    return type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _BROKEN
+    return isinstance(exc, OSError | ConnectionError | TimeoutError) or asyncpg_connection_gone(exc)
 
 
 @asynccontextmanager
