@@ -49,8 +49,11 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
 def _check_currency(value: str) -> str:
-    if not re.fullmatch(r"[A-Z]{3}", value):
+    if not _CURRENCY.fullmatch(value):
         raise PydanticCustomError("currency", "must be a 3-letter ISO 4217 currency code such as EUR")
     return value
 

@@ -52,14 +52,16 @@ class FakeProducer:
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[None]:
         if self.send_error is not None:
             raise self.send_error
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # resolved once the caller has it, as aiokafka resolves a delivery when the broker answers
         if self.ack_error is not None:
-            future.set_exception(self.ack_error)
+            loop.call_soon(future.set_exception, self.ack_error)
         elif not self.hang:
             assert value is not None and key is not None
             self.sent.append((topic, key, value))
             self.headers.append(headers or [])
-            future.set_result(None)
+            loop.call_soon(future.set_result, None)
         return future
 
     def events(self) -> list[Event]:

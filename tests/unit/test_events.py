@@ -333,6 +333,16 @@ def test_properties_must_be_an_object() -> None:
     assert fields_of(body("page_viewed", properties="https://x")) == {"properties"}
 
 
+def test_properties_of_another_type_are_refused_when_built_in_code() -> None:
+    # the properties field skips pydantic's own union check: the type's model is the only way in
+    cart = CartUpdatedProperties(cart_id="k", currency="EUR", value=Decimal(1), items=())
+    envelope = {"event_id": "e1", "customer_id": "c1", "received_at": NOW, "occurred_at": NOW}
+    with pytest.raises(ValidationError, match="instance of PageViewedProperties"):
+        Event.model_validate({**envelope, "type": "page_viewed", "properties": cart})
+    event = Event.model_validate({**envelope, "type": "cart_updated", "properties": cart})
+    assert event.properties is cart and event.properties_as(CartUpdatedProperties) is cart
+
+
 def test_money_beyond_four_decimals_is_rounded_not_refused() -> None:
     # a client's float arithmetic is no error: 0.1 + 0.2 arrives as 0.30000000000000004
     event = parse_event({"type": "cart_updated", "customer_id": "c1", "properties": {
@@ -674,7 +684,19 @@ def test_round_trip_property(raw: dict[str, Any], received: datetime) -> None:
     # the wire format is exactly the compact UTF-8 JSON of the event's JSON form, as it always was
     assert message == json.dumps({"schema_version": 1, "event": event.model_dump(mode="json", exclude_unset=True)},
                                  ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert message == b'{"schema_version":1,"event":%s}' % event.model_dump_json(exclude_unset=True).encode()
     assert (again.traits.provided() if again.traits else None) == (event.traits.provided() if event.traits else None)
+
+
+@pytest.mark.parametrize("name", ["tab\there", "two\nlines\r\nand more", 'quote " and \\ backslash',
+                                  "line\u2028separator", "émoji 🛒 ½", "\u00a0padded\u3000"])
+def test_text_that_json_escapes_is_written_as_pydantic_writes_it(name: str) -> None:
+    raw = {"type": "cart_updated", "customer_id": "c-1", "occurred_at": "2025-01-01T10:00:00+02:00",
+           "properties": {"cart_id": "k", "currency": "eur", "value": "1E+1",
+                          "items": [{"product_id": "p", "name": name, "quantity": 2.0, "price": 0.30000000000000004}]}}
+    event = parse_event(raw, NOW, lambda: "id-1")
+    assert event.to_message() == b'{"schema_version":1,"event":%s}' % event.model_dump_json(exclude_unset=True).encode()
+    assert Event.from_message(event.to_message()) == event
 
 
 # --- the everyday-address fast path agrees with email-validator --------------------------------------
