@@ -206,6 +206,16 @@ async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: s
             value = event.to_message()
             futures.append(await producer.send(topic, value=value, key=event.customer_id.encode("utf-8"),
                                                headers=seal.headers(value) if seal is not None else None))
+    except BaseException:
+        for future in futures:
+            future.add_done_callback(_retrieve)
+        raise
+    await delivered(futures)
+
+
+async def delivered(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every delivery; raise the first failure (every other one marked as seen)."""
+    try:
         # One after the other rather than gather(), which wraps and calls back on each: the acks come a
         # batch at a time, so all but the first few are done already when awaited.
         for future in futures:

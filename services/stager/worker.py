@@ -13,7 +13,6 @@ Its SQL, and that of facts.py, is in sql.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -30,6 +29,7 @@ from lifecycle.core.state import CustomerState
 from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.db.notify import OUTBOX_CHANNEL, notify
 from lifecycle.events import Event
+from lifecycle.kafka import delivered
 from services.stager import metrics
 from services.stager.facts import record_facts
 from services.stager.sql import (
@@ -197,7 +197,7 @@ class StagerStore:
             )
             for row in rows
         ]
-        await asyncio.gather(*futures)
+        await delivered(futures)
         async with self.engine.begin() as conn:
             await conn.execute(DELETE_OUTBOX, {"ids": [row.id for row in rows]})
         metrics.TRIGGERS_RELAYED.inc(len(rows))
