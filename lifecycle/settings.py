@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -74,6 +75,12 @@ def check_web_url(value: str, *, base: bool) -> str:
     if base and (parts.query or parts.fragment):
         raise ValueError(f"is a base URL that paths are added to: no ?query or #fragment; got {value!r}")
     return value
+
+
+@lru_cache(maxsize=16)
+def _address_of(mail_from: str) -> str:
+    # asked for every email composed; parseaddr is pure Python
+    return parseaddr(mail_from)[1] or mail_from
 
 
 class Settings(BaseSettings):
@@ -266,7 +273,7 @@ class Settings(BaseSettings):
 
     @property
     def mail_from_address(self) -> str:
-        return parseaddr(self.mail_from)[1] or self.mail_from
+        return _address_of(self.mail_from)
 
     def as_environment(self) -> dict[str, str]:
         """These settings as LIFECYCLE_* variables, to hand to a child process."""

@@ -22,7 +22,10 @@ PRODUCT_PREFIX = "product:"
 # what str.isspace() calls whitespace (the same test as `\s`), control characters, DEL
 _UNREADABLE = re.compile(r"[\s\x00-\x1f\x7f]")
 # href="..." or href='...' in rendered MJML; values come out of autoescaped Jinja, so quotes are escaped
-_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+# `\bhref` in any case. Spelled with classes rather than IGNORECASE and \b (the look-behind) so that the
+# search skips to each h or H: the other spelling tried every position of the markup (0.2 ms an email).
+# No character outside ASCII matches h, r, e or f when case is ignored (a test checks every one).
+_HREF = re.compile(r"""([hH](?<!\w[hH])[rR][eE][fF]\s*=\s*)(["'])(.*?)\2""", re.DOTALL)
 
 
 def url_segment(value: object) -> str:

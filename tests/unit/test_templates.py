@@ -19,6 +19,7 @@ from lifecycle.templates import (
     Rendered,
     TemplateError,
     Templates,
+    links,
     sample_contexts,
     with_open_pixel,
 )
@@ -576,3 +577,19 @@ def test_a_web_url_has_no_character_str_isspace_calls_whitespace_nor_a_control_c
         char = chr(code)
         unreadable = char.isspace() or code < 0x20 or char == "\x7f"
         assert is_web_url(f"https://shop.example/a{char}b") is not unreadable, hex(code)
+
+
+def test_the_href_pattern_matches_where_the_ignore_case_word_boundary_pattern_does() -> None:
+    # links._HREF spells "\bhref" in any case with classes and a look-behind: the same matches
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        for letter in "href":
+            folds = re.fullmatch(letter, char, re.IGNORECASE) is not None
+            assert folds is (char in (letter, letter.upper())), hex(code)
+    reference = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+    markup = ("<a HREF='https://a.example/x'>a</a><a data-href=\"https://b.example\">b</a>"
+              "<a xhref=\"https://c.example\">c</a><a href = \"https://d.example/\u00e9\">d</a>"
+              "<a Href=\"\n\">e</a>é_href=\"https://f.example\" -href='https://g.example' hReF=\"x\"")
+    expected = [m.span(0) for m in reference.finditer(markup)]
+    assert len(expected) == 6 and [m.span(0) for m in links._HREF.finditer(markup)] == expected
+    assert [m.groups() for m in links._HREF.finditer(markup)] == [m.groups() for m in reference.finditer(markup)]
