@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 INGEST_EVENTS = 20_000  # POSTed in batches of 100 by four clients
 INGEST_BATCH = 100
 INGEST_CLIENTS = 4
-INGEST_WORKERS = 1  # LIFECYCLE_INGEST_WORKERS of the API; 2 is slower on 2 cores (docs/performance.md)
+INGEST_ROUNDS = 3  # the producer and the API take turns; each figure is its median
+INGEST_WORKERS = 2  # LIFECYCLE_INGEST_WORKERS of the API: one per core (docs/performance.md)
 STAGER_EVENTS = 100_000  # already in Kafka when the stager starts
 DISPATCHER_SENDS = 5_000  # already due in PostgreSQL when the dispatcher starts
 LATENCY_SECONDS = 60.0  # of steady open-loop load
