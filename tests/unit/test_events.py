@@ -699,6 +699,14 @@ def test_text_that_json_escapes_is_written_as_pydantic_writes_it(name: str) -> N
     assert Event.from_message(event.to_message()) == event
 
 
+@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00Z", "0999-12-31T23:59:59.5Z", "1970-01-01T00:00:00-00:00",
+                                         "2026-03-02T08:59:59.000001+00:00", "2000-02-29T12:00:00.123456789+01:30"])
+def test_every_date_time_is_written_as_pydantic_writes_it(occurred_at: str) -> None:
+    event = parse_event({"type": "customer_signed_up", "customer_id": "c", "occurred_at": occurred_at}, NOW,
+                        lambda: "id-1")
+    assert event.to_message() == b'{"schema_version":1,"event":%s}' % event.model_dump_json(exclude_unset=True).encode()
+
+
 # --- the everyday-address fast path agrees with email-validator --------------------------------------
 
 _EMAIL_ALPHABET = "aZ09.-_+!#'`~@xn-é\u00a0 .localtest"
