@@ -207,8 +207,7 @@ async def publish_events(producer: RenewingProducer | AIOKafkaProducer, topic: s
             futures.append(await producer.send(topic, value=value, key=event.customer_id.encode("utf-8"),
                                                headers=seal.headers(value) if seal is not None else None))
     except BaseException:
-        for future in futures:
-            future.add_done_callback(_retrieve)
+        _all_seen(futures)
         raise
     await delivered(futures)
 
@@ -221,9 +220,13 @@ async def delivered(futures: Sequence[asyncio.Future[Any]]) -> None:
         for future in futures:
             await future
     except BaseException:
-        for future in futures:
-            future.add_done_callback(_retrieve)
+        _all_seen(futures)
         raise
+
+
+def _all_seen(futures: Sequence[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        future.add_done_callback(_retrieve)
 
 
 T = TypeVar("T")
