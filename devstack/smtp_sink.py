@@ -127,6 +127,13 @@ class _Handler:
         self.store = store
         self.tempfailed: dict[str, int] = {}  # address -> 451s answered so far (in memory: per sink run)
 
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        # as Postfix and the large relays do: clients may send MAIL, RCPT and DATA in one write
+        # (aiosmtpd reads commands one line at a time, so it serves pipelined ones as they come)
+        session.host_name = hostname  # what aiosmtpd does itself when no hook answers EHLO
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         local = address.rpartition("@")[0].lower()

@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_pool_size: int = Field(default=8, ge=1)
+    # MAIL, RCPT and DATA in one write where the server offers PIPELINING (RFC 2920)
+    smtp_pipelining: bool = True
     smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
     smtp_domain_rate_per_second: float = Field(default=0.0, ge=0)
     smtp_max_attempts: int = Field(default=8, ge=1)

@@ -20,7 +20,7 @@ from typing import Literal, Protocol, TypeVar
 
 import aiosmtplib
 
-from lifecycle import smtp_data
+from lifecycle import smtp_data, smtp_pipelining
 from lifecycle.settings import Settings
 
 log = logging.getLogger("lifecycle.smtp")
@@ -37,6 +37,8 @@ MESSAGES_PER_CONNECTION = 100
 DOMAIN_BUCKET_TTL = 300.0
 
 smtp_data.install()  # DATA without regular expressions over messages already in wire form
+# every answer kept in order, which pipelined commands need (False: aiosmtplib is not the one expected)
+PIPELINING_AVAILABLE = smtp_pipelining.install()
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -56,6 +58,7 @@ class SmtpConfig:
     # Extra CA bundle (PEM) trusted on top of the system's (which honours SSL_CERT_FILE / SSL_CERT_DIR).
     ca_file: Path | None = None
     local_hostname: str | None = None  # EHLO name; None: this machine's FQDN, looked up once
+    pipelining: bool = True  # where the server offers it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig:
@@ -65,7 +68,7 @@ class SmtpConfig:
             tls=settings.smtp_tls, username=settings.smtp_username or None, password=settings.smtp_password,
             pool_size=settings.smtp_pool_size, rate_per_second=settings.smtp_rate_per_second,
             domain_rate_per_second=settings.smtp_domain_rate_per_second,
-            ca_file=Path(ca_file) if ca_file else None,
+            ca_file=Path(ca_file) if ca_file else None, pipelining=settings.smtp_pipelining,
         )
 
 
@@ -335,13 +338,20 @@ class SmtpPool:
             return Outcome("retry", f"connect: {_first_line(str(exc)) or type(exc).__name__}")
         try:
             options = [] if recipient.isascii() else ["SMTPUTF8"]
-            await attempt.conn.smtp.sendmail(mail_from, [recipient], message, mail_options=options)
+            smtp = attempt.conn.smtp
+            if self.config.pipelining and smtp_pipelining.can_pipeline(smtp):
+                await smtp_pipelining.send_pipelined(smtp, mail_from, recipient, message, options)
+            else:
+                await smtp.sendmail(mail_from, [recipient], message, mail_options=options)
             attempt.conn.messages += 1
             attempt.keep = True
             return Outcome("sent")
         except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as exc:
             # aiosmtplib sent RSET already; the connection stays good unless the server is closing it (421)
-            code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else 0
+            if isinstance(exc, aiosmtplib.SMTPResponseException):
+                code = exc.code
+            else:  # a 421 to RCPT closes the connection as much as one to MAIL or DATA
+                code = exc.recipients[0].code if exc.recipients else 0
             attempt.keep = code != 421
             return classify(exc)
         except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
