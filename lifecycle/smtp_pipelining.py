@@ -119,12 +119,21 @@ async def send_pipelined(smtp: SMTP, sender: str, recipient: str, message: bytes
     try:
         async with _commands(protocol):
             protocol.write(commands)
-            mail = await protocol.read_response(timeout=smtp.timeout)
-            rcpt = await protocol.read_response(timeout=smtp.timeout)
-            data = await protocol.read_response(timeout=smtp.timeout)
-            refusal = _refusal(mail, rcpt, data, sender, recipient)
+            answers: list[SMTPResponse] = []
+            try:
+                while len(answers) < 3:
+                    answers.append(await protocol.read_response(timeout=smtp.timeout))
+            except (SMTPServerDisconnected, SMTPTimeoutError):
+                # a server may hang up after refusing (too many errors): the refusal is the outcome, as it
+                # is when the commands go one at a time and the client stops at the first refusal
+                refusal = _refusal(answers, sender, recipient)
+                if refusal is None:
+                    raise
+                smtp.close()
+                raise refusal from None
+            refusal = _refusal(answers, sender, recipient)
             if refusal is not None:
-                if data.code == SMTPStatus.start_input:
+                if answers[2].code == SMTPStatus.start_input:
                     # the server took DATA anyway: an empty message ends it (RFC 2920 §3.1), then RSET
                     protocol.write(b".\r\n")
                     await protocol.read_response(timeout=smtp.timeout)
@@ -143,16 +152,18 @@ async def send_pipelined(smtp: SMTP, sender: str, recipient: str, message: bytes
         raise
 
 
-def _refusal(mail: SMTPResponse, rcpt: SMTPResponse, data: SMTPResponse, sender: str,
-             recipient: str) -> Exception | None:
-    """The exception sendmail raises at the first answer that refuses (None: all three accept)."""
-    status = SMTPStatus
-    if mail.code != status.completed:
-        return SMTPSenderRefused(mail.code, mail.message, sender)
-    if rcpt.code not in (status.completed, status.will_forward):
-        return SMTPRecipientsRefused([SMTPRecipientRefused(rcpt.code, rcpt.message, recipient)])
-    if data.code != status.start_input:
-        return SMTPDataError(data.code, data.message)
+def _refusal(answers: list[SMTPResponse], sender: str, recipient: str) -> Exception | None:
+    """The exception sendmail raises at the first of the answers to MAIL, RCPT and DATA (as many as
+    came) that refuses; None when none of them does."""
+    accepted = ((SMTPStatus.completed,), (SMTPStatus.completed, SMTPStatus.will_forward), (SMTPStatus.start_input,))
+    for index, (answer, ok) in enumerate(zip(answers, accepted, strict=False)):
+        if answer.code in ok:
+            continue
+        if index == 0:
+            return SMTPSenderRefused(answer.code, answer.message, sender)
+        if index == 1:
+            return SMTPRecipientsRefused([SMTPRecipientRefused(answer.code, answer.message, recipient)])
+        return SMTPDataError(answer.code, answer.message)
     return None
 
 

@@ -121,6 +121,7 @@ class _Scripted:
     answers: dict[bytes, list[bytes]] = field(default_factory=dict)
     pipelining: bool = True
     byte_by_byte: bool = False
+    hang_up_after: bytes = b""  # the command after whose answer the server closes the connection
     received: list[bytes] = field(default_factory=list)
     port: int = 0
 
@@ -146,6 +147,9 @@ class _Scripted:
                            + b"250 SIZE 1000000\r\n")
                 continue
             answer = self._answer(command)
+            if command == self.hang_up_after and not answer.startswith(b"250"):
+                await send(held + answer)
+                break
             if command in (b"MAIL", b"RCPT") and reader._buffer:  # more commands came in the same write
                 held += answer
                 continue
@@ -228,3 +232,19 @@ async def test_a_server_closing_with_421_is_a_retry_and_the_connection_is_not_ke
         await pool.close()
     assert [o.kind for o in outcomes] == ["sent", "retry", "sent"]
     assert pool.opened == 2  # the 421 connection was dropped and a new one made
+
+
+@pytest.mark.parametrize(("command", "answers", "kind", "reason"), [
+    (b"RCPT", {b"RCPT": [b"250 ok", b"550 5.1.1 no such user"]}, "bounce", "bounced: 550 5.1.1 no such user"),
+    (b"MAIL", {b"MAIL": [b"250 ok", b"421 4.7.0 too many errors"]}, "retry",
+     "smtp 421 to MAIL FROM: 4.7.0 too many errors"),
+])
+async def test_a_server_that_hangs_up_after_refusing_gives_the_refusal_as_the_outcome(
+        command: bytes, answers: dict[bytes, list[bytes]], kind: str, reason: str) -> None:
+    # one command at a time the client stops at the refusal; pipelined, the answers after it never come
+    async with _scripted(answers=answers, hang_up_after=command) as script:
+        pool = SmtpPool(SmtpConfig("127.0.0.1", script.port, timeout=5, local_hostname="test.local"))
+        outcomes = [await pool.send("s@shop.example", "r@example.com", MESSAGE) for _ in range(3)]
+        await pool.close()
+    assert [(o.kind, o.reason) for o in outcomes] == [("sent", ""), (kind, reason), ("sent", "")]
+    assert pool.opened == 2
