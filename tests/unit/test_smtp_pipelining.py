@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,27 +17,10 @@ from aiosmtpd.controller import Controller
 from devstack.smtp_sink import MessageStore, _Handler
 from lifecycle import smtp_pipelining
 from lifecycle.smtp import Outcome, SmtpConfig, SmtpPool
+from tests.unit.test_smtp import _free_port
 
 MESSAGE = (b"From: Shop <hello@shop.example>\r\nTo: x@example.com\r\nSubject: Hi\r\n\r\n"
            b"Hello\r\n.starts with a dot\r\n..two\r\n")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port = _free_port()
-    controller = Controller(_Handler(MessageStore(tmp_path / "mail")), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port, tmp_path / "mail"
-    finally:
-        controller.stop()
 
 
 def test_aiosmtplib_makes_its_connections_with_the_protocol_that_keeps_every_answer() -> None:
