@@ -9,6 +9,7 @@ confirmation goes through the click tracker; the links are returned in index ord
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -274,21 +275,18 @@ _AS_GIVEN_FORMS = {
     "to": re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}"),
     "message-id": re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>"),
 }
-_written_cache: dict[tuple[str, str], tuple[bytes, str]] = {}
-
-
 def _written(name: str, value: str) -> tuple[bytes, str]:
     """The header's line as the composer's policy writes it (LF), and its value read back as a string."""
     if _as_given(name, value):
         return f"{name}: {value}\n".encode("ascii"), value
-    found = _written_cache.get((name, value))
-    if found is None:
-        stored = _POLICY.header_store_parse(name, value)[1]
-        found = (_POLICY.fold_binary(name, stored), str(stored))
-        if len(_written_cache) >= 4096:
-            _written_cache.clear()
-        _written_cache[(name, value)] = found
-    return found
+    return _written_by_policy(name, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _written_by_policy(name: str, value: str) -> tuple[bytes, str]:
+    # kept: the values that need the policy are mostly the same in every email (From, subjects)
+    stored = _POLICY.header_store_parse(name, value)[1]
+    return _POLICY.fold_binary(name, stored), str(stored)
 
 
 def _as_given(name: str, value: str) -> bool:
@@ -323,22 +321,16 @@ def _quoted_printable(content: str) -> bytes:
     if "\r" in content:  # the encoder treats CRLF line ends apart: the whole text at once
         return binascii.b2a_qp(content.encode("utf-8"), istext=True)
     lines = content.split("\n")
-    encoded: list[bytes] = []
-    for line in lines[:-1]:
-        found = _encoded_lines.get(line)
-        if found is None:
-            found = binascii.b2a_qp(f"{line}\n".encode(), istext=True)
-            if len(_encoded_lines) >= _ENCODED_LINES_KEPT:
-                _encoded_lines.clear()
-            _encoded_lines[line] = found
-        encoded.append(found)
+    encoded = [_encoded_line(line) for line in lines[:-1]]
     if lines[-1]:
         encoded.append(binascii.b2a_qp(lines[-1].encode("utf-8"), istext=True))
     return b"".join(encoded)
 
 
-_ENCODED_LINES_KEPT = 4096
-_encoded_lines: dict[str, bytes] = {}
+@functools.lru_cache(maxsize=4096)
+def _encoded_line(line: str) -> bytes:
+    """One line of the text and its line end, quoted-printable."""
+    return binascii.b2a_qp(f"{line}\n".encode(), istext=True)
 
 
 def message_bytes(message: EmailMessage) -> bytes:
