@@ -26,7 +26,7 @@ from bench.common import (
     say,
 )
 from bench.stack import BenchStack, reset
-from bench.workload import batches, mixed_events, parsed
+from bench.workload import batches, keyed_messages, mixed_events, parsed
 from lifecycle.kafka import make_producer
 from lifecycle.scenario import first_plain_key
 from lifecycle.settings import Settings
@@ -124,7 +124,7 @@ async def run(stack: BenchStack, scale: Scale, results: Results) -> None:
     # Kafka's JVM compiles its hot paths over the first few thousand records: the producer's first
     # 20,000 ran at about half the speed of the next ones, so the first round would flatter the API
     say(f"  warm-up, not timed: {count} messages by the producer, and one batch through the API")
-    warm = [(e.customer_id.encode(), e.to_message()) for e in parsed(mixed_events("ing-warm", count)[:count])]
+    warm = keyed_messages(parsed(mixed_events("ing-warm", count)[:count]))
     await raw_produce(settings, warm, settings.events_topic + ".raw")
     await post_all(settings, mixed_events("ing-warm", INGEST_BATCH)[:INGEST_BATCH])
     # Each is a few seconds long, and this machine's speed moves from one second to the next: the two
@@ -133,7 +133,7 @@ async def run(stack: BenchStack, scale: Scale, results: Results) -> None:
     apis: list[float] = []
     for round_number in range(1, INGEST_ROUNDS + 1):
         events = mixed_events(f"ing{round_number}", count)[:count]
-        wire = [(e.customer_id.encode(), e.to_message()) for e in parsed(events)]
+        wire = keyed_messages(parsed(events))
         raws.append(rate(len(wire), await raw_produce(settings, wire, settings.events_topic + ".raw")))
         started, ended = await post_all(settings, events)
         apis.append(rate(count, ended - started))

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import STAGER_EVENTS, Results, Row, Scale, rate, say
 from bench.stack import BenchStack, end_offsets, group_lag, metric, reset, scalar, wait_until
-from bench.workload import batches, mixed_events, parsed
+from bench.workload import batches, keyed_messages, mixed_events, parsed
 from lifecycle.seal import Seal
 from lifecycle.settings import Settings
 
@@ -71,7 +71,7 @@ async def run(stack: BenchStack, scale: Scale, results: Results) -> None:
     await reset(stack)
     before = await end_offsets(settings, settings.events_topic)
     events = parsed(mixed_events("stg", count)[:count])
-    await produce(settings, [(e.customer_id.encode(), e.to_message()) for e in events])
+    await produce(settings, keyed_messages(events))
     ends = await end_offsets(settings, settings.events_topic)
     written = sum(ends.values()) - sum(before.values())
     if written != count:

@@ -80,6 +80,11 @@ def pipeline_events(prefix: str, customers: int, views: int, now: datetime | Non
     return events
 
 
+def keyed_messages(events: list[Event]) -> list[tuple[bytes, bytes]]:
+    """The events as the API writes them to Kafka: (customer id, `Event.to_message()`)."""
+    return [(event.customer_id.encode(), event.to_message()) for event in events]
+
+
 def parsed(raw: list[dict[str, Any]], received_at: datetime | None = None) -> list[Event]:
     """The events as the API reads them (received now)."""
     received = received_at or datetime.now(UTC)
