@@ -37,8 +37,9 @@ MESSAGES_PER_CONNECTION = 100
 DOMAIN_BUCKET_TTL = 300.0
 
 smtp_data.install()  # DATA without regular expressions over messages already in wire form
-# every answer kept in order, which pipelined commands need (False: aiosmtplib is not the one expected)
-PIPELINING_AVAILABLE = smtp_pipelining.install()
+# every answer kept in order, which pipelined commands need (not installed: aiosmtplib is not the one
+# expected, and every message goes one command at a time)
+smtp_pipelining.install()
 
 
 # --- configuration ----------------------------------------------------------------------------
