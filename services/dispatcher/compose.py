@@ -313,24 +313,62 @@ def _date_written_back(value: str) -> bool:
 
 
 def _quoted_printable(content: str) -> bytes:
-    """`binascii.b2a_qp(content, istext=True)`, line by line, each line seen before not encoded again.
+    """Quoted-printable, line by line, each line or piece seen before not encoded again.
 
     Quoted-printable encodes each line on its own, and an email's HTML is the same lines but for those
-    holding its own links: encoding the whole of it took a fifth of a render worker's time.
-    tests/unit/test_compose.py holds the two to the same bytes."""
+    holding its own links: encoding the whole of it took a fifth of a render worker's time. A line up to
+    `_LONG_LINE` characters is `binascii.b2a_qp` of it; a longer one (the inlined HTML body is one line
+    of 10 kB or more, with the email's links in it) is cut after a `>` every `_PIECE` characters or so,
+    and the pieces are joined by soft line breaks: the same text once decoded, and only the pieces
+    holding the email's own links are encoded anew. tests/unit/test_compose.py holds both."""
     if "\r" in content:  # the encoder treats CRLF line ends apart: the whole text at once
         return binascii.b2a_qp(content.encode("utf-8"), istext=True)
     lines = content.split("\n")
-    encoded = [_encoded_line(line) for line in lines[:-1]]
-    if lines[-1]:
-        encoded.append(binascii.b2a_qp(lines[-1].encode("utf-8"), istext=True))
+    encoded = [_encoded_line(line) if len(line) <= _LONG_LINE else _encoded_long_line(line) for line in lines[:-1]]
+    last = lines[-1]
+    if len(last) > _LONG_LINE:
+        encoded.append(_encoded_long_line(last, ended=False))
+    elif last:
+        encoded.append(binascii.b2a_qp(last.encode("utf-8"), istext=True))
     return b"".join(encoded)
+
+
+_LONG_LINE = 1000
+_PIECE = 256
+# The longest encoded line before its soft line break's "=" (RFC 2045 §6.7: 76 with the "=").
+_QP_WIDTH = 75
 
 
 @functools.lru_cache(maxsize=4096)
 def _encoded_line(line: str) -> bytes:
     """One line of the text and its line end, quoted-printable."""
     return binascii.b2a_qp(f"{line}\n".encode(), istext=True)
+
+
+def _encoded_long_line(line: str, ended: bool = True) -> bytes:
+    """A long line as pieces joined by soft line breaks; `ended`: the line end after it."""
+    out: list[bytes] = []
+    start = 0
+    while len(line) - start > 2 * _PIECE:
+        cut = line.find(">", start + _PIECE, len(line) - _PIECE)
+        if cut < 0:
+            break
+        out.append(_encoded_piece(line[start:cut + 1]))
+        start = cut + 1
+    rest = line[start:]
+    out.append(_encoded_line(rest) if ended else binascii.b2a_qp(rest.encode("utf-8"), istext=True))
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded_piece(piece: str) -> bytes:
+    """A piece of a long line, ending with a soft line break."""
+    encoded = binascii.b2a_qp(piece.encode("utf-8"), istext=True)
+    # the encoder lets the last character of its input take a line's 76th column: no room for the "="
+    if len(encoded) - encoded.rfind(b"\n") - 1 > _QP_WIDTH:
+        unit = 3 if encoded[-3:-2] == b"=" else 1  # an escape (=XX) is never split
+        encoded = encoded[:-unit] + b"=\n" + encoded[-unit:]
+    return encoded + b"=\n"
 
 
 def message_bytes(message: EmailMessage) -> bytes:
