@@ -9,6 +9,8 @@ database pool) accepting connections on the same socket. The parent then:
   directory of the parent's, read at each scrape, so a replaced worker's counts are kept);
   ready while every worker is alive and the API answers its own /readyz;
 * replaces a worker that exits, after a pause that grows while replacements keep dying;
+* shares with the workers an array of how many connections each holds, so that the next
+  connection goes to the least loaded (services/ingest/balancing.py);
 * on SIGTERM or SIGINT, passes SIGTERM to the workers, which answer the requests they hold
   (up to the API's graceful shutdown) and stop, then removes the metrics directory.
 
@@ -28,12 +30,12 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableSequence
 from functools import partial
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 import httpx
-import uvicorn
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -42,6 +44,7 @@ from prometheus_client.registry import Collector
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import StartupError, die_with_parent, run_service, settle_heap, setup_logging, stop_on_signals
 from lifecycle.settings import Settings
+from services.ingest.balancing import ABSENT, BalancedServer
 from services.ingest.main import GRACEFUL_SHUTDOWN_SECONDS, api_config, api_engine, build_app, prepare
 
 log = logging.getLogger("lifecycle.ingest")
@@ -95,6 +98,8 @@ class _Supervisor:
         self.settings = settings
         self.sock = sock
         self.context = multiprocessing.get_context("spawn")
+        # each worker's open connections, in shared memory: written by the worker, read by all
+        self.loads = cast(MutableSequence[int], self.context.RawArray("i", [ABSENT] * count))
         self.slots: list[BaseProcess | None] = [None] * count
         self.started_at = [0.0] * count
         self.pause = [0.0] * count
@@ -109,7 +114,8 @@ class _Supervisor:
             self._start(slot)
 
     def _start(self, slot: int) -> None:
-        process = self.context.Process(target=_worker_main, args=(self.settings, self.sock, os.getpid(), slot),
+        process = self.context.Process(target=_worker_main,
+                                       args=(self.settings, self.sock, self.loads, os.getpid(), slot),
                                        name=f"ingest-worker-{slot}", daemon=False)
         process.start()
         self.slots[slot] = process
@@ -130,6 +136,7 @@ class _Supervisor:
                 if process.pid is not None:
                     mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
                 self.slots[slot] = None
+                self.loads[slot] = ABSENT  # killed: it could not say so itself
             if now >= self.not_before[slot]:
                 self._start(slot)
 
@@ -200,13 +207,14 @@ def _local(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _worker_main(settings: Settings, sock: socket.socket, parent: int, slot: int) -> None:
+def _worker_main(settings: Settings, sock: socket.socket, loads: MutableSequence[int], parent: int,
+                 slot: int) -> None:
     die_with_parent(parent, signal.SIGTERM)
     setup_logging(settings.log_format, settings.log_level)
-    run_service(_serve_worker(settings, sock, slot))
+    run_service(_serve_worker(settings, sock, loads, slot))
 
 
-async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> None:
+async def _serve_worker(settings: Settings, sock: socket.socket, loads: MutableSequence[int], slot: int) -> None:
     from lifecycle.templates import Templates
 
     engine = api_engine(settings)
@@ -216,6 +224,6 @@ async def _serve_worker(settings: Settings, sock: socket.socket, slot: int) -> N
         # uvicorn hands a SIGTERM back once it has stopped: to this handler, so the worker ends cleanly
         stop_on_signals()
         log.info("ingest worker %d serving (pid %d)", slot, os.getpid())
-        await uvicorn.Server(api_config(settings, app)).serve(sockets=[sock])
+        await BalancedServer(api_config(settings, app), sock, loads, slot).serve()
     finally:
         await engine.dispose()

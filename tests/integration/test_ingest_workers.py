@@ -4,6 +4,7 @@ worker replaced, and every worker gone with its parent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -147,6 +148,61 @@ async def test_workers_share_one_port_and_one_metrics_endpoint_and_a_dead_one_is
         assert ingest.process.wait(30) == 0, ingest.log.read_text()
         assert not any(_alive(pid) for pid in workers)
         assert "ingest stopped" in ingest.log.read_text()
+
+
+def _connections_per_worker(ingest: Ingest) -> list[int]:
+    """How many established connections to the API each worker holds (from /proc), least first."""
+    port = ingest.settings.ingest_port
+    established: set[str] = set()  # socket inodes
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                established.add(fields[9])
+    counts = []
+    for pid in ingest.workers():
+        held = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    held.add(target[len("socket:["):-1])
+        counts.append(len(held & established))
+    return sorted(counts)
+
+
+async def test_kept_alive_connections_are_spread_evenly_over_the_workers(
+        pipeline: Settings, runner: ScenarioRunner) -> None:
+    await runner.configure(Path(__file__), {})
+    await runner.reset(START)
+    async with ingest_workers(pipeline, 2) as ingest:
+        for round_number in range(3):
+            # opened together, as a backend's connection pool opens them, and kept open
+            clients = [httpx.AsyncClient(base_url=ingest.api, auth=runner.http.auth, timeout=30) for _ in range(6)]
+            try:
+                answers = await asyncio.gather(*(client.post("/v1/events", json=_batch(f"k{round_number}-{n}", 0, 5))
+                                                 for n, client in enumerate(clients)))
+                assert [answer.status_code for answer in answers] == [202] * 6
+                assert _connections_per_worker(ingest) == [3, 3]
+            finally:
+                for client in clients:
+                    await client.aclose()
+            await until(lambda: _connections_per_worker(ingest) == [0, 0], "the connections closed")
+
+
+async def test_a_stopped_worker_delays_no_connection_for_long(pipeline: Settings, runner: ScenarioRunner) -> None:
+    await runner.configure(Path(__file__), {})
+    await runner.reset(START)
+    async with ingest_workers(pipeline, 2) as ingest:
+        stopped = min(ingest.workers())
+        os.kill(stopped, signal.SIGSTOP)  # alive, holding none, accepting nothing
+        try:
+            # the other worker is ahead after its first connection: it waits a moment each time, then takes it
+            for n in range(4):
+                await _post(ingest, runner, _batch(f"s{n}", 0, 5))
+            assert await ingest.accepted() == 20
+        finally:
+            os.kill(stopped, signal.SIGCONT)
 
 
 async def test_the_workers_end_with_their_parent_even_when_it_is_killed(pipeline: Settings) -> None:
