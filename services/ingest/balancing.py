@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import time
 from collections.abc import MutableSequence
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger("lifecycle.ingest")
 
 # How long a worker ahead of another by one connection lets the others take a waiting one first
 # (twice as long when two ahead, and so on, up to AHEAD_WAIT_MOST_SECONDS).
@@ -32,6 +36,8 @@ AHEAD_WAIT_MOST_SECONDS = 0.1
 REFRESH_SECONDS = 0.1
 # A slot's count while its worker is not running: never the least loaded, so nobody waits for it.
 ABSENT = 1 << 30
+# A failing accept (out of file descriptors) is logged at most this often.
+ACCEPT_ERROR_LOG_SECONDS = 10.0
 
 
 def ahead(loads: MutableSequence[int], slot: int) -> int:
@@ -52,6 +58,7 @@ class BalancedServer(uvicorn.Server):
         self.slot = slot
         self._opening = 0  # accepted, not yet one of uvicorn's connections
         self._handing: set[asyncio.Task[None]] = set()
+        self._logged_at = -ACCEPT_ERROR_LOG_SECONDS
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # the application's lifespan; no listener of uvicorn's own
@@ -90,7 +97,10 @@ class BalancedServer(uvicorn.Server):
                 except (BlockingIOError, InterruptedError):
                     await _readable(loop, self.sock, REFRESH_SECONDS)
                     continue
-                except OSError:  # out of descriptors, a connection reset before it was accepted
+                except OSError as exc:  # out of descriptors, a connection reset before it was accepted
+                    if time.monotonic() - self._logged_at >= ACCEPT_ERROR_LOG_SECONDS:
+                        self._logged_at = time.monotonic()
+                        log.warning("ingest worker %d could not accept a connection: %s", self.slot, exc)
                     await asyncio.sleep(AHEAD_WAIT_SECONDS)
                     continue
                 self._opening += 1
@@ -137,6 +147,5 @@ class _Acceptor:
         self.task.cancel()
 
     async def wait_closed(self) -> Any:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await asyncio.wait([self.task])  # its cancellation, not this caller's
         self.sock.close()
