@@ -164,7 +164,7 @@ async def test_ab_assignment_is_stable_and_reported(fresh: ScenarioRunner, tmp_p
             await signup(fresh, customer, f"{customer}@example.com", birthday="--07-07", timezone="UTC")
         await advance(fresh, timedelta(days=1, hours=1))
         async with fresh.engine.connect() as conn:
-            recorded = dict((await conn.execute(text(
+            recorded: dict[str, str] = dict((await conn.execute(text(
                 "SELECT customer_id, variant FROM sends WHERE journey = 'birthday'"))).all())
         step = {j.name: j for j in load_journeys(journeys)}["birthday"].send_step(0)
         assert recorded == {c: assign_variant(c, "birthday", step).name for c in customers}

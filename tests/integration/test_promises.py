@@ -210,7 +210,7 @@ async def test_a_run_that_cannot_be_processed_fails_alone_and_the_batch_goes_on(
     sent = await store.claim_due_steps(10)
     assert [o.customer_id for o in sent] == ["c-bad-3"]
     async with engine.connect() as conn:
-        rows = dict((await conn.execute(text(
+        rows: dict[str, str] = dict((await conn.execute(text(
             "SELECT customer_id, status || ':' || exit_reason FROM journey_runs WHERE journey = 'prospect_welcome'"
             " AND customer_id IN ('c-bad-1', 'c-bad-2')"))).all())
     assert rows == {"c-bad-1": "failed:version_unusable", "c-bad-2": "exited:step_removed:1"}
@@ -252,7 +252,7 @@ async def test_a_run_whose_decision_raises_is_decided_alone_and_nothing_is_count
     assert skipped() - before == 1
     assert tried.count("c-plan-bug") == 2  # together, then alone
     async with engine.connect() as conn:
-        rows = dict((await conn.execute(text(
+        rows: dict[str, str] = dict((await conn.execute(text(
             "SELECT r.customer_id, r.status || ':' || coalesce(r.exit_reason, '') FROM journey_runs r"
             " WHERE r.customer_id = ANY(:c)"), {"c": customers})).all())
         sends = (await conn.execute(text("SELECT customer_id, status FROM sends WHERE customer_id = ANY(:c)"
@@ -323,7 +323,8 @@ async def test_each_stager_relays_the_triggers_of_its_partitions_holding_no_tran
     await stager.apply_events([_event(c, "customer_signed_up", START, traits={
         "email": f"{c}@example.com", "consent": "opted_in"}) for c in customers])
     async with engine.begin() as conn:
-        stored = dict((await conn.execute(text("SELECT DISTINCT customer_id, partition FROM outbox"))).all())
+        stored: dict[str, int | None] = dict(
+            (await conn.execute(text("SELECT DISTINCT customer_id, partition FROM outbox"))).all())
         # a row from before partitions were recorded: any relay takes it
         await conn.execute(text("INSERT INTO outbox (customer_id, payload, created_at) VALUES"
                                 " ('c-old', '{\"trigger_id\": \"old\"}', now())"))
@@ -556,7 +557,7 @@ async def test_processed_ids_and_bodies_of_finished_sends_expire_after_the_reten
     async with engine.connect() as conn:
         kept = (await conn.execute(text("SELECT count(*) FROM processed_events"))).scalar()
         triggers = (await conn.execute(text("SELECT trigger_id FROM processed_triggers"))).scalars().all()
-        bodies = dict((await conn.execute(text(
+        bodies: dict[str, bool] = dict((await conn.execute(text(
             "SELECT message_id, message IS NOT NULL FROM sends ORDER BY run_id"))).tuples().all())
         await conn.execute(text("SET enable_seqscan = off"))  # what the planner does once the tables are big
         plans = ["\n".join(row[0] for row in (await conn.execute(text(f"EXPLAIN {statement.text}"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,7 +65,7 @@ class FakeProducer:
 
 def _worker(consumer: FakeConsumer, producer: FakeProducer, handle: Any) -> TopicWorker[str]:
     registry = CollectorRegistry()
-    counters = [Counter(name, name, registry=registry) for name in ("consumed", "unreadable", "dead")]
+    consumed, unreadable, dead = (Counter(name, name, registry=registry) for name in ("consumed", "unreadable", "dead"))
 
     def decode(raw: bytes, headers: Sequence[tuple[str, bytes]]) -> str:
         if raw.startswith(b"\x00"):
@@ -73,7 +73,7 @@ def _worker(consumer: FakeConsumer, producer: FakeProducer, handle: Any) -> Topi
         return raw.decode() + "".join(f"+{name}={value.decode()}" for name, value in headers)
 
     return TopicWorker(consumer, producer, Settings(), "stager",  # type: ignore[arg-type]
-                       ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), decode, handle, *counters)
+                       ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), decode, handle, consumed, unreadable, dead)
 
 
 async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_is_handled() -> None:
@@ -192,7 +192,7 @@ def test_a_task_loop_waits_for_its_wake_up_or_its_idle_time_and_backs_off_after_
 
     async def scenario() -> None:
         stop, wake = asyncio.Event(), asyncio.Event()
-        results = iter([1, 0, 0, RuntimeError("bug")])
+        results: Iterator[int | Exception] = iter([1, 0, 0, RuntimeError("bug")])
 
         async def step() -> int:
             calls.append("step")

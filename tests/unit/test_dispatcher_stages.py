@@ -15,7 +15,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-import dkim
+import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519

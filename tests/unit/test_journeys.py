@@ -6,7 +6,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -39,6 +39,11 @@ POLICY = SendPolicy()
 def trig(trigger_type: TriggerType, at: datetime = T0, backfill: bool = False, tid: str = "t1",
          **data: Any) -> Trigger:
     return Trigger(tid, trigger_type, "c1", at, backfill, data)
+
+
+def _data(values: dict[str, Any]) -> dict[str, Any]:
+    """Trigger data under names that are not identifiers (`from`)."""
+    return values
 
 
 def started(actions: list[Any]) -> dict[str, StartRun]:
@@ -121,7 +126,7 @@ def test_exits() -> None:
     welcome = run_of(started(on_trigger(journeys, [], trig(TriggerType.STAGE_CHANGED, to="new")))
                      ["new_customer_welcome"], 2)
     assert ExitRun(2, "exit:stage_changed") in on_trigger(
-        journeys, [welcome], trig(TriggerType.STAGE_CHANGED, tid="t2", **{"from": "new", "to": "active"}))
+        journeys, [welcome], trig(TriggerType.STAGE_CHANGED, tid="t2", **_data({"from": "new", "to": "active"})))
     # history still ends journeys it concerns
     assert ExitRun(1, "exit:order_placed") in on_trigger(
         journeys, [cart], trig(TriggerType.ORDER_PLACED, backfill=True, order_id="o"))
@@ -274,7 +279,7 @@ def test_a_click_lands_on_the_run_of_the_clicked_email() -> None:
                    1, status="exited")
     second = run_of(started(on_trigger([journey], [], trig(TriggerType.ORDER_PLACED, T0 + timedelta(days=1),
                                                            tid="t2", order_id="o2")))["post_purchase"], 2)
-    click = dict(kind="clicked", journey="post_purchase", step="1", link="satisfied")
+    click: dict[str, Any] = dict(kind="clicked", journey="post_purchase", step="1", link="satisfied")
     assert on_trigger([journey], [first, second], trig(TriggerType.ENGAGEMENT, run_id=1, **click)) == [
         RecordClick(1, 1, "satisfied")]
     assert on_trigger([journey], [first, second], trig(TriggerType.ENGAGEMENT, **click)) == [

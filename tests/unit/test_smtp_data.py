@@ -61,7 +61,7 @@ def test_an_address_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
 
     smtp_data.install()
     parse = aiosmtplib.email.parse_address
-    assert hasattr(parse, "cache_info") and aiosmtplib.smtp.parse_address is parse
+    assert hasattr(parse, "cache_info") and aiosmtplib.smtp.parse_address is parse  # type: ignore[attr-defined]
     original = parse.__wrapped__  # type: ignore[attr-defined]
     for _ in range(2):  # the second answer from the cache, errors included (never kept)
         try:

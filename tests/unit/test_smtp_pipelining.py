@@ -25,7 +25,7 @@ MESSAGE = (b"From: Shop <hello@shop.example>\r\nTo: x@example.com\r\nSubject: Hi
 
 def test_aiosmtplib_makes_its_connections_with_the_protocol_that_keeps_every_answer() -> None:
     assert smtp_pipelining.install()
-    assert aiosmtplib.smtp.SMTPProtocol is smtp_pipelining.OrderedAnswers
+    assert aiosmtplib.smtp.SMTPProtocol is smtp_pipelining.OrderedAnswers  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ class _Scripted:
             if command == self.hang_up_after and not answer.startswith(b"250"):
                 await send(held + answer)
                 break
-            if command in (b"MAIL", b"RCPT") and reader._buffer:  # more commands came in the same write
+            if command in (b"MAIL", b"RCPT") and reader._buffer:  # type: ignore[attr-defined]  # more commands came in the same write
                 held += answer
                 continue
             await send(held + answer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import sys
 from datetime import UTC, datetime
@@ -539,7 +540,7 @@ def test_preview_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert templates_command(["preview", "post_purchase", "2", "--template", "x"], Settings()) == 1
     assert "post_purchase_2, post_purchase_4" in capsys.readouterr().err
     monkeypatch.setattr(cli_templates, "CHROMIUM", str(tmp_path / "no-chromium"))
-    monkeypatch.setattr(cli_templates.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     assert templates_command(["preview", "birthday", "1", "--png", "--out", str(tmp_path)], Settings()) == 1
     assert "apt-get install -y chromium" in capsys.readouterr().err
 
