@@ -51,8 +51,9 @@ async def test_a_failing_accept_is_logged_now_and_then_and_the_worker_leaves_its
         caplog: pytest.LogCaptureFixture) -> None:
     listener = _FailingListener()
     loads = [0, 0]
-    server = BalancedServer(uvicorn.Config(app=lambda scope, receive, send: None), listener,  # type: ignore[arg-type]
-                            loads, 0)
+    # log_config None: uvicorn's own would take over its loggers for every later test in this process
+    config = uvicorn.Config(app=lambda scope, receive, send: None, log_config=None)
+    server = BalancedServer(config, listener, loads, 0)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="lifecycle.ingest"):
         task = asyncio.create_task(server._accept_all())
         await asyncio.sleep(0.2)
