@@ -7,7 +7,7 @@ database pool) accepting connections on the same socket. The parent then:
 * serves /metrics, /healthz and /readyz on LIFECYCLE_INGEST_METRICS_PORT: the metrics are the
   sum of the workers' (prometheus_client's multiprocess mode: each worker writes its values to a
   directory of the parent's, read at each scrape, so a replaced worker's counts are kept);
-  ready while every worker is alive and the API answers its own /readyz;
+  ready while every worker is alive and accepting connections and the API answers its own /readyz;
 * replaces a worker that exits, after a pause that grows while replacements keep dying;
 * shares with the workers an array of how many connections each holds, so that the next
   connection goes to the least loaded (services/ingest/balancing.py);
@@ -142,6 +142,8 @@ class _Supervisor:
 
     async def ready(self) -> bool:
         if not all(process is not None and process.is_alive() for process in self.slots):
+            return False
+        if any(load >= ABSENT for load in self.loads):  # alive, but not accepting connections yet
             return False
         try:
             async with httpx.AsyncClient(timeout=2.0) as client:
