@@ -21,8 +21,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import MutableSequence
-from typing import Any
+from collections.abc import MutableSequence, Sequence
 
 import uvicorn
 
@@ -40,7 +39,7 @@ ABSENT = 1 << 30
 ACCEPT_ERROR_LOG_SECONDS = 10.0
 
 
-def ahead(loads: MutableSequence[int], slot: int) -> int:
+def ahead(loads: Sequence[int], slot: int) -> int:
     """By how many connections the worker of `slot` holds more than the least loaded other (0: none)."""
     others = [load for index, load in enumerate(loads) if index != slot]
     return max(0, loads[slot] - min(others)) if others else 0
@@ -118,6 +117,7 @@ class BalancedServer(uvicorn.Server):
             conn.close()
         finally:
             self._opening -= 1
+            self._publish()  # a connection lost on the way in no longer counts
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
@@ -146,6 +146,6 @@ class _Acceptor:
     def close(self) -> None:
         self.task.cancel()
 
-    async def wait_closed(self) -> Any:
+    async def wait_closed(self) -> None:
         await asyncio.wait([self.task])  # its cancellation, not this caller's
         self.sock.close()
