@@ -20,6 +20,7 @@ INGEST_ROUNDS = 3  # the producer and the API take turns; each figure is its med
 INGEST_WORKERS = 2  # LIFECYCLE_INGEST_WORKERS of the API: one per core (docs/performance.md)
 STAGER_EVENTS = 100_000  # already in Kafka when the stager starts
 DISPATCHER_SENDS = 5_000  # already due in PostgreSQL when the dispatcher starts
+DISPATCHER_ROUNDS = 3  # of the dispatcher then the raw loop, plain and with DKIM: each figure their median
 LATENCY_SECONDS = 60.0  # of steady open-loop load
 LATENCY_MIN_SECONDS = 5.0
 LATENCY_LOAD = 0.7  # of the measured dispatcher throughput
