@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lifecycle.cli_segments import add_segments_parser, run_segments_command
 from lifecycle.cli_templates import add_templates_parser, run_templates_command
 from lifecycle.settings import Settings, load_settings
 
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--journey", help="only this journey")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     add_templates_parser(sub)
+    add_segments_parser(sub)
     journeys = sub.add_parser("journeys", help="journey definitions")
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
@@ -393,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args.since, args.journey, args.format)
         if args.command == "templates":
             return run_templates_command(args, _settings())
+        if args.command == "segments":
+            return run_segments_command(args, _settings())
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))

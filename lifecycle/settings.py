@@ -164,6 +164,7 @@ class Settings(BaseSettings):
 
     # Journeys and templates
     journeys_dir: Path | None = None
+    segments_dir: Path | None = None  # segment files added to (or replacing) the built-in ones, by name
     default_locale: str = "fr"
     shop_logo_url: str = "https://shop.example/logo.png"
 

@@ -46,6 +46,9 @@ class Decision:
     dues: dict[str, datetime | None] = field(default_factory=dict)
 
 
+STAGES = ("prospect", "new", "active", "at_risk", "lapsed")  # every value compute_stage gives
+
+
 def compute_stage(state: CustomerState, now: datetime, config: RuleConfig) -> str:
     counted = state.counted_orders()
     if not counted:
@@ -214,7 +217,11 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         )
     elif kind in (EventType.EMAIL_BOUNCED, EventType.EMAIL_COMPLAINED):
         state.suppressed = "bounced" if kind is EventType.EMAIL_BOUNCED else "complained"
-    # page_viewed, product_viewed, checkout_started only count as activity
+    elif kind is EventType.PRODUCT_VIEWED:
+        product = _prop(event, "product_id")
+        if product is not None:
+            state.record_view(str(product), at)
+    # page_viewed and checkout_started only count as activity
     return applier.finish()
 
 

@@ -62,6 +62,7 @@ class CartState:
 
 
 CONSENT_LOG_LIMIT = 100  # consent facts kept per customer; the oldest go first
+VIEWED_LIMIT = 50  # products whose latest view is kept per customer (segments' viewed_product); the oldest go
 
 # At the same instant an opt-out outranks a confirmation, which outranks a trait: ties never depend on order.
 _FACT_RANK = {"trait": 0, "confirmed": 1, "unsubscribed": 2}
@@ -125,6 +126,18 @@ class CustomerState:
     last_engagement_at: datetime | None = None
     last_click_at: datetime | None = None
     suppressed: str | None = None
+    viewed: dict[str, datetime] = field(default_factory=dict)  # product id -> its latest view
+
+    def record_view(self, product_id: str, at: datetime) -> None:
+        """The latest view of each product, for at most VIEWED_LIMIT products (the most recently viewed)."""
+        held = self.viewed.get(product_id)
+        if held is not None and held >= at:
+            return
+        self.viewed[product_id] = at
+        if len(self.viewed) > VIEWED_LIMIT:
+            oldest = sorted(self.viewed, key=lambda p: (self.viewed[p], p))[: len(self.viewed) - VIEWED_LIMIT]
+            for product in oldest:
+                del self.viewed[product]
 
     def set_trait(self, name: str, value: str | list[str] | None, at: datetime) -> None:
         """Last writer by event time wins; None clears the trait."""
@@ -181,6 +194,7 @@ class CustomerState:
             "last_engagement_at": _iso(self.last_engagement_at),
             "last_click_at": _iso(self.last_click_at),
             "suppressed": self.suppressed,
+            "viewed": {k: v.isoformat() for k, v in self.viewed.items()},
         }
 
     @classmethod
@@ -200,6 +214,7 @@ class CustomerState:
             last_engagement_at=_dt(data.get("last_engagement_at")),
             last_click_at=_dt(data.get("last_click_at")),
             suppressed=data.get("suppressed"),
+            viewed={k: datetime.fromisoformat(v) for k, v in data.get("viewed", {}).items()},
         )
 
 

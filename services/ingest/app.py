@@ -41,6 +41,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifecycle.clock import Clock
+from lifecycle.core.segments import filter_json_schema
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
 from lifecycle.seal import Seal
@@ -51,6 +52,7 @@ from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
+from services.ingest.segments_api import SegmentPreviewer, segments_router
 from services.ingest.tracking import MessageReader, tracking_router
 
 log = logging.getLogger(__name__)
@@ -323,6 +325,7 @@ def create_app(
     message_reader: MessageReader | None = None,
     fence_writer: FenceWriter | None = None,
     journey_store: JourneyStore | None = None,
+    segment_previewer: SegmentPreviewer | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
@@ -335,7 +338,8 @@ def create_app(
     finds an email's stored links for the click redirect. `new_event_id` names the events
     the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
     the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
-    opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes.
+    opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes and
+    `segment_previewer` the segment preview.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -536,6 +540,7 @@ def create_app(
                                        new_event_id=new_event_id, monotonic=monotonic))
     app.include_router(admin_router(journey_store, [Depends(require_admin_key)],
                                     Templates(settings.journeys_dir, settings.default_locale).names()))
+    app.include_router(segments_router(segment_previewer, [Depends(require_admin_key)], settings.segments_dir))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -574,6 +579,12 @@ def create_app(
                 }
             },
         }
+        # the inline filter of the segment preview is JSON in the query string: say what JSON
+        components["SegmentFilter"] = filter_json_schema()
+        for parameter in schema["paths"]["/v1/admin/segments/preview"]["get"]["parameters"]:
+            if parameter["name"] == "filter":
+                parameter.pop("schema", None)
+                parameter["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/SegmentFilter"}}}
         app.openapi_schema = schema
         return schema
 

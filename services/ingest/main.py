@@ -24,7 +24,7 @@ from lifecycle.runtime import StartupError, retry_until, run_service, settle_hea
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app, not_ready_because
-from services.ingest.stores import PgJourneyStore, make_fence_writer
+from services.ingest.stores import PgJourneyStore, make_fence_writer, make_segment_previewer
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 log = logging.getLogger("lifecycle.ingest")
@@ -72,14 +72,16 @@ def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> 
     # Imported here: the db layer is only needed when actually serving.
     from lifecycle.db.queries import make_customer_reader, make_message_reader
 
+    clock = make_clock(settings.clock, engine)
     return create_app(
         settings,
-        make_clock(settings.clock, engine),
+        clock,
         customer_reader=make_customer_reader(engine, settings),
         manage_topics=False,
         message_reader=make_message_reader(engine),
         fence_writer=make_fence_writer(engine),
         journey_store=PgJourneyStore(engine, templates),
+        segment_previewer=make_segment_previewer(engine, clock, settings.default_locale),
     )
 
 

@@ -1,12 +1,18 @@
-"""The ingest API's PostgreSQL side: opt-out fences and journey versions (its SQL in sql.py)."""
+"""The ingest API's PostgreSQL side: opt-out fences, journey versions (its SQL in sql.py), segment previews."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lifecycle.clock import Clock
+from lifecycle.core.segments import Filter
+from lifecycle.db.segments import Preview, preview
 from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, list_versions
 from lifecycle.templates import Templates
 from services.ingest.app import Fence, FenceWriter
+from services.ingest.segments_api import SegmentPreviewer
 from services.ingest.sql import INSERT_FENCES
 
 
@@ -32,3 +38,12 @@ class PgJourneyStore:
 
     async def versions(self, journey: str | None) -> list[VersionInfo]:
         return await list_versions(self.engine, journey)
+
+
+def make_segment_previewer(engine: AsyncEngine, clock: Clock, default_locale: str) -> SegmentPreviewer:
+    async def run(chosen: Filter, category: str | None, sample: int) -> tuple[datetime, Preview]:
+        now = await clock.now()
+        async with engine.connect() as conn:
+            return now, await preview(conn, chosen, now, default_locale, category, sample)
+
+    return run

@@ -3,7 +3,8 @@ the OpenAPI document states in words because JSON Schema cannot say them. Every 
 
 - an event's `occurred_at` is at most 5 minutes after the server receives it (relative to "now");
 - in a journey, the ids given to send steps differ, variant names differ, and a coupon's `reuse_step`
-  names an earlier send step.
+  names an earlier send step;
+- in a segment's filter, a range's gte is at most its lte.
 
 Only values that would break one of these rules are changed, into values that keep the request's
 other properties: a request the fuzzer built to be invalid stays invalid.
@@ -11,10 +12,13 @@ other properties: a request the fuzzer built to be invalid stays invalid.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
+
+RANGES = ("orders_count", "total_spent", "average_order_value")
 
 
 def _past(value: object) -> object:
@@ -85,3 +89,33 @@ def within_the_stated_rules(ctx: Any, body: Any) -> Any:
     if path == "/v1/admin/journeys" and isinstance(body, dict):
         return _journey(body)
     return body
+
+
+def _filter(value: object) -> object:
+    """A filter whose ranges have gte <= lte (swapped where they were not), nested combinations too."""
+    if isinstance(value, list):
+        return [_filter(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    fixed: dict[str, object] = {}
+    for key, item in value.items():
+        if key in RANGES and isinstance(item, dict) and isinstance(item.get("gte"), int | float) \
+                and isinstance(item.get("lte"), int | float) and item["gte"] > item["lte"]:
+            item = {**item, "gte": item["lte"], "lte": item["gte"]}
+        elif key in ("all", "any", "not"):
+            item = _filter(item)
+        fixed[key] = item
+    return fixed
+
+
+@schemathesis.hook("map_query")
+def segment_filter_within_the_stated_rules(ctx: Any, query: Any) -> Any:
+    if ctx.operation.path != "/v1/admin/segments/preview" or not isinstance(query, dict) or "filter" not in query:
+        return query
+    value = query["filter"]
+    if isinstance(value, str):
+        try:
+            return {**query, "filter": json.dumps(_filter(json.loads(value)))}
+        except ValueError:
+            return query
+    return {**query, "filter": _filter(value)}
