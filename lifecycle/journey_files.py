@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -12,6 +12,7 @@ import yaml
 
 from lifecycle.core.durations import parse_duration
 from lifecycle.core.journeys import (
+    WEEKDAYS,
     Branch,
     ClickCondition,
     CouponSpec,
@@ -174,7 +175,8 @@ def _steps(reader: _Reader, node: yaml.Node, name: str, templates: Templates | N
 
 
 SEND_FIELDS = {"id", "template", "if_clicked", "unless_clicked", "branches", "coupon", "offer", "recommendations",
-               "variants"}
+               "variants", "at", "on"}
+_AT = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 _STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TIERS = ("bronze", "silver", "gold")
 CATEGORIES = ("cart_reminders", "offers", "news")
@@ -319,8 +321,35 @@ def _send_step(reader: _Reader, send: dict[str, yaml.Node], node: yaml.Node, fie
             reader.fail(send["id"], f"{field}.id", "a step id is 1 to 64 letters, digits or _ . : - (e.g. reminder)")
         else:
             step_id = given
+    at, on = _window(reader, send, field)
     return SendStep(template, number, if_clicked, unless_clicked, tuple(branches), coupon, recommendations,
-                    tuple(variants), step_id)
+                    tuple(variants), step_id, at, on)
+
+
+def _window(reader: _Reader, send: dict[str, yaml.Node], field: str) -> tuple[time | None, tuple[int, ...]]:
+    """A send step's local time of day (`at: "10:00"`) and local weekdays (`on: [mon, tue]`)."""
+    at: time | None = None
+    if "at" in send:
+        text = reader.plain(send["at"])
+        if not isinstance(text, str) or not _AT.fullmatch(text):
+            reader.fail(send["at"], f"{field}.at", f"a local time of day from 00:00 to 23:59, such as \"10:00\" (got"
+                                                   f" {text!r}; quote it: YAML reads 10:00 unquoted as a number)")
+        else:
+            at = time.fromisoformat(text)
+    on: tuple[int, ...] = ()
+    if "on" in send:
+        days = reader.plain(send["on"])
+        if not isinstance(days, list) or not days:
+            reader.fail(send["on"], f"{field}.on", f"a non-empty list of weekdays among {', '.join(WEEKDAYS)}: a step"
+                                                   " with no day to go out on would never be sent")
+        elif any(day not in WEEKDAYS for day in days):
+            wrong = [day for day in days if day not in WEEKDAYS]
+            reader.fail(send["on"], f"{field}.on", f"unknown weekday(s) {wrong}; use {', '.join(WEEKDAYS)}")
+        elif len(set(days)) != len(days):
+            reader.fail(send["on"], f"{field}.on", "a weekday is given twice")
+        else:
+            on = tuple(sorted(WEEKDAYS.index(day) for day in days))
+    return at, on
 
 
 def parse_journey(path: Path, text: str, templates: Templates | None = None) -> tuple[Journey | None, list[Problem]]:
@@ -487,6 +516,9 @@ def journey_json_schema(template_names: list[str]) -> dict[str, Any]:
             "properties": {"template": template, "if_clicked": click, "unless_clicked": click}}},
         "coupon": coupon, "offer": offer,
         "recommendations": {"type": "integer", "minimum": 1, "maximum": 12},
+        "at": {"type": "string", "pattern": "^" + _AT.pattern + "$"},
+        "on": {"type": "array", "minItems": 1, "uniqueItems": True,
+               "items": {"type": "string", "enum": list(WEEKDAYS)}},
         "variants": {"type": "array", "minItems": 2, "items": {
             "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
                 "name": {"type": "string"}, "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},

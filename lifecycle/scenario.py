@@ -28,6 +28,7 @@ from lifecycle.core.durations import parse_duration
 from lifecycle.db.queries import iso
 from lifecycle.idle import PipelineWatch
 from lifecycle.settings import Settings
+from lifecycle.yamlio import load_plain
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
                 "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",
@@ -39,19 +40,10 @@ class ScenarioError(Exception):
     """The file itself is wrong (not the pipeline)."""
 
 
-class _StringTimestamps(yaml.SafeLoader):
-    """Keeps timestamps as the strings written, so they reach the API untouched."""
-
-
-_StringTimestamps.yaml_implicit_resolvers = {
-    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
 def load_scenario(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringTimestamps)
+        # timestamps stay the strings written, so they reach the API untouched; `on:` stays a key
+        data = load_plain(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict) or "start" not in data or not isinstance(data.get("steps"), list):

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from lifecycle.core.segments import SEGMENT_NAME, Segment, SegmentError, SegmentProblem, parse_segment
+from lifecycle.yamlio import load_plain
 
 BUILTIN_DIR = Path(__file__).parent / "segments"
 
@@ -24,7 +25,7 @@ class SegmentFileError(ValueError):
 def read_yaml(path: Path) -> Any:
     """A YAML file's value, or SegmentFileError saying where it is not YAML."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_plain(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SegmentFileError([f"{path}: cannot be read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -184,6 +185,8 @@ class Settings(BaseSettings):
     frequency_cap_hours: int = Field(default=168, ge=1)
     quiet_hours_start: str | None = None  # "21:00", customer's local time
     quiet_hours_end: str | None = None  # "08:00"
+    # the shop's time zone: local send times and quiet hours of customers without a `timezone` trait
+    shop_timezone: str = "UTC"
 
     # SMTP beyond host and port
     smtp_tls: Literal["none", "starttls", "implicit"] = "none"
@@ -218,6 +221,15 @@ class Settings(BaseSettings):
             time.fromisoformat(value)
         except ValueError:
             raise ValueError(f"expected a local time like 21:00, got {value!r}") from None
+        return value
+
+    @field_validator("shop_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected an IANA time zone name such as Europe/Paris, got {value!r}") from None
         return value
 
     @model_validator(mode="after")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lifecycle.core.triggers import Trigger, TriggerType
 
 Reentry = Literal["while_inactive", "restart", "once", "once_per_key"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class SendStep:
     recommendations: int = 0
     variants: tuple[Variant, ...] = ()
     id: str = ""  # stable across versions of the journey (default: its template); runs point at it
+    at: time | None = None  # local time of day it goes out at (the customer's zone)
+    on: tuple[int, ...] = ()  # local weekdays it may go out on (0: Monday); empty: any day
 
     def templates(self) -> tuple[str, ...]:
         names = [self.template, *(b.template for b in self.branches), *(v.template for v in self.variants)]
@@ -263,6 +266,7 @@ class SendPolicy:
     frequency_cap_hours: int = 168
     quiet_start: time | None = None
     quiet_end: time | None = None
+    timezone: str = "UTC"  # the shop's: the local time of customers without a zone of their own
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,12 @@ def decide_step(
         if chosen is None:
             return Skip(step, "condition:no_branch")
         template = chosen.template
+    if step.at is not None or step.on:
+        # the run's due time, not the claim's: a step deferred to its moment is due exactly then
+        assert run.due_at is not None
+        allowed = send_window_start(run.due_at, zone_of(recipient.timezone, policy), step.at, step.on)
+        if allowed > run.due_at:
+            return Defer(step, allowed)
     if journey.marketing:
         quiet_until = quiet_hours_end(now, recipient.timezone, policy)
         if quiet_until is not None:
@@ -343,7 +353,7 @@ def quiet_hours_end(now: datetime, timezone: str | None, policy: SendPolicy) -> 
     start, end = policy.quiet_start, policy.quiet_end
     if start is None or end is None or start == end:
         return None
-    zone = ZoneInfo(timezone or "UTC")
+    zone = zone_of(timezone, policy)
     local = now.astimezone(zone)
     clock = local.time().replace(tzinfo=None)
     inside = start <= clock < end if start < end else (clock >= start or clock < end)
@@ -351,6 +361,41 @@ def quiet_hours_end(now: datetime, timezone: str | None, policy: SendPolicy) -> 
         return None
     day = local.date() if clock < end else local.date() + timedelta(days=1)
     return datetime.combine(day, end, tzinfo=zone).astimezone(now.tzinfo)
+
+
+def zone_of(timezone: str | None, policy: SendPolicy) -> ZoneInfo:
+    """The customer's zone, else the shop's (also for a name this machine's zone database lacks)."""
+    for name in (timezone, policy.timezone, "UTC"):
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def local_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """`at` on `day` in `zone`, as an instant. A time the clocks skip (spring forward) is taken as if
+    they had not moved yet, which lands it as far after the change (02:30 becomes 03:30); a time
+    they repeat (fall back) is its first occurrence."""
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def send_window_start(due: datetime, zone: ZoneInfo, at: time | None, on: tuple[int, ...]) -> datetime:
+    """The first moment at or after `due` allowed by a step's `at` (local time of day) and `on` (local
+    weekdays), in `zone`. With `on` alone, a due time on another day moves to the start of the next
+    allowed day."""
+    local = due.astimezone(zone)
+    for offset in range(8):  # within a week every weekday comes once, and today's time may be past
+        day = local.date() + timedelta(days=offset)
+        if on and day.weekday() not in on:
+            continue
+        if at is None:
+            return due if offset == 0 else local_moment(day, time(0, 0), zone).astimezone(due.tzinfo)
+        moment = local_moment(day, at, zone)
+        if moment >= due:
+            return moment.astimezone(due.tzinfo)
+    raise ValueError(f"no allowed moment in the week after {due}: on={on}")
 
 
 def is_sunset(recipient: Recipient, now: datetime, sunset_days: int) -> bool:

@@ -76,4 +76,5 @@ def send_policy(settings: Settings) -> SendPolicy:
         frequency_cap_hours=settings.frequency_cap_hours,
         quiet_start=_clock_time(settings.quiet_hours_start),
         quiet_end=_clock_time(settings.quiet_hours_end),
+        timezone=settings.shop_timezone,
     )
