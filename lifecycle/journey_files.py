@@ -366,7 +366,7 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
     if top is None:
         return None, reader.problems
     allowed = {"name", "description", "entry", "steps", "exit", "reentry", "reentry_key", "consent", "marketing",
-               "category"}
+               "category", "reentry_cooldown", "unless_active"}
     for key in sorted(set(top) - allowed):
         reader.fail(top[key], key, "unknown field")
     for required in ("name", "entry", "steps"):
@@ -425,10 +425,19 @@ def parse_journey(path: Path, text: str, templates: Templates | None = None) -> 
             reader.fail(top["category"], "category", f"one of {', '.join(CATEGORIES)}")
         else:
             category = value
+    cooldown = _duration(reader, top["reentry_cooldown"], "reentry_cooldown") if "reentry_cooldown" in top else None
+    unless_active: tuple[str, ...] = ()
+    if "unless_active" in top:
+        raw_names = reader.plain(top["unless_active"])
+        if not isinstance(raw_names, list) or not raw_names or not all(
+                isinstance(n, str) and re.fullmatch(JOURNEY_NAME.strip("^$"), n) for n in raw_names):
+            reader.fail(top["unless_active"], "unless_active", "a non-empty list of journey names")
+        else:
+            unless_active = tuple(raw_names)
     if reader.problems or entry is None:
         return None, reader.problems
     journey = Journey(name, entry, tuple(steps), tuple(exits), reentry, reentry_key, consent, marketing, description,
-                      category)
+                      category, cooldown, unless_active)
     return journey, []
 
 
@@ -539,6 +548,8 @@ def journey_json_schema(template_names: list[str]) -> dict[str, Any]:
                       "contains": send_step},
             "reentry": {"type": "string", "enum": list(REENTRY_RULES)},
             "reentry_key": {"type": "string", "minLength": 1},
+            "reentry_cooldown": duration,
+            "unless_active": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": JOURNEY_NAME}},
             "consent": {"oneOf": [consent, {"type": "array", "minItems": 1, "items": consent}]},
             "marketing": {"type": "boolean"},
             "category": {"type": "string", "enum": list(CATEGORIES)},

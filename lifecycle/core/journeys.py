@@ -107,6 +107,8 @@ class Journey:
     marketing: bool = True
     description: str = ""
     category: str = "news"  # cart_reminders | offers | news: what a customer can leave on the preference page
+    reentry_cooldown: timedelta | None = None  # no new run within this of the start of the previous one
+    unless_active: tuple[str, ...] = ()  # journeys whose active run keeps this one from starting
 
     def first_send(self, start: datetime) -> tuple[int, datetime] | None:
         return self._next_send(-1, start)
@@ -219,6 +221,12 @@ def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger,
         if journey.reentry == "once_per_key" and any(
             r.journey == journey.name and r.entry_key == entry_key for r in runs
         ):
+            continue
+        if journey.reentry_cooldown is not None and any(
+            r.journey == journey.name and trigger.occurred_at - r.started_at < journey.reentry_cooldown for r in runs
+        ):
+            continue
+        if any(other in active and other not in exited for other in journey.unless_active):
             continue
         if running is not None:
             if journey.reentry != "restart":

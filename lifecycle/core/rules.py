@@ -27,6 +27,16 @@ class DueKind:
     STAGE = "stage_expiry"
     CART = "cart_abandon"
     BIRTHDAY = "birthday"
+    BROWSE = "browse_abandon"
+
+
+# Browse abandonment: the same product viewed twice, or three views, within BROWSE_WINDOW; then no
+# cart and no order for BROWSE_QUIET.
+BROWSE_WINDOW = timedelta(hours=24)
+BROWSE_QUIET = timedelta(hours=2)
+BROWSE_KEPT = 50  # views kept per customer
+BROWSE_PRODUCTS = 6  # products a browse_abandoned trigger carries, the most viewed first
+BROWSE_EXIT_WINDOW = timedelta(days=7)  # a cart within this of a browse_abandoned is told (cart_updated)
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,7 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         product = _prop(event, "product_id")
         if product is not None:
             state.record_view(str(product), at)
+            _apply_view(applier, event, str(product))
     # page_viewed and checkout_started only count as activity
     return applier.finish()
 
@@ -238,6 +249,54 @@ def _items(event: Event) -> list[dict[str, Any]]:
         {"product_id": item.product_id, "name": item.name, "quantity": int(item.quantity), "price": float(item.price)}
         for item in (_prop(event, "items") or [])
     ]
+
+
+def _apply_view(applier: _Applier, event: Event, product: str) -> None:
+    """Keep the view; browsing that qualifies is abandoned BROWSE_QUIET after its latest view."""
+    state, at = applier.state, event.occurred_at
+    price = _prop(event, "price")
+    state.browsing.append({"product_id": product, "name": _prop(event, "name"),
+                           "price": None if price is None else float(price),
+                           "currency": _prop(event, "currency"), "at": at.isoformat()})
+    latest = max(datetime.fromisoformat(v["at"]) for v in state.browsing)
+    state.browsing = sorted((v for v in state.browsing if datetime.fromisoformat(v["at"]) > latest - BROWSE_WINDOW),
+                            key=lambda v: v["at"])[-BROWSE_KEPT:]
+    if not applier.backfill and browsing_qualifies(state.browsing):
+        applier.decision.dues[DueKind.BROWSE] = latest + BROWSE_QUIET
+
+
+def browsing_qualifies(views: list[dict[str, Any]]) -> bool:
+    """The same product viewed at least twice, or three views of any products."""
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[view["product_id"]] = counts.get(view["product_id"], 0) + 1
+    return len(views) >= 3 or any(n >= 2 for n in counts.values())
+
+
+def _browse_ends(applier: _Applier, at: datetime, cart_id: str | None = None) -> None:
+    """A cart or an order ends the browsing: nothing is abandoned; a recent browse run is told of a cart."""
+    state = applier.state
+    state.browsing = []
+    applier.decision.dues[DueKind.BROWSE] = None
+    if cart_id is not None and state.browse_abandoned_at is not None \
+            and timedelta(0) <= at - state.browse_abandoned_at <= BROWSE_EXIT_WINDOW:
+        applier.emit(TriggerType.CART_UPDATED, {"cart_id": cart_id})
+
+
+def _browsed_products(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The viewed products, most viewed first (then the latest viewed), with their latest known details."""
+    found: dict[str, dict[str, Any]] = {}
+    for view in sorted(views, key=lambda v: v["at"]):
+        entry = found.setdefault(view["product_id"], {"product_id": view["product_id"], "views": 0})
+        entry["views"] += 1
+        entry["last_viewed_at"] = view["at"]
+        for key in ("name", "price", "currency"):
+            if view.get(key) is not None:
+                entry[key] = view[key]
+    ranked = sorted(found.values(), key=lambda p: (p["views"], p["last_viewed_at"]), reverse=True)
+    for entry in ranked:
+        entry.setdefault("name", entry["product_id"])
+    return ranked[:BROWSE_PRODUCTS]
 
 
 def _apply_cart(applier: _Applier, event: Event) -> None:
@@ -262,6 +321,7 @@ def _apply_cart(applier: _Applier, event: Event) -> None:
         value=float(_prop(event, "value") or 0.0),
         currency=str(_prop(event, "currency") or ""),
     )
+    _browse_ends(applier, at, cart_id)
     if state.last_order_at_any is None or state.last_order_at_any < at:
         applier.decision.dues[DueKind.CART] = at + timedelta(minutes=applier.config.cart_abandon_minutes)
 
@@ -277,6 +337,7 @@ def _apply_order(applier: _Applier, event: Event) -> None:
     fact.items = _items(event)
     state.orders[order_id] = fact
     state.last_order_at_any = max(state.last_order_at_any or at, at)
+    _browse_ends(applier, at)
     if state.cart is not None and state.cart.updated_at <= at:
         # the order takes the cart: nothing to abandon any more
         state.cart = None
@@ -301,6 +362,14 @@ def apply_due(state: CustomerState, kind: str, due_at: datetime, now: datetime, 
                 {"cart_id": cart.cart_id, "items": cart.items, "value": cart.value, "currency": cart.currency},
             )
         applier.decision.dues[DueKind.CART] = None
+    elif kind == DueKind.BROWSE:
+        since = due_at - BROWSE_QUIET - BROWSE_WINDOW
+        views = [v for v in state.browsing if datetime.fromisoformat(v["at"]) > since]
+        if state.traits.get("email") and browsing_qualifies(views):
+            applier.emit(TriggerType.BROWSE_ABANDONED, {"products": _browsed_products(views), "views": len(views)})
+            state.browse_abandoned_at = due_at
+        state.browsing = []
+        applier.decision.dues[DueKind.BROWSE] = None
     elif kind == DueKind.BIRTHDAY:
         if state.traits.get("birthday"):
             local_year = due_at.astimezone(ZoneInfo(state.traits.get("timezone") or "UTC")).year

@@ -127,6 +127,9 @@ class CustomerState:
     last_click_at: datetime | None = None
     suppressed: str | None = None
     viewed: dict[str, datetime] = field(default_factory=dict)  # product id -> its latest view
+    # the product views of the last 24 hours (browse abandonment): product_id, name, price, currency, at
+    browsing: list[dict[str, Any]] = field(default_factory=list)
+    browse_abandoned_at: datetime | None = None  # the latest browse_abandoned trigger
 
     def record_view(self, product_id: str, at: datetime) -> None:
         """The latest view of each product, for at most VIEWED_LIMIT products (the most recently viewed)."""
@@ -195,6 +198,8 @@ class CustomerState:
             "last_click_at": _iso(self.last_click_at),
             "suppressed": self.suppressed,
             "viewed": {k: v.isoformat() for k, v in self.viewed.items()},
+            "browsing": self.browsing,
+            "browse_abandoned_at": _iso(self.browse_abandoned_at),
         }
 
     @classmethod
@@ -215,6 +220,8 @@ class CustomerState:
             last_click_at=_dt(data.get("last_click_at")),
             suppressed=data.get("suppressed"),
             viewed={k: datetime.fromisoformat(v) for k, v in data.get("viewed", {}).items()},
+            browsing=list(data.get("browsing", [])),
+            browse_abandoned_at=_dt(data.get("browse_abandoned_at")),
         )
 
 

@@ -21,6 +21,8 @@ class TriggerType(StrEnum):
     ORDER_VOIDED = "order_voided"  # cancelled or refunded
     BIRTHDAY = "birthday"
     ENGAGEMENT = "engagement"
+    BROWSE_ABANDONED = "browse_abandoned"
+    CART_UPDATED = "cart_updated"  # a cart gets items within a week of a browse_abandoned (its journey's exit)
 
 
 @dataclass(frozen=True)

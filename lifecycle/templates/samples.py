@@ -30,6 +30,13 @@ _SAMPLE_BASE: dict[str, Any] = {
     "context": {
         "cart_id": "k1", "order_id": "o1", "currency": "EUR", "value": 128.0, "year": 2026,
         "from": "prospect", "to": "new", "consent": "pending", "orders_count": 0,
+        "views": 4,
+        "products": [
+            {"product_id": "p1", "name": "Linen shirt", "price": 59.0, "currency": "EUR", "views": 2,
+             "last_viewed_at": "2026-07-07T07:00:00+00:00"},
+            {"product_id": "p9", "name": "p9", "price": None, "currency": None, "views": 1,
+             "last_viewed_at": "2026-07-07T06:00:00+00:00"},
+        ],
         "items": [
             {"product_id": "p1", "name": "Linen shirt", "quantity": 1, "price": 59.0},
             {"product_id": "p2", "name": "Wool scarf", "quantity": 2, "price": 34.5,

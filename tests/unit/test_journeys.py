@@ -57,7 +57,8 @@ def run_of(start: StartRun, run_id: int = 1, status: str = "active") -> Run:
 
 def test_all_default_journeys_ship() -> None:
     assert set(JOURNEYS) == {"double_opt_in", "prospect_welcome", "abandoned_cart", "new_customer_welcome",
-                             "post_purchase", "referral", "win_back", "lapsed_reactivation", "birthday"}
+                             "post_purchase", "referral", "win_back", "lapsed_reactivation", "birthday",
+                             "browse_abandonment"}
 
 
 @pytest.mark.parametrize(
