@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
 def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def stamp(value: datetime) -> str:
+    """An instant as fixed-width UTC text: two stamps compare as the instants do."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -126,19 +131,27 @@ class CustomerState:
     last_engagement_at: datetime | None = None
     last_click_at: datetime | None = None
     suppressed: str | None = None
-    viewed: dict[str, datetime] = field(default_factory=dict)  # product id -> its latest view
-    # the product views of the last 24 hours (browse abandonment): product_id, name, price, currency, at
-    browsing: list[dict[str, Any]] = field(default_factory=list)
+    # product id -> [its latest view as a stamp(), name, price, currency as the latest views gave them].
+    # Times stay text, so loading and saving a state (many times a second) parses none of them.
+    viewed: dict[str, list[Any]] = field(default_factory=dict)
+    # the product views of the last 24 hours, oldest first (browse abandonment): [product id, stamp]
+    browsing: list[list[str]] = field(default_factory=list)
     browse_abandoned_at: datetime | None = None  # the latest browse_abandoned trigger
 
-    def record_view(self, product_id: str, at: datetime) -> None:
-        """The latest view of each product, for at most VIEWED_LIMIT products (the most recently viewed)."""
+    def record_view(self, product_id: str, seen: str, name: str | None = None, price: float | None = None,
+                    currency: str | None = None) -> None:
+        """The latest view (a stamp) of each product and its latest details, for at most VIEWED_LIMIT products
+        (the most recently viewed)."""
         held = self.viewed.get(product_id)
-        if held is not None and held >= at:
+        if held is None:
+            self.viewed[product_id] = [seen, name, price, currency]
+        elif held[0] <= seen:
+            self.viewed[product_id] = [seen, name or held[1], held[2] if price is None else price,
+                                       currency or held[3]]
+        else:
             return
-        self.viewed[product_id] = at
         if len(self.viewed) > VIEWED_LIMIT:
-            oldest = sorted(self.viewed, key=lambda p: (self.viewed[p], p))[: len(self.viewed) - VIEWED_LIMIT]
+            oldest = sorted(self.viewed, key=lambda p: (self.viewed[p][0], p))[: len(self.viewed) - VIEWED_LIMIT]
             for product in oldest:
                 del self.viewed[product]
 
@@ -197,7 +210,7 @@ class CustomerState:
             "last_engagement_at": _iso(self.last_engagement_at),
             "last_click_at": _iso(self.last_click_at),
             "suppressed": self.suppressed,
-            "viewed": {k: v.isoformat() for k, v in self.viewed.items()},
+            "viewed": self.viewed,
             "browsing": self.browsing,
             "browse_abandoned_at": _iso(self.browse_abandoned_at),
         }
@@ -219,7 +232,7 @@ class CustomerState:
             last_engagement_at=_dt(data.get("last_engagement_at")),
             last_click_at=_dt(data.get("last_click_at")),
             suppressed=data.get("suppressed"),
-            viewed={k: datetime.fromisoformat(v) for k, v in data.get("viewed", {}).items()},
+            viewed={k: v if isinstance(v, list) else [v, None, None, None] for k, v in data.get("viewed", {}).items()},
             browsing=list(data.get("browsing", [])),
             browse_abandoned_at=_dt(data.get("browse_abandoned_at")),
         )

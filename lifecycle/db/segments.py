@@ -83,8 +83,8 @@ class _Compiler:
                         " AND o.value ->> 'placed_at' IS NOT NULL"
                         f" AND NOT coalesce(CAST(o.value ->> 'voided' AS boolean), false){within})")
             within = "" if node.within is None else \
-                f" AND CAST(v.value AS timestamptz) >= {self.since(node.within)}"
-            return ("EXISTS (SELECT 1 FROM jsonb_each_text(coalesce(c.state -> 'viewed', '{}'::jsonb)) v"
+                f" AND CAST(v.value ->> 0 AS timestamptz) >= {self.since(node.within)}"
+            return ("EXISTS (SELECT 1 FROM jsonb_each(coalesce(c.state -> 'viewed', '{}'::jsonb)) v"
                     f" WHERE v.key = ANY({ids}){within})")
         if isinstance(node, TraitIs):
             name = self.param(node.name)
