@@ -233,7 +233,8 @@ class CustomerState:
             last_click_at=_dt(data.get("last_click_at")),
             suppressed=data.get("suppressed"),
             viewed={k: v if isinstance(v, list) else [v, None, None, None] for k, v in data.get("viewed", {}).items()},
-            browsing=list(data.get("browsing", [])),
+            # [product id, stamp] pairs; anything else (an older shape) is dropped, not misread
+            browsing=[v for v in data.get("browsing", []) if isinstance(v, list)],
             browse_abandoned_at=_dt(data.get("browse_abandoned_at")),
         )
 

@@ -13,6 +13,7 @@ from lifecycle.core.journeys import assign_variant
 from lifecycle.journey_files import load_journeys
 from lifecycle.report import build_report
 from lifecycle.scenario import Delivered, ScenarioRunner
+from tests.support.stories import post
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 7, 6, 9, 0, tzinfo=UTC)
@@ -21,12 +22,6 @@ HERE = Path(__file__)
 
 def item(product_id: str, name: str, price: float, quantity: int = 1) -> dict[str, Any]:
     return {"product_id": product_id, "name": name, "quantity": quantity, "price": price}
-
-
-async def post(runner: ScenarioRunner, event: dict[str, Any]) -> None:
-    event.setdefault("occurred_at", (await runner.watch.clock.now()).isoformat())
-    response = await runner.http.post("/v1/events", json=event)
-    assert response.status_code == 202, response.text
 
 
 async def signup(runner: ScenarioRunner, customer: str, email: str, **traits: str) -> None:

@@ -13,17 +13,12 @@ from sqlalchemy import text
 from lifecycle.core.segments import parse_filter
 from lifecycle.db.segments import matching_ids
 from lifecycle.scenario import ScenarioRunner
+from tests.support.stories import post
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 7, 6, 9, 0, tzinfo=UTC)
 HERE = Path(__file__)
 EVERYONE = ["seg-ada", "seg-bob", "seg-cy", "seg-dee", "seg-eve"]
-
-
-async def post(runner: ScenarioRunner, event: dict[str, Any]) -> None:
-    event.setdefault("occurred_at", (await runner.watch.clock.now()).isoformat())
-    response = await runner.http.post("/v1/events", json=event)
-    assert response.status_code == 202, response.text
 
 
 async def signup(runner: ScenarioRunner, customer: str, consent: str, **traits: Any) -> None:

@@ -124,3 +124,13 @@ def test_the_journey_exits_on_a_cart_or_an_order() -> None:
     for kind in (TriggerType.CART_UPDATED, TriggerType.ORDER_PLACED):
         actions = on_trigger(journeys, [active], Trigger("x", kind, "c1", T0 + timedelta(hours=1), False, {}))
         assert ExitRun(1, f"exit:{kind.value}") in actions
+
+
+def test_a_state_round_trips_its_views_and_drops_an_older_shape() -> None:
+    state = known()
+    apply_all(state, [view("p1", T0, name="Lamp", price=80, currency="EUR"), view("p2", T0 + timedelta(minutes=1))])
+    again = CustomerState.from_json(state.to_json())
+    assert (again.viewed, again.browsing) == (state.viewed, state.browsing)
+    assert again.viewed["p1"] == ["2026-03-02T09:00:00.000000+00:00", "Lamp", 80.0, "EUR"]
+    older = {**state.to_json(), "browsing": [{"product_id": "p1", "at": "2026-03-02T09:00:00+00:00"}]}
+    assert CustomerState.from_json(older).browsing == []
