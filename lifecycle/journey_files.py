@@ -10,8 +10,10 @@ from typing import Any, TypeGuard
 
 import yaml
 
-from lifecycle.core.durations import parse_duration
+from lifecycle.core.durations import DURATION_PATTERN, parse_duration
 from lifecycle.core.journeys import (
+    MAX_WEIGHT,
+    NAME_PATTERN,
     WEEKDAYS,
     Branch,
     ClickCondition,
@@ -25,15 +27,15 @@ from lifecycle.core.journeys import (
     WaitStep,
 )
 from lifecycle.core.triggers import TriggerType
+from lifecycle.events.kinds import EMAIL_CATEGORIES
 from lifecycle.templates import Templates
 
 BUILTIN_DIR = Path(__file__).parent / "journeys"
 REENTRY_RULES: tuple[Reentry, ...] = ("while_inactive", "restart", "once", "once_per_key")
 CONSENTS = ("opted_in", "pending", "opted_out")
 MAX_STEPS = 999  # send step numbers a click condition may name
-MAX_WEIGHT = 1_000_000
 MAX_AMOUNT = {"percent": 100, "fixed": 1_000_000_000}
-JOURNEY_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+JOURNEY_NAME = NAME_PATTERN
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,7 @@ SEND_FIELDS = {"id", "template", "if_clicked", "unless_clicked", "branches", "co
 _AT = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 _STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TIERS = ("bronze", "silver", "gold")
-CATEGORIES = ("cart_reminders", "offers", "news")
-
-
-# days, hours, minutes, seconds, each at most once and in that order, up to 5 digits each (a wait
-# of a few centuries at most, so that due times always stay dates)
-DURATION_PATTERN = "^(?:[0-9]{1,5}d)?(?:[0-9]{1,5}h)?(?:[0-9]{1,5}m)?(?:[0-9]{1,5}s)?$"
+CATEGORIES = EMAIL_CATEGORIES
 
 
 def _duration(reader: _Reader, node: yaml.Node, field: str) -> timedelta | None:

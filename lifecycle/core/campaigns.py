@@ -19,15 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from lifecycle.core.journeys import Variant, local_moment
+from lifecycle.core.journeys import MAX_WEIGHT, NAME_PATTERN, Variant, local_moment
 from lifecycle.core.segments import SEGMENT_NAME, Filter, SegmentError, SegmentProblem, parse_filter
+from lifecycle.events.kinds import EMAIL_CATEGORIES
 
-CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-CATEGORIES = ("cart_reminders", "offers", "news")
+CAMPAIGN_NAME = re.compile(NAME_PATTERN)
 IF_PASSED = ("send", "skip")
 FIELDS = ("name", "description", "category", "segment", "template", "variants", "send_at", "max_per_minute",
           "if_passed")
-MAX_WEIGHT = 1000
 # The earliest wall clock on Earth is UTC+14 (Kiribati): a local send_at is nowhere earlier than this
 # before the same reading in UTC.
 EARLIEST_OFFSET = timedelta(hours=14)
@@ -134,8 +133,8 @@ def parse_campaign(value: Any, template_names: set[str] | None = None) -> Campai
     if "name" in value and (not isinstance(name, str) or not CAMPAIGN_NAME.match(name)):
         fail("name", "letters, digits, _ . - (at most 128), starting with a letter or digit")
     category = value.get("category")
-    if "category" in value and category not in CATEGORIES:
-        fail("category", f"one of {', '.join(CATEGORIES)}: what a customer can leave on the preference page")
+    if "category" in value and category not in EMAIL_CATEGORIES:
+        fail("category", f"one of {', '.join(EMAIL_CATEGORIES)}: what a customer can leave on the preference page")
     segment: Filter | str | None = None
     raw_segment = value.get("segment")
     if isinstance(raw_segment, str):

@@ -6,6 +6,9 @@ import re
 from datetime import timedelta
 
 _PART = re.compile(r"(\d+)([dhms])")
+# days, hours, minutes, seconds, each at most once and in that order, up to 5 digits each (a few
+# centuries at most, so that due times always stay dates): how journeys and segments write durations
+DURATION_PATTERN = "^(?:[0-9]{1,5}d)?(?:[0-9]{1,5}h)?(?:[0-9]{1,5}m)?(?:[0-9]{1,5}s)?$"
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 

@@ -18,6 +18,9 @@ from lifecycle.core.triggers import Trigger, TriggerType
 
 Reentry = Literal["while_inactive", "restart", "once", "once_per_key"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
+# the names of journeys, segments and campaigns
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+MAX_WEIGHT = 1_000_000  # an A/B variant's weight, in journeys and campaigns
 
 
 @dataclass(frozen=True)
@@ -368,7 +371,7 @@ def quiet_hours_end(now: datetime, timezone: str | None, policy: SendPolicy) -> 
     if not inside:
         return None
     day = local.date() if clock < end else local.date() + timedelta(days=1)
-    return datetime.combine(day, end, tzinfo=zone).astimezone(now.tzinfo)
+    return local_moment(day, end, zone).astimezone(now.tzinfo)
 
 
 def zone_of(timezone: str | None, policy: SendPolicy) -> ZoneInfo:

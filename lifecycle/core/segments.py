@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from lifecycle.core.durations import parse_duration
+from lifecycle.core.durations import DURATION_PATTERN, parse_duration
+from lifecycle.core.journeys import NAME_PATTERN
 from lifecycle.core.rules import STAGES
 
 # The traits a customer's profile keeps (lifecycle/core/rules.py PROFILE_TRAITS): the only ones a
@@ -36,9 +37,7 @@ PRODUCTS = ("bought_product", "viewed_product")
 COMBINATIONS = ("all", "any", "not")
 CONDITIONS = ("stage", "consent", "locale", *RANGES, *DURATIONS, *PRODUCTS, "trait")
 MAX_DEPTH = 20  # combinations nested in one another
-# as journeys write durations: units in this order, at most five digits each
-DURATION_PATTERN = "^(?:[0-9]{1,5}d)?(?:[0-9]{1,5}h)?(?:[0-9]{1,5}m)?(?:[0-9]{1,5}s)?$"
-SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SEGMENT_NAME = re.compile(NAME_PATTERN)
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 
@@ -115,7 +114,7 @@ Filter = All | AnyOf | Not | OneOf | Range | Recency | Products | TraitIs
 
 
 # no condition: every customer (a preview without a segment)
-EVERYONE: Filter = Range("orders_count", 0.0, None)
+EVERYONE: Filter = All(())
 
 
 @dataclass(frozen=True)

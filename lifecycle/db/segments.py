@@ -34,8 +34,8 @@ class _Compiler:
         return self.param(self.now - span)
 
     def sql(self, node: Filter) -> str:
-        if isinstance(node, All):
-            return "(" + " AND ".join(self.sql(p) for p in node.parts) + ")"
+        if isinstance(node, All):  # no part: every customer
+            return "(" + " AND ".join(self.sql(p) for p in node.parts) + ")" if node.parts else "true"
         if isinstance(node, AnyOf):
             return "(" + " OR ".join(self.sql(p) for p in node.parts) + ")"
         if isinstance(node, Not):

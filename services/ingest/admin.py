@@ -27,13 +27,12 @@ from lifecycle.journey_catalog import (
     catalog_view,
     definition_text,
 )
-from lifecycle.journey_files import JourneyError, journey_json_schema
+from lifecycle.journey_files import JOURNEY_NAME, JourneyError, journey_json_schema
 from services.ingest.answers import ADMIN_KEY_RESPONSES, ErrorBody
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-JOURNEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class JourneyStore(Protocol):
