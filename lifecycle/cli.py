@@ -32,6 +32,7 @@ def _workers(value: str) -> int:
 
 
 def cmd_service(name: str, workers: int | None = None) -> int:
+    from lifecycle.campaign_catalog import CampaignFileError
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
     from lifecycle.settings import insecure_defaults
@@ -61,6 +62,9 @@ def cmd_service(name: str, workers: int | None = None) -> int:
         return 1
     except JourneyError as exc:
         print(f"{name}: invalid journeys, not starting:\n{exc}", file=sys.stderr)
+        return 1
+    except CampaignFileError as exc:
+        print(f"{name}: invalid campaigns, not starting:\n{exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -167,7 +171,7 @@ def cmd_journeys_validate(directory: str | None) -> int:
         return 1
     for journey in sorted(journeys, key=lambda j: j.name):
         sends = sum(1 for s in journey.steps if hasattr(s, "template"))
-        print(f"ok  {journey.name:<22} entry={journey.entry.trigger.value:<16} sends={sends} "
+        print(f"ok  {journey.name:<22} entry={journey.entry.trigger.value if journey.entry else '-':<16} sends={sends} "
               f"reentry={journey.reentry}")
     return 0
 

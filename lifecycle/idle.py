@@ -2,8 +2,8 @@
 
 Idle means all of: the stager group consumed every event (committed offsets
 equal end offsets), the outbox is empty, the dispatcher group consumed every
-trigger, no time-driven change and no journey step is due at or before now, and
-no send is in flight. Work moves downstream while we look, so the check is
+trigger, no time-driven change, journey step or campaign start is due at or before
+now, and no send is in flight. Work moves downstream while we look, so the check is
 repeated until two consecutive looks agree on a fingerprint of all progress.
 """
 
@@ -84,6 +84,8 @@ class PipelineWatch:
                         "SELECT (SELECT count(*) FROM due_changes WHERE due_at <= :now) AS dues,"
                         " (SELECT count(*) FROM outbox) AS outbox,"
                         " (SELECT count(*) FROM journey_runs WHERE status = 'active' AND due_at <= :now) AS steps,"
+                        " (SELECT count(*) FROM campaigns WHERE status = 'scheduled' AND start_at <= :now)"
+                        " AS campaigns,"
                         " (SELECT count(*) FROM sends WHERE status = 'sending') AS sending,"
                         " (SELECT count(*) FROM processed_events) AS events,"
                         " (SELECT count(*) FROM processed_triggers) AS triggers,"
@@ -100,6 +102,7 @@ class PipelineWatch:
             f"{row.outbox} triggers in the outbox": row.outbox,
             f"{trigger_lag} triggers not yet consumed by the dispatcher": trigger_lag,
             f"{row.steps} journey steps due": row.steps,
+            f"{row.campaigns} campaigns due to start": row.campaigns,
             f"{row.sending} sends in flight": row.sending,
         }
         busy = [what for what, count in checks.items() if count]
@@ -131,6 +134,8 @@ class PipelineWatch:
                         "SELECT min(d) FROM ("
                         " SELECT min(due_at) AS d FROM due_changes WHERE due_at <= :until"
                         " UNION ALL SELECT min(due_at) FROM journey_runs WHERE status = 'active' AND due_at <= :until"
+                        " UNION ALL SELECT min(start_at) FROM campaigns WHERE status = 'scheduled'"
+                        " AND start_at <= :until"
                         ") AS dues"
                     ),
                     {"until": until},

@@ -20,10 +20,13 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lifecycle.core.campaigns import Campaign, CampaignError, parse_campaign
 from lifecycle.core.journeys import Journey
 from lifecycle.journey_files import JourneyError, JourneyFile, Problem, parse_journey
 from lifecycle.templates import Templates
+from lifecycle.yamlio import load_plain
 
+CAMPAIGN_SOURCE = "campaign"  # a campaign's journey version (lifecycle/campaign_catalog.py)
 CATALOG_LOCK = 727_002  # one registration or apply at a time keeps version numbers dense
 MAX_DEFINITION_BYTES = 64 * 1024
 RunsPolicy = Literal["keep", "migrate"]
@@ -69,6 +72,11 @@ def definition_text(body: object) -> str:
     return yaml.safe_dump(body, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
+def campaign_from_definition(definition: str) -> Campaign:
+    """A stored campaign definition's campaign (checked, templates included, when it was saved)."""
+    return parse_campaign(load_plain(definition))
+
+
 def parse_definition(definition: str, where: str, templates: Templates | None) -> Journey:
     """The journey of a definition, validated exactly like a file; JourneyError otherwise."""
     if len(definition.encode("utf-8")) > MAX_DEFINITION_BYTES:
@@ -89,17 +97,21 @@ class JourneyCatalog:
     def _parse(self, row: Any) -> Journey | None:
         if row.version_id not in self._parsed:
             try:
-                self._parsed[row.version_id] = parse_definition(
-                    row.definition, f"<{row.journey} version {row.version}>", self.templates)
-            except JourneyError:
+                if row.source == CAMPAIGN_SOURCE:
+                    self._parsed[row.version_id] = campaign_from_definition(row.definition).journey()
+                else:
+                    self._parsed[row.version_id] = parse_definition(
+                        row.definition, f"<{row.journey} version {row.version}>", self.templates)
+            except (JourneyError, CampaignError):
                 self._parsed[row.version_id] = None  # runs on it end as failed, with the reason
         return self._parsed[row.version_id]
 
     async def current(self, conn: AsyncConnection) -> dict[str, tuple[int, Journey]]:
-        """The journey that starts new runs, per name: (version_id, journey). Retired names have none."""
+        """The journey that starts new runs, per name: (version_id, journey). Retired names have none, and
+        campaigns' journeys are not here: no trigger starts them."""
         rows = (await conn.execute(text(
-            "SELECT DISTINCT ON (journey) version_id, journey, version, definition, retired FROM journey_versions"
-            " ORDER BY journey, version_id DESC"))).all()
+            "SELECT DISTINCT ON (journey) version_id, journey, version, definition, retired, source"
+            " FROM journey_versions WHERE source <> 'campaign' ORDER BY journey, version_id DESC"))).all()
         found: dict[str, tuple[int, Journey]] = {}
         for row in rows:
             journey = None if row.retired else self._parse(row)
@@ -112,7 +124,7 @@ class JourneyCatalog:
         missing = sorted(v for v in version_ids if v not in self._parsed)
         if missing:
             rows = (await conn.execute(
-                text("SELECT version_id, journey, version, definition FROM journey_versions"
+                text("SELECT version_id, journey, version, definition, source FROM journey_versions"
                      " WHERE version_id = ANY(:ids)"), {"ids": missing})).all()
             for row in rows:
                 self._parse(row)
@@ -207,9 +219,10 @@ async def _migrate_runs(conn: AsyncConnection, journey: Journey, version_id: int
 
 
 async def list_versions(engine: AsyncEngine, journey: str | None = None) -> list[VersionInfo]:
-    where = " WHERE journey = :j" if journey else ""
+    where = " AND journey = :j" if journey else ""
     async with engine.connect() as conn:
-        rows = (await conn.execute(text(f"SELECT * FROM journey_versions{where} ORDER BY journey, version"),
+        rows = (await conn.execute(text(f"SELECT * FROM journey_versions WHERE source <> 'campaign'{where}"
+                                        " ORDER BY journey, version"),
                                    {"j": journey})).all()
     return [_info(row) for row in rows]
 

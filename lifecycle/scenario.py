@@ -32,8 +32,9 @@ from lifecycle.yamlio import load_plain
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
                 "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",
-                "customer_products", "product_sales", "co_purchases", "consent_fences")
-STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe", "journey")
+                "customer_products", "product_sales", "co_purchases", "consent_fences", "campaigns")
+STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe", "journey", "campaign",
+              "cancel_campaign")
 
 
 class ScenarioError(Exception):
@@ -60,6 +61,10 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# what an email is counted by: (to, "journey", journey, step) or (to, "campaign", campaign, 0)
+EmailKey = tuple[str, str, str, int]
+
+
 @dataclass
 class Delivered:
     to: str
@@ -68,9 +73,24 @@ class Delivered:
     subject: str
     body: str
     message: EmailMessage
+    campaign: str | None = None
 
-    def key(self) -> tuple[str, str, int]:
-        return (self.to, self.journey, self.step)
+    def key(self) -> EmailKey:
+        if self.campaign is not None:
+            return (self.to, "campaign", self.campaign, 0)
+        return (self.to, "journey", self.journey, self.step)
+
+
+def expected_key(item: dict[str, Any]) -> EmailKey:
+    """An expect_emails entry's key: `campaign: NAME`, or `journey` and `step`."""
+    if "campaign" in item:
+        return (str(item["to"]).lower(), "campaign", str(item["campaign"]), 0)
+    return (str(item["to"]).lower(), "journey", str(item["journey"]), int(item["step"]))
+
+
+def describe(key: EmailKey) -> str:
+    to, kind, name, step = key
+    return f"to={to} campaign={name}" if kind == "campaign" else f"to={to} journey={name} step={step}"
 
 
 @dataclass
@@ -88,6 +108,7 @@ def _delivered(message: EmailMessage) -> Delivered:
     # body_contains looks at what a reader sees: the text part first, then the HTML part
     parts = [message.get_body(preferencelist=(kind,)) for kind in ("plain", "html")]
     body = "\n".join(str(part.get_content()) for part in parts if part is not None)
+    campaign = message["X-Lifecycle-Campaign"]
     return Delivered(
         to=str(message["To"]).strip().lower(),
         journey=str(message["X-Lifecycle-Journey"]),
@@ -95,28 +116,29 @@ def _delivered(message: EmailMessage) -> Delivered:
         subject=str(message["Subject"]),
         body=str(body),
         message=message,
+        campaign=str(campaign) if campaign is not None else None,
     )
 
 
 def compare_emails(expected: list[dict[str, Any]], delivered: list[Delivered]) -> list[str]:
-    """Multiset comparison by (to, journey, step), then content checks; returns readable differences."""
-    want = Counter((str(e["to"]).lower(), str(e["journey"]), int(e["step"])) for e in expected)
+    """Multiset comparison by (to, journey, step) or (to, campaign), then content checks; returns readable
+    differences."""
+    want = Counter(expected_key(e) for e in expected)
     got = Counter(d.key() for d in delivered)
     problems: list[str] = []
     for key in sorted(want - got):
-        problems.append(f"  missing:    to={key[0]} journey={key[1]} step={key[2]}")
+        problems.append(f"  missing:    {describe(key)}")
     for key in sorted(got - want):
-        problems.append(f"  unexpected: to={key[0]} journey={key[1]} step={key[2]}")
+        problems.append(f"  unexpected: {describe(key)}")
     for item in expected:
-        matches = [d for d in delivered if d.key() == (str(item["to"]).lower(), item["journey"], int(item["step"]))]
+        key = expected_key(item)
+        matches = [d for d in delivered if d.key() == key]
         if not matches:
             continue
         if "subject_contains" in item and not any(item["subject_contains"] in d.subject for d in matches):
-            problems.append(f"  {item['journey']} step {item['step']} to {item['to']}: subject "
-                            f"{matches[0].subject!r} lacks {item['subject_contains']!r}")
+            problems.append(f"  {describe(key)}: subject {matches[0].subject!r} lacks {item['subject_contains']!r}")
         if "body_contains" in item and not any(item["body_contains"] in d.body for d in matches):
-            problems.append(f"  {item['journey']} step {item['step']} to {item['to']}: body lacks "
-                            f"{item['body_contains']!r}")
+            problems.append(f"  {describe(key)}: body lacks {item['body_contains']!r}")
     return problems
 
 
@@ -188,8 +210,9 @@ class ScenarioRunner:
             await self.watch.wait_idle()  # what an earlier file left in flight must not leak into this one
         async with self.engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {', '.join(STATE_TABLES)}"))
-            # journeys a scenario applied last only for that scenario: the files' versions are current again
-            await conn.execute(text("DELETE FROM journey_versions WHERE source = 'api'"))
+            # journeys and campaigns a scenario applied last only for that scenario: the files' versions are
+            # current again
+            await conn.execute(text("DELETE FROM journey_versions WHERE source IN ('api', 'campaign')"))
         await set_virtual_time(self.engine, start)
         clear_messages(self.sink_dir)
         self._consumed = 0
@@ -266,6 +289,13 @@ class ScenarioRunner:
                                         f"got {actual.get(name)!r}")
             elif "journey" in step:
                 await self._apply_journey(step["journey"], where, failures)
+            elif "campaign" in step:
+                await self._admin_post("/v1/admin/campaigns", step["campaign"], "campaign", where, failures)
+            elif "cancel_campaign" in step:
+                await self.watch.wait_idle()
+                name = str(step["cancel_campaign"])
+                await self._admin_post(f"/v1/admin/campaigns/{name}/cancel", None, "campaign", where, failures)
+                await self.watch.wait_idle()
             elif "unsubscribe" in step:
                 await self.watch.wait_idle()
                 await self._unsubscribe(str(step["unsubscribe"]).lower(), where, failures)
@@ -292,9 +322,15 @@ class ScenarioRunner:
 
     async def _apply_journey(self, definition: object, where: str, failures: list[str]) -> None:
         """Apply a journey written inline, as `lifecycle journeys apply` would; it must be accepted."""
-        if not isinstance(definition, dict):
-            raise ScenarioError(f"{where}: journey must be a mapping in the journey file format")
-        response = await self.http.post("/v1/admin/journeys", json=definition)  # with the admin key
+        await self._admin_post("/v1/admin/journeys", definition, "journey", where, failures)
+
+    async def _admin_post(self, url: str, definition: object, what: str, where: str, failures: list[str]) -> None:
+        """POST a journey or a campaign (or nothing) to the admin API with the admin key; it must be
+        accepted, else the answer's every problem is a failure."""
+        if definition is not None and not isinstance(definition, dict):
+            raise ScenarioError(f"{where}: {what} must be a mapping in the {what} file format")
+        response = await self.http.post(url, json=definition) if definition is not None else \
+            await self.http.post(url)
         if response.status_code not in (200, 201):
             try:
                 body = response.json()
@@ -302,8 +338,8 @@ class ScenarioRunner:
                     f"{e['field']}: {e['message']}" for e in body.get("errors", [])])
             except ValueError:
                 detail = response.text[:300]
-            failures.append(f"{where}: journey {definition.get('name')!r} was refused "
-                            f"({response.status_code}): {detail}")
+            name = definition.get("name") if definition is not None else url
+            failures.append(f"{where}: {what} {name!r} was refused ({response.status_code}): {detail}")
 
     async def _unsubscribe(self, address: str, where: str, failures: list[str]) -> None:
         self.new_emails()

@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     # Journeys and templates
     journeys_dir: Path | None = None
     segments_dir: Path | None = None  # segment files added to (or replacing) the built-in ones, by name
+    campaigns_dir: Path | None = None  # campaign files (docs/campaigns.md), registered when the dispatcher starts
     default_locale: str = "fr"
     shop_logo_url: str = "https://shop.example/logo.png"
 

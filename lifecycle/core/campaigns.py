@@ -1,13 +1,18 @@
 """Campaigns: one email to a segment at a chosen moment (pure: the definition, its checks, its times).
 
 A campaign is `{name, category, segment, template, variants?, send_at, max_per_minute?, if_passed?,
-description?}`. `segment` is a filter written inline (lifecycle/core/segments.py) or a segment's name.
+coupon?, recommendations?, description?}`. `segment` is a filter written inline (lifecycle/core/segments.py)
+or a segment's name.
 `send_at` is an instant with an offset (`2027-01-07T09:00:00Z`: everyone then) or a local date-time
 without one (`2027-01-07T10:00:00`: 10:00 in each customer's own zone, else the shop's), DST-correct as
 journeys' `at` is. When the campaign starts, a local moment already past in some zones is sent at
 once there (`if_passed: send`, the default) or not at all (`if_passed: skip`).
 
 Checking reports every problem with its field, as segments do.
+
+Once started, a campaign runs as a journey of one send step named `campaign:<name>` (a colon no
+journey name can have), so the dispatcher's claim path sends it like any journey step: frequency cap,
+quiet hours, the check before SMTP, once per customer.
 """
 
 from __future__ import annotations
@@ -19,14 +24,27 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from lifecycle.core.journeys import MAX_WEIGHT, NAME_PATTERN, Variant, local_moment
+from lifecycle.core.durations import DURATION_PATTERN, parse_duration
+from lifecycle.core.journeys import (
+    MAX_WEIGHT,
+    NAME_PATTERN,
+    CouponSpec,
+    Journey,
+    SendStep,
+    Variant,
+    local_moment,
+)
 from lifecycle.core.segments import SEGMENT_NAME, Filter, SegmentError, SegmentProblem, parse_filter
 from lifecycle.events.kinds import EMAIL_CATEGORIES
 
 CAMPAIGN_NAME = re.compile(NAME_PATTERN)
 IF_PASSED = ("send", "skip")
 FIELDS = ("name", "description", "category", "segment", "template", "variants", "send_at", "max_per_minute",
-          "if_passed")
+          "if_passed", "coupon", "recommendations")
+CAMPAIGN_PREFIX = "campaign:"  # a campaign's journey is `campaign:<name>`
+CAMPAIGN_STEP = "campaign"  # the id of its one send step
+MAX_COUPON = {"percent": 100, "fixed": 1_000_000_000}
+MAX_RECOMMENDATIONS = 12
 # The earliest wall clock on Earth is UTC+14 (Kiribati): a local send_at is nowhere earlier than this
 # before the same reading in UTC.
 EARLIEST_OFFSET = timedelta(hours=14)
@@ -66,6 +84,24 @@ class Campaign:
     max_per_minute: int | None = None
     if_passed: IfPassed = "send"
     description: str = ""
+    coupon: CouponSpec | None = None
+    recommendations: int = 0
+
+    @property
+    def journey_name(self) -> str:
+        return CAMPAIGN_PREFIX + self.name
+
+    def journey(self) -> Journey:
+        """The journey the campaign runs as: one marketing send step, started by the campaign only."""
+        step = SendStep(self.template, 1, coupon=self.coupon, recommendations=self.recommendations,
+                        variants=self.variants, id=CAMPAIGN_STEP)
+        return Journey(self.journey_name, None, (step,), reentry="once", consent=("opted_in",), marketing=True,
+                       description=self.description, category=self.category)
+
+
+def campaign_of(journey: str) -> str | None:
+    """The campaign a journey name is the run of, or None for a journey."""
+    return journey[len(CAMPAIGN_PREFIX):] if journey.startswith(CAMPAIGN_PREFIX) else None
 
 
 def due_for(send_at: SendAt, zone: ZoneInfo, started_at: datetime, if_passed: IfPassed) -> datetime | None:
@@ -77,12 +113,17 @@ def due_for(send_at: SendAt, zone: ZoneInfo, started_at: datetime, if_passed: If
     return started_at if if_passed == "send" else None
 
 
-def throttled(due: datetime, position: int, started_at: datetime, max_per_minute: int | None) -> datetime:
-    """The due time of the `position`-th send (from 0) of a campaign sending at most `max_per_minute`:
-    never before its turn in an even spread from the start."""
+def throttled(dues: list[datetime], max_per_minute: int | None) -> list[datetime]:
+    """The send times of sends due at `dues` (sorted), at most `max_per_minute`: each at its due time, or
+    one interval after the previous send if that is later. The database computes the same in one pass
+    (lifecycle/campaign_store.py): t_i = i * interval + max over j <= i of (due_j - j * interval)."""
     if not max_per_minute:
-        return due
-    return max(due, started_at + timedelta(minutes=position / max_per_minute))
+        return list(dues)
+    interval = timedelta(minutes=1) / max_per_minute
+    times: list[datetime] = []
+    for due in dues:
+        times.append(due if not times else max(due, times[-1] + interval))
+    return times
 
 
 class CampaignError(ValueError):
@@ -93,6 +134,48 @@ class CampaignError(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+# a date-time as send_at takes it: to the minute at least, an offset or none
+SEND_AT_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[T ]([01][0-9]|2[0-3]):[0-5][0-9]"
+                   r"(:[0-5][0-9](\.[0-9]{1,6})?)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
+
+
+def campaign_json_schema(template_names: list[str], filter_ref: str = "#/components/schemas/SegmentFilter",
+                         ) -> dict[str, Any]:
+    """The JSON Schema of one campaign as `parse_campaign` takes it, for the OpenAPI document. Checked on
+    top of it (a 422 names them): a named segment exists, variant names differ, the date exists."""
+    template = {"type": "string", "enum": template_names}
+    duration = {"type": "string", "minLength": 2, "pattern": DURATION_PATTERN}
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "category", "segment", "template", "send_at"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "description": {"type": "string"},
+            "category": {"type": "string", "enum": list(EMAIL_CATEGORIES)},
+            "segment": {"oneOf": [{"type": "string", "pattern": SEGMENT_NAME.pattern}, {"$ref": filter_ref}]},
+            "template": template,
+            "variants": {"type": "array", "minItems": 2, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
+                    "template": template, "subject": {"type": "string"}}}},
+            "send_at": {"type": "string", "pattern": SEND_AT_PATTERN,
+                        "description": "without an offset: that wall-clock time in each customer's zone"},
+            "max_per_minute": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+            "if_passed": {"type": "string", "enum": list(IF_PASSED)},
+            "coupon": {"oneOf": [
+                {"type": "object", "additionalProperties": False, "required": ["amount"], "properties": {
+                    "kind": {"const": "percent"}, "valid": duration,
+                    "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_COUPON["percent"]}}},
+                {"type": "object", "additionalProperties": False, "required": ["kind", "amount"], "properties": {
+                    "kind": {"const": "fixed"}, "valid": duration,
+                    "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_COUPON["fixed"]}}},
+            ]},
+            "recommendations": {"type": "integer", "minimum": 0, "maximum": MAX_RECOMMENDATIONS},
+        },
+    }
+
+
 def parse_send_at(value: Any) -> SendAt | str:
     """A SendAt, or the problem with `value`."""
     if isinstance(value, datetime):  # a YAML loader that reads timestamps
@@ -100,7 +183,7 @@ def parse_send_at(value: Any) -> SendAt | str:
     if not isinstance(value, str):
         return "a date-time such as 2027-01-07T10:00:00 (local to each customer) or 2027-01-07T09:00:00Z"
     text = value.strip()
-    if not re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", text):
+    if not re.match(SEND_AT_PATTERN, text):
         return f"{value!r} is not a date-time: write 2027-01-07T10:00:00 (each customer's local time) or" \
                " 2027-01-07T09:00:00Z (one instant for all)"
     try:
@@ -169,12 +252,38 @@ def parse_campaign(value: Any, template_names: set[str] | None = None) -> Campai
     description = value.get("description", "")
     if not isinstance(description, str):
         fail("description", "must be text")
+    coupon = _coupon(value["coupon"], fail) if "coupon" in value else None
+    recommendations = value.get("recommendations", 0)
+    if isinstance(recommendations, bool) or not isinstance(recommendations, int) \
+            or not 0 <= recommendations <= MAX_RECOMMENDATIONS:
+        fail("recommendations", f"how many products to recommend: 0 to {MAX_RECOMMENDATIONS}")
     if problems:
         raise CampaignError(problems)
     assert isinstance(name, str) and isinstance(category, str) and isinstance(template, str)
     assert segment is not None and send_at is not None
     return Campaign(name, category, segment, template, send_at, variants, max_per_minute,
-                    "skip" if if_passed == "skip" else "send", description)
+                    "skip" if if_passed == "skip" else "send", description, coupon, recommendations)
+
+
+def _coupon(raw: Any, fail: Callable[[str, str], None]) -> CouponSpec | None:
+    """A unique code per customer, as a journey step's coupon: {kind, amount, valid}."""
+    if not isinstance(raw, Mapping):
+        fail("coupon", "{kind: percent|fixed, amount, valid: <duration>}")
+        return None
+    for key in raw:
+        if key not in ("kind", "amount", "valid"):
+            fail(f"coupon.{key}", "unknown field; a coupon has kind, amount and valid")
+    kind, amount, valid = raw.get("kind", "percent"), raw.get("amount"), raw.get("valid", "3d")
+    if kind not in MAX_COUPON:
+        fail("coupon.kind", "percent or fixed")
+        return None
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= MAX_COUPON[kind]:
+        fail("coupon.amount", f"over 0 and at most {MAX_COUPON[kind]:g} for a {kind} coupon")
+        return None
+    if not isinstance(valid, str) or len(valid) < 2 or not re.fullmatch(DURATION_PATTERN.strip("^$"), valid):
+        fail("coupon.valid", f"a duration such as 7d or 36h, not {valid!r}")
+        return None
+    return CouponSpec(kind=str(kind), amount=float(amount), valid=parse_duration(valid))
 
 
 def _known(template: Any, names: set[str] | None) -> bool:

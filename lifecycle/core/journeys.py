@@ -101,7 +101,7 @@ Step = WaitStep | SendStep
 @dataclass(frozen=True)
 class Journey:
     name: str
-    entry: TriggerMatch
+    entry: TriggerMatch | None  # None: no trigger starts it (a campaign's journey, started by the campaign)
     steps: tuple[Step, ...]
     exits: tuple[TriggerMatch, ...] = ()
     reentry: Reentry = "while_inactive"
@@ -215,7 +215,7 @@ def on_trigger(journeys: list[Journey], runs: list[Run], trigger: Trigger,
     if trigger.backfill:
         return actions  # history starts no journey
     for journey in journeys:
-        if not journey.entry.matches(trigger):
+        if journey.entry is None or not journey.entry.matches(trigger):
             continue
         entry_key = _entry_key(journey, trigger)
         running = active.get(journey.name) if journey.name not in exited else None

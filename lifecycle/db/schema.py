@@ -219,3 +219,21 @@ co_purchases = Table(
     Column("other_id", Text, primary_key=True),
     Column("orders", Integer, nullable=False),
 )
+
+campaigns = Table(
+    "campaigns", metadata,
+    Column("name", Text, primary_key=True),
+    Column("source", Text, nullable=False),  # file | api
+    Column("origin", Text, nullable=False),
+    Column("definition", Text, nullable=False),  # YAML
+    Column("digest", Text, nullable=False),
+    Column("status", Text, nullable=False),  # scheduled | started | cancelled
+    Column("start_at", TS, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("started_at", TS),
+    Column("cancelled_at", TS),
+    Column("audience", Integer),  # runs written when it started
+    Column("passed", Integer),  # customers whose local moment had passed at the start (sent at once or skipped)
+    Column("version_id", BigInteger),
+)

@@ -20,6 +20,7 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+from lifecycle.core.campaigns import campaign_of
 from lifecycle.settings import Settings
 from lifecycle.smtp_data import to_wire_form
 from lifecycle.templates import Links, Templates, with_open_pixel
@@ -197,13 +198,20 @@ def _render(settings: Settings, keys: SigningKeys, templates: Templates, spec: M
         ("Subject", subject),
         ("Date", format_datetime(spec.date)),
         ("Message-ID", spec.message_id),
-        ("X-Lifecycle-Journey", spec.journey),
-        ("X-Lifecycle-Step", str(spec.step)),
+        *_origin_headers(spec),
         ("List-Unsubscribe", f"<{unsubscribe}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
     html = with_open_pixel(rendered.html, open_pixel_url(settings, keys, spec.message_id, customer_id))
     return _Rendered(headers, rendered.locale, rendered.text, html, links.collected())
+
+
+def _origin_headers(spec: MessageSpec) -> list[tuple[str, str]]:
+    """What sent the email: a campaign by its name, a journey by its name and send step."""
+    campaign = campaign_of(spec.journey)
+    if campaign is not None:
+        return [("X-Lifecycle-Campaign", campaign)]
+    return [("X-Lifecycle-Journey", spec.journey), ("X-Lifecycle-Step", str(spec.step))]
 
 
 def compose_email(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> ComposedEmail:

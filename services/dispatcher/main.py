@@ -12,6 +12,8 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lifecycle.campaign_catalog import load_campaign_files, start_due
+from lifecycle.campaign_catalog import register_files as register_campaign_files
 from lifecycle.clock import Clock, make_clock
 from lifecycle.consuming import TopicWorker, run_phases
 from lifecycle.core.triggers import Trigger
@@ -60,6 +62,7 @@ async def serve(settings: Settings) -> None:
     clock = make_clock(settings.clock, engine)
     await wait_for_database(engine)
     await retry_until("PostgreSQL (journey versions)", lambda: register_files(engine, files))
+    campaign_files = load_campaign_files(settings.campaigns_dir, templates, settings.segments_dir)
     await retry_until("Kafka", lambda: ensure_topics(settings))
     renderer = Renderer(settings)  # a DKIM key that is set but unusable stops the dispatcher here
     await renderer.start()
@@ -79,6 +82,12 @@ async def serve(settings: Settings) -> None:
     server, server_task = start_probe_server(settings.ingest_host, settings.dispatcher_port, ready, settings.clock)
     stop = stop_on_signals()
     await wait_for_clock(clock, stop)
+
+    async def register_campaigns() -> None:
+        for refused in await register_campaign_files(engine, campaign_files, await clock.now()):
+            log.warning("campaign file not applied: %s", refused)
+
+    await retry_until("PostgreSQL (campaigns)", register_campaigns)
     settle_heap()
     log.info("dispatcher started: %d journey files, clock %s", len(files), settings.clock)
     last_gauges = 0.0
@@ -104,6 +113,24 @@ async def serve(settings: Settings) -> None:
         if stale:
             await hand_over(stale)
 
+    last_campaigns = 0.0
+    campaign_interval = 0.05 if settings.clock == "virtual" else 1.0
+
+    async def start_campaigns() -> None:
+        """Start the campaigns whose start has come; their sends then fall due like journey steps."""
+        nonlocal last_campaigns
+        if time.monotonic() - last_campaigns < campaign_interval:
+            return
+        while (started := await start_due(engine, await clock.now(), store.policy, settings.default_locale,
+                                          settings.segments_dir)) is not None:
+            if started.cancelled_reason:
+                log.warning("campaign %s cancelled at its start: %s", started.name, started.cancelled_reason)
+            else:
+                log.info("campaign %s started: %d customers (%d whose moment had passed)", started.name,
+                         started.audience, started.passed)
+                metrics.CAMPAIGNS_STARTED.inc()
+        last_campaigns = time.monotonic()
+
     async def gauges() -> None:
         nonlocal last_gauges
         if time.monotonic() - last_gauges > 5:
@@ -114,8 +141,8 @@ async def serve(settings: Settings) -> None:
             await report_lag(consumer, metrics.LAG)
 
     try:
-        await run_phases([("triggers", worker.poll_once), ("steps", send_due), ("stale", take_over_stale),
-                          ("gauges", gauges)], stop,
+        await run_phases([("triggers", worker.poll_once), ("campaigns", start_campaigns), ("steps", send_due),
+                          ("stale", take_over_stale), ("gauges", gauges)], stop,
                          lambda phase, kind: metrics.LOOP_ERRORS.labels(phase=phase, kind=kind).inc())
     finally:
         log.info("dispatcher stopping")

@@ -16,6 +16,8 @@ LOOP_ERRORS = Counter(
     ["phase", "kind"],
 )
 RUNS_STARTED = Counter("lifecycle_dispatcher_runs_started_total", "Journey runs started.", ["journey"])
+CAMPAIGNS_STARTED = Counter("lifecycle_dispatcher_campaigns_started_total",
+                            "Campaigns started: their audience written as runs.")
 RUNS_ENDED = Counter("lifecycle_dispatcher_runs_ended_total", "Journey runs ended.", ["journey", "outcome"])
 RUNS_ACTIVE = Gauge("lifecycle_dispatcher_runs_active", "Journey runs in progress.", ["journey"])
 SENDS = Counter(

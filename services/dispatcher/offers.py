@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from lifecycle.core.campaigns import campaign_of
 from lifecycle.core.journeys import Journey, Run, SendStep
 from lifecycle.core.offers import TierThresholds, new_coupon_code, tier_of
 from lifecycle.settings import Settings
@@ -41,7 +43,9 @@ async def coupon_for(conn: AsyncConnection, journey: Journey, run: Run, step: Se
         return None
     if spec.reuse_step is None:
         amount = spec.amount_for(tier)
-        prefix = "".join(part[0] for part in journey.name.split("_")).upper()
+        # a journey's initials (AC: abandoned_cart); a campaign's, from its own name (BF: black_friday)
+        name = campaign_of(journey.name) or journey.name
+        prefix = "".join(part[0] for part in re.split(r"[_.-]+", name) if part).upper()
         await conn.execute(
             ISSUE_COUPON,
             {"code": new_coupon_code(prefix), "c": customer_id, "r": run.run_id, "j": journey.name, "s": step.number,

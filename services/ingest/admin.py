@@ -138,16 +138,10 @@ def admin_router(store: JourneyStore | None, dependencies: Sequence[Depends],
     ) -> JSONResponse:
         if runs not in ("keep", "migrate"):
             return JSONResponse({"detail": "runs is keep or migrate"}, status_code=400)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_DEFINITION_BYTES:
-                return JSONResponse({"detail": f"the body is larger than {MAX_DEFINITION_BYTES} bytes"},
-                                    status_code=413)
-        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        definition = _definition(bytes(body), media)
-        if isinstance(definition, JSONResponse):
-            return definition
+        value = await read_json_object(request, MAX_DEFINITION_BYTES, "journey")
+        if isinstance(value, JSONResponse):
+            return value
+        definition = definition_text(value)
         if store is None:
             return not_configured()
         try:
@@ -212,20 +206,27 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-def _definition(body: bytes, media: str) -> str | JSONResponse:
-    """The posted journey as YAML text, or the answer that refuses it."""
+async def read_json_object(request: Request, max_bytes: int, what: str) -> dict[str, Any] | JSONResponse:
+    """The posted JSON object (a journey, a campaign), or the answer that refuses it: too large, not
+    JSON, not an object."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return JSONResponse({"detail": f"the body is larger than {max_bytes} bytes"}, status_code=413)
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
-        text = body.decode("utf-8-sig")
+        text = bytes(body).decode("utf-8-sig")
     except UnicodeDecodeError:
         return JSONResponse({"detail": "the body is not UTF-8 text"}, status_code=400)
     if media != "application/json":
-        return JSONResponse({"detail": "send the journey as application/json (`lifecycle journeys apply` takes a"
+        return JSONResponse({"detail": f"send the {what} as application/json (`lifecycle {what}s apply` takes a"
                                        " YAML file)"}, status_code=415)
     try:
-        # 3.0 is the integer 3 in JSON Schema: it reaches the journey checks as one
+        # 3.0 is the integer 3 in JSON Schema: it reaches the checks as one
         obj = json.loads(text, parse_float=_number)
     except (ValueError, RecursionError):
         return JSONResponse({"detail": "the body is not valid JSON"}, status_code=400)
     if not isinstance(obj, dict):
-        return JSONResponse({"detail": "the body must be one journey (a JSON object)"}, status_code=400)
-    return definition_text(obj)
+        return JSONResponse({"detail": f"the body must be one {what} (a JSON object)"}, status_code=400)
+    return obj

@@ -51,6 +51,7 @@ from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
+from services.ingest.campaigns_api import CampaignStore, campaigns_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
 from services.ingest.segments_api import SegmentPreviewer, segments_router
 from services.ingest.tracking import MessageReader, tracking_router
@@ -326,6 +327,7 @@ def create_app(
     fence_writer: FenceWriter | None = None,
     journey_store: JourneyStore | None = None,
     segment_previewer: SegmentPreviewer | None = None,
+    campaign_store: CampaignStore | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
@@ -338,8 +340,8 @@ def create_app(
     finds an email's stored links for the click redirect. `new_event_id` names the events
     the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
     the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
-    opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes and
-    `segment_previewer` the segment preview.
+    opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes,
+    `segment_previewer` the segment preview and `campaign_store` the campaigns.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -538,8 +540,9 @@ def create_app(
                                     new_event_id=new_event_id, monotonic=monotonic))
     app.include_router(tracking_router(settings, signing_keys, clock, publish, message_reader,
                                        new_event_id=new_event_id, monotonic=monotonic))
-    app.include_router(admin_router(journey_store, [Depends(require_admin_key)],
-                                    Templates(settings.journeys_dir, settings.default_locale).names()))
+    template_names = Templates(settings.journeys_dir, settings.default_locale).names()
+    app.include_router(admin_router(journey_store, [Depends(require_admin_key)], template_names))
+    app.include_router(campaigns_router(campaign_store, [Depends(require_admin_key)], template_names))
     app.include_router(segments_router(segment_previewer, [Depends(require_admin_key)], settings.segments_dir))
 
     @app.get("/healthz", summary="Liveness")

@@ -1,11 +1,23 @@
-"""The ingest API's PostgreSQL side: opt-out fences, journey versions (its SQL in sql.py), segment previews."""
+"""The ingest API's PostgreSQL side: opt-out fences, journey versions (its SQL in sql.py), segment previews,
+campaigns."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lifecycle.campaign_catalog import (
+    CampaignInfo,
+    Saved,
+    cancel,
+    check_campaign,
+    definition_text,
+    list_campaigns,
+    save,
+)
 from lifecycle.clock import Clock
 from lifecycle.core.segments import Filter
 from lifecycle.db.segments import Preview, preview
@@ -47,3 +59,23 @@ def make_segment_previewer(engine: AsyncEngine, clock: Clock, default_locale: st
             return now, await preview(conn, chosen, now, default_locale, category, sample)
 
     return run
+
+
+class PgCampaignStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock, templates: Templates, segments_dir: Path | None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.templates = templates
+        self.segments_dir = segments_dir
+
+    async def save(self, value: dict[str, Any], origin: str) -> Saved:
+        campaign = check_campaign(value, self.templates, self.segments_dir)
+        now = await self.clock.now()
+        async with self.engine.begin() as conn:
+            return await save(conn, campaign, definition_text(value), "api", origin, now)
+
+    async def campaigns(self, name: str | None) -> list[CampaignInfo]:
+        return await list_campaigns(self.engine, name)
+
+    async def cancel(self, name: str) -> CampaignInfo | None:
+        return await cancel(self.engine, name, await self.clock.now())

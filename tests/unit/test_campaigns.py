@@ -93,7 +93,15 @@ def test_a_local_moment_already_passed_goes_at_once_or_is_skipped() -> None:
 
 def test_throttling_spreads_the_sends_evenly_from_the_start() -> None:
     start = utc(2027, 1, 7, 9)
-    assert throttled(start, 0, start, 60) == start
-    assert throttled(start, 90, start, 60) == datetime(2027, 1, 7, 9, 1, 30, tzinfo=UTC)  # the 91st: 1.5 min in
-    assert throttled(utc(2027, 1, 7, 15), 90, start, 60) == utc(2027, 1, 7, 15)  # its local moment is later anyway
-    assert throttled(start, 10_000, start, None) == start
+    times = throttled([start] * 91, 60)
+    assert times[0] == start
+    assert times[90] == datetime(2027, 1, 7, 9, 1, 30, tzinfo=UTC)  # the 91st: 1.5 min in
+    assert throttled([start] * 3, None) == [start] * 3
+
+
+def test_throttling_lets_a_later_due_time_reset_the_spread() -> None:
+    # three at 09:00, two at 15:00 (another zone's local moment): the second group starts at 15:00
+    dues = [utc(2027, 1, 7, 9)] * 3 + [utc(2027, 1, 7, 15)] * 2
+    times = throttled(dues, 2)
+    assert times == [utc(2027, 1, 7, 9), datetime(2027, 1, 7, 9, 0, 30, tzinfo=UTC), utc(2027, 1, 7, 9, 1),
+                     utc(2027, 1, 7, 15), datetime(2027, 1, 7, 15, 0, 30, tzinfo=UTC)]

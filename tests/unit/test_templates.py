@@ -66,7 +66,7 @@ def test_every_journey_template_ships_in_french_and_english() -> None:
     templates = Templates()
     names = {name for journey in load_journeys(None, templates) for step in journey.steps
              if hasattr(step, "templates") for name in step.templates()}
-    assert len(SHIPPED) == 23 and "post_purchase_4" in SHIPPED and "browse_abandonment_1" in SHIPPED
+    assert len(SHIPPED) == 28 and "post_purchase_4" in SHIPPED and "browse_abandonment_1" in SHIPPED
     assert names <= set(SHIPPED)
     for name in SHIPPED:
         assert templates.locales(name) == ["en", "fr"], name

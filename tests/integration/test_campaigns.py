@@ -1,0 +1,142 @@
+"""Campaigns through the real pipeline: the admin API's answers, the audience written at the start (due
+times per zone and throttling in SQL, as the pure core computes them), cancellation, and the
+X-Lifecycle-Campaign header (docs/campaigns.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+
+from lifecycle.core.campaigns import SendAt, due_for, throttled
+from lifecycle.scenario import ScenarioRunner
+from tests.support.stories import post
+
+pytestmark = pytest.mark.integration
+START = datetime(2027, 1, 5, 12, 0, tzinfo=UTC)
+HERE = Path(__file__)
+ZONES = {"cmp-tokyo": "Asia/Tokyo", "cmp-paris": "Europe/Paris", "cmp-ny": "America/New_York",
+         "cmp-none": None, "cmp-lima": "America/Lima"}
+
+
+def campaign(**change: Any) -> dict[str, Any]:
+    return {"name": "sale", "category": "offers", "segment": {"orders_count": {"lte": 0}},
+            "template": "winter_sales", "send_at": "2027-01-07T10:00:00", **change}
+
+
+@pytest.fixture
+async def shop(runner: ScenarioRunner) -> ScenarioRunner:
+    await runner.configure(HERE, {})
+    await runner.reset(START)
+    history = (START - timedelta(days=20)).isoformat()  # no journey starts: the emails are the campaign's
+    for customer, zone in ZONES.items():
+        traits: dict[str, Any] = {"email": f"{customer}@example.com", "consent": "opted_in"}
+        if zone:
+            traits["timezone"] = zone
+        await post(runner, {"type": "customer_signed_up", "customer_id": customer, "occurred_at": history,
+                            "traits": traits})
+    await post(runner, {"type": "customer_signed_up", "customer_id": "cmp-pending", "occurred_at": history,
+                        "traits": {"email": "cmp-pending@example.com", "consent": "pending"}})
+    await runner.watch.wait_idle()
+    return runner
+
+
+async def test_the_admin_api_schedules_replaces_lists_shows_and_cancels(shop: ScenarioRunner) -> None:
+    http = shop.http
+    refused = await http.post("/v1/admin/campaigns", json=campaign(name="bad name", category="spam",
+                                                                    segment={"stage": ["nobody"]}, send_at="soon"))
+    assert refused.status_code == 422
+    fields = {e["field"] for e in refused.json()["errors"]}
+    assert {"name", "category", "segment.stage", "send_at"} <= fields
+    missing = await http.post("/v1/admin/campaigns", json=campaign(segment="no_such_segment"))
+    assert missing.status_code == 422 and "no segment named" in missing.text
+
+    created = await http.post("/v1/admin/campaigns", json=campaign())
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["outcome"] == "created" and body["status"] == "scheduled" and body["local_time"] is True
+    assert body["start_at"] == "2027-01-06T20:00:00Z"  # 10:00 first comes at UTC+14
+    again = await http.post("/v1/admin/campaigns", json=campaign())
+    assert again.status_code == 200 and again.json()["outcome"] == "unchanged"
+    replaced = await http.post("/v1/admin/campaigns", json=campaign(send_at="2027-01-08T09:00:00Z"))
+    assert replaced.status_code == 200 and replaced.json()["outcome"] == "replaced"
+    assert replaced.json()["start_at"] == "2027-01-08T09:00:00Z"
+
+    listed = (await http.get("/v1/admin/campaigns")).json()["campaigns"]
+    assert [c["name"] for c in listed] == ["sale"]
+    shown = await http.get("/v1/admin/campaigns/sale")
+    assert shown.status_code == 200 and "winter_sales" in shown.json()["definition"]
+    assert (await http.get("/v1/admin/campaigns/nope")).status_code == 404
+    assert (await http.post("/v1/admin/campaigns/nope/cancel")).status_code == 404
+
+    cancelled = await http.post("/v1/admin/campaigns/sale/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert (await http.post("/v1/admin/campaigns/sale/cancel")).json()["status"] == "cancelled"
+    conflict = await http.post("/v1/admin/campaigns", json=campaign())
+    assert conflict.status_code == 409 and "another name" in conflict.json()["detail"]
+    await shop.watch.advance_to(datetime(2027, 1, 9, tzinfo=UTC))
+    assert shop.new_emails() == []
+
+
+async def test_the_audience_is_written_at_the_start_each_due_at_their_own_moment(shop: ScenarioRunner) -> None:
+    assert (await shop.http.post("/v1/admin/campaigns", json=campaign())).status_code == 201
+    started_at = datetime(2027, 1, 6, 20, 0, tzinfo=UTC)
+    await shop.watch.advance_to(started_at)
+    async with shop.engine.connect() as conn:
+        runs = dict((await conn.execute(text(
+            "SELECT customer_id, due_at FROM journey_runs WHERE journey = 'campaign:sale'"))).all())
+        row = (await conn.execute(text("SELECT status, audience, passed, started_at FROM campaigns"))).one()
+    # the customer not opted in is not in it; one without a zone has the shop's (UTC)
+    send_at = SendAt(local=datetime(2027, 1, 7, 10, 0))
+    assert runs == {customer: due_for(send_at, ZoneInfo(zone or "UTC"), started_at, "send")
+                    for customer, zone in ZONES.items()}
+    assert runs["cmp-tokyo"] == datetime(2027, 1, 7, 1, 0, tzinfo=UTC)
+    assert runs["cmp-ny"] == datetime(2027, 1, 7, 15, 0, tzinfo=UTC)
+    assert (row.status, row.audience, row.passed, row.started_at) == ("started", 5, 0, started_at)
+
+    await shop.watch.advance_to(datetime(2027, 1, 7, 9, 30, tzinfo=UTC))
+    delivered = shop.new_emails()
+    assert sorted(d.to for d in delivered) == ["cmp-paris@example.com", "cmp-tokyo@example.com"]  # 01:00, 09:00
+    assert {d.campaign for d in delivered} == {"sale"}
+    assert all(d.message["X-Lifecycle-Journey"] is None for d in delivered)
+    shown = (await shop.http.get("/v1/admin/campaigns/sale")).json()
+    assert shown["status"] == "sending" and shown["progress"]["sent"] == 2 and shown["progress"]["pending"] == 3
+
+    # cancelled mid-send: nothing more goes, the runs say why
+    assert (await shop.http.post("/v1/admin/campaigns/sale/cancel")).status_code == 200
+    await shop.watch.advance_to(datetime(2027, 1, 8, tzinfo=UTC))
+    assert shop.new_emails() == []
+    shown = (await shop.http.get("/v1/admin/campaigns/sale")).json()
+    assert shown["status"] == "cancelled" and shown["progress"]["cancelled"] == 3 and shown["progress"]["sent"] == 2
+
+
+async def test_throttling_in_the_database_is_the_pure_spread(shop: ScenarioRunner) -> None:
+    body = campaign(send_at="2027-01-05T12:00:00Z", max_per_minute=2, if_passed="send")
+    assert (await shop.http.post("/v1/admin/campaigns", json=body)).status_code == 201
+    await shop.watch.wait_idle()
+    async with shop.engine.connect() as conn:
+        # a run already sent has its due time on its send
+        dues = [r.due for r in (await conn.execute(text(
+            "SELECT coalesce(r.due_at, s.due_at) AS due FROM journey_runs r LEFT JOIN sends s USING (run_id)"
+            " WHERE r.journey = 'campaign:sale' ORDER BY 1, r.customer_id"))).all()]
+    assert dues == throttled([START] * 5, 2)
+    assert dues[-1] == START + timedelta(minutes=2)
+    await shop.watch.advance_to(START + timedelta(minutes=1))
+    assert len(shop.new_emails()) == 3  # 12:00, 12:00:30, 12:01
+    await shop.watch.advance_to(START + timedelta(minutes=2))
+    assert len(shop.new_emails()) == 2
+
+
+async def test_a_moment_passed_at_the_start_is_skipped_when_asked(shop: ScenarioRunner) -> None:
+    # posted at 12:00 UTC for 10:00 local: passed in Tokyo, Paris and UTC, still to come in New York and Lima
+    body = campaign(send_at="2027-01-05T10:00:00", if_passed="skip")
+    assert (await shop.http.post("/v1/admin/campaigns", json=body)).status_code == 201
+    await shop.watch.wait_idle()
+    shown = (await shop.http.get("/v1/admin/campaigns/sale")).json()
+    assert shown["audience"] == 2 and shown["passed"] == 3
+    await shop.watch.advance_to(datetime(2027, 1, 6, tzinfo=UTC))
+    assert sorted(d.to for d in shop.new_emails()) == ["cmp-lima@example.com", "cmp-ny@example.com"]
