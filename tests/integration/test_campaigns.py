@@ -87,7 +87,7 @@ async def test_the_audience_is_written_at_the_start_each_due_at_their_own_moment
     started_at = datetime(2027, 1, 6, 20, 0, tzinfo=UTC)
     await shop.watch.advance_to(started_at)
     async with shop.engine.connect() as conn:
-        runs = dict((await conn.execute(text(
+        runs: dict[str, datetime] = dict((await conn.execute(text(
             "SELECT customer_id, due_at FROM journey_runs WHERE journey = 'campaign:sale'"))).all())
         row = (await conn.execute(text("SELECT status, audience, passed, started_at FROM campaigns"))).one()
     # the customer not opted in is not in it; one without a zone has the shop's (UTC)
