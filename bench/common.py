@@ -27,10 +27,12 @@ LATENCY_LOAD = 0.7  # of the measured dispatcher throughput
 TICK_SMALL = 10_000  # customers
 TICK_LARGE = 1_000_000
 TICK_DUE = 1_000  # time-driven changes due among them
+CAMPAIGN_CUSTOMERS = 100_000  # a campaign's audience, from its start to the last send (issue 10)
+CAMPAIGN_RAW_SAMPLE = 2_000  # distinct messages the raw loop cycles over for as many sends
 PIPELINE_CUSTOMERS = 2_000  # today's end-to-end burst: sign-ups ...
 PIPELINE_VIEWS = 9  # ... and product views per customer
 
-PHASES: tuple[str, ...] = ("ingest", "stager", "dispatcher", "latency", "tick", "pipeline", "replicas")
+PHASES: tuple[str, ...] = ("ingest", "stager", "dispatcher", "latency", "tick", "pipeline", "replicas", "campaign")
 
 # The JSON object: exactly these keys, every one present (null when its phase did not run).
 ISSUE_KEYS: tuple[str, ...] = (
@@ -50,7 +52,13 @@ PIPELINE_KEYS: tuple[str, ...] = (
     "pipeline_delay_p50_s",  # due time to delivery while the burst queues up behind the stager
     "pipeline_delay_p99_s",
 )
-JSON_KEYS: tuple[str, ...] = ISSUE_KEYS + PIPELINE_KEYS
+# A campaign of CAMPAIGN_CUSTOMERS: its start to the last send, beside the raw SMTP ceiling for as many.
+CAMPAIGN_KEYS: tuple[str, ...] = (
+    "campaign_seconds",  # from the dispatcher's start (it starts the campaign at once) to the last arrival
+    "campaign_raw_seconds",  # as many messages by the plain aiosmtplib loop
+    "campaign_ratio",  # raw seconds / campaign seconds: the campaign's share of the SMTP ceiling
+)
+JSON_KEYS: tuple[str, ...] = ISSUE_KEYS + PIPELINE_KEYS + CAMPAIGN_KEYS
 
 
 @dataclass(frozen=True)

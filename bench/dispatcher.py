@@ -144,17 +144,24 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
     return result
 
 
-async def raw_smtp(stack: BenchStack, connections: int) -> tuple[int, float]:
+async def raw_smtp(stack: BenchStack, connections: int, total: int | None = None,
+                   sample: int | None = None) -> tuple[int, float]:
     """(messages, seconds): the messages the dispatcher sent, again, by a plain aiosmtplib loop over
-    `connections` connections to the same sink (connecting included)."""
+    `connections` connections to the same sink (connecting included). With `total` and `sample`: `total`
+    messages, cycling over the first `sample` the dispatcher sent (a large campaign's bodies are not
+    all held in memory)."""
     settings = stack.settings
     engine = await stack.database()
+    limit = " LIMIT :n" if sample is not None else ""
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT to_address, message FROM sends WHERE status = 'sent' ORDER BY send_id"))).all()
+            f"SELECT to_address, message FROM sends WHERE status = 'sent' ORDER BY send_id{limit}"),
+            {"n": sample})).all()
+    messages = [(str(row.to_address), bytes(row.message)) for row in rows]
+    wanted = total if total is not None else len(messages)
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-    for row in rows:
-        queue.put_nowait((str(row.to_address), bytes(row.message)))
+    for index in range(wanted):
+        queue.put_nowait(messages[index % len(messages)])
     sender = settings.mail_from_address
 
     async def worker() -> None:
@@ -172,10 +179,10 @@ async def raw_smtp(stack: BenchStack, connections: int) -> tuple[int, float]:
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - started
     arrived = message_count(settings)
-    if arrived != len(rows):
-        raise RuntimeError(f"raw SMTP loop: {arrived} messages in the sink, expected {len(rows)}")
+    if arrived != wanted:
+        raise RuntimeError(f"raw SMTP loop: {arrived} messages in the sink, expected {wanted}")
     clear_messages(mail_dir(settings))
-    return len(rows), elapsed
+    return wanted, elapsed
 
 
 def dkim_key(run_dir: Path) -> Path:

@@ -11,6 +11,7 @@ Phases, each with the services it needs and the state reset first:
   tick        one time-driven pass, 1,000 changes due over 10,000 and 1,000,000 customers
   pipeline    today's end-to-end burst: sign-ups and views through the API, all services
   replicas    the same burst with two stagers and two dispatchers: emails/s and duplicates
+  campaign    a campaign to 100,000 customers, its start to the last send, vs a plain SMTP loop
 `--scale 0.02` makes every count and duration 50 times smaller (a smoke run).
 """
 
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import dispatcher, dkim_sign, ingest, latency, replicas, stager, tick
+from bench import campaign, dispatcher, dkim_sign, ingest, latency, replicas, stager, tick
 from bench.common import PHASES, PIPELINE_CUSTOMERS, PIPELINE_VIEWS, Results, Scale, machine, say, table
 from bench.stack import BenchStack, bench_settings, reset, summarize_profiles
 from devstack import StackError, down, processes, up
@@ -92,6 +93,8 @@ async def measure(stack: BenchStack, args: argparse.Namespace, results: Results)
                 await replicas.run_pipeline(stack, scale, results, args.customers, args.views_per_customer)
             elif phase == "replicas":
                 await replicas.run_replicas(stack, scale, results, args.customers, args.views_per_customer)
+            elif phase == "campaign":
+                await campaign.run(stack, scale, results)
         stack.only(())
     finally:
         await stack.close()

@@ -210,7 +210,9 @@ def deliveries(settings: Settings) -> list[Delivery]:
             found.append(Delivery(
                 message_id=str(headers.get("Message-ID", "")).strip(),
                 to=str(headers.get("To", "")).strip().lower(),
-                journey=str(headers.get("X-Lifecycle-Journey", "")),
+                # a campaign's email names its campaign instead of a journey and a step
+                journey=str(headers.get("X-Lifecycle-Journey")
+                            or f"campaign:{headers.get('X-Lifecycle-Campaign', '')}"),
                 step=int(str(headers.get("X-Lifecycle-Step") or 0)),
                 at=at,
             ))

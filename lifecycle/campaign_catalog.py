@@ -37,6 +37,8 @@ from lifecycle.segment_files import SegmentFileError, named_segment, read_yaml
 from lifecycle.templates import Templates
 
 MAX_CAMPAIGN_BYTES = 64 * 1024
+# the seasonal templates that ship, in fr and en (lifecycle/templates/*/)
+DEFAULT_CAMPAIGN_TEMPLATES = ("new_year", "winter_sales", "summer_sales", "black_friday", "christmas")
 CAMPAIGNS_LOCK = 727_003  # saving and registering campaigns, one at a time
 CANCELLED = "campaign_cancelled"  # the exit reason of the runs a cancellation ended
 # the customer's time zone as the campaign reads it ('' when they have none: the shop's applies)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lifecycle.cli_campaigns import add_campaigns_parser, run_campaigns_command
 from lifecycle.cli_segments import add_segments_parser, run_segments_command
 from lifecycle.cli_templates import add_templates_parser, run_templates_command
 from lifecycle.settings import Settings, load_settings
@@ -173,6 +174,34 @@ def cmd_journeys_validate(directory: str | None) -> int:
         sends = sum(1 for s in journey.steps if hasattr(s, "template"))
         print(f"ok  {journey.name:<22} entry={journey.entry.trigger.value if journey.entry else '-':<16} sends={sends} "
               f"reentry={journey.reentry}")
+    return _campaign_templates_validate(settings, extra)
+
+
+def _campaign_templates_validate(settings: Settings, extra: Path | None) -> int:
+    """The default campaign templates and those of the campaign files, rendered like journeys' templates."""
+    from lifecycle.campaign_catalog import DEFAULT_CAMPAIGN_TEMPLATES, CampaignFileError, load_campaign_files
+    from lifecycle.templates import Templates
+
+    templates = Templates(extra, settings.default_locale)
+    try:
+        files = load_campaign_files(settings.campaigns_dir, templates, settings.segments_dir)
+    except CampaignFileError as exc:
+        for message in exc.problems:
+            print(message, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    names = dict.fromkeys([*DEFAULT_CAMPAIGN_TEMPLATES,
+                           *(t for f in files for t in f.campaign.journey().send_step(0).templates())])
+    problems = [problem for name in names for problem in templates.problems(name)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for name in names:
+        print(f"ok  campaign template {name:<12} locales={','.join(templates.locales(name))}")
+    for found in files:
+        print(f"ok  campaign {found.campaign.name:<13} {found.path}")
     return 0
 
 
@@ -316,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="sends, engagement, conversions and revenue per journey, step, variant")
     report.add_argument("--since", default="30d", help="a date (2026-01-31) or a duration back from now (30d)")
     report.add_argument("--journey", help="only this journey")
+    report.add_argument("--campaign", help="only this campaign")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     add_templates_parser(sub)
     add_segments_parser(sub)
+    add_campaigns_parser(sub)
     journeys = sub.add_parser("journeys", help="journey definitions")
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
@@ -396,11 +427,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in LOCAL_STACK_COMMANDS:
             return _with_local_stack(args)
         if args.command == "report":
-            return cmd_report(args.since, args.journey, args.format)
+            if args.journey and args.campaign:
+                print("report: --journey or --campaign, not both", file=sys.stderr)
+                return 2
+            return cmd_report(args.since, f"campaign:{args.campaign}" if args.campaign else args.journey, args.format)
         if args.command == "templates":
             return run_templates_command(args, _settings())
         if args.command == "segments":
             return run_segments_command(args, _settings())
+        if args.command == "campaigns":
+            return run_campaigns_command(args, _settings())
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))

@@ -525,7 +525,7 @@ def journey_json_schema(template_names: list[str]) -> dict[str, Any]:
         "at": {"type": "string", "pattern": "^" + _AT.pattern + "$"},
         "on": {"type": "array", "minItems": 1, "uniqueItems": True,
                "items": {"type": "string", "enum": list(WEEKDAYS)}},
-        "variants": {"type": "array", "minItems": 2, "items": {
+        "variants": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {
             "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
                 "name": {"type": "string"}, "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
                 "template": template, "subject": {"type": "string"}}}},

@@ -1,4 +1,5 @@
-"""`lifecycle report`: what each journey, step and variant sent and earned."""
+"""`lifecycle report`: what each journey, step and variant sent and earned, and each campaign and variant
+(a campaign's journey is `campaign:<name>`: its rows have `campaign` set and one step)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lifecycle.core.campaigns import campaign_of
 from lifecycle.core.stats import rate, two_proportion_test
 
 NO_VARIANT = "-"
@@ -35,6 +37,10 @@ class ReportRow:
     lift: float | None = None  # conversion rate against the step's first variant
     p_value: float | None = None
     verdict: str = ""
+    campaign: str | None = None  # the campaign's name, on a campaign's row
+
+    def __post_init__(self) -> None:
+        self.campaign = campaign_of(self.journey)
 
 
 QUERY = """
@@ -88,7 +94,8 @@ async def build_report(engine: AsyncEngine, since: datetime, journey: str | None
         reason = str(s.reason).split(":")[0]
         row.skipped += s.n
         row.skipped_by_reason[reason] = row.skipped_by_reason.get(reason, 0) + s.n
-    ordered = sorted(report.values(), key=lambda r: (r.journey, r.step, r.variant))
+    # journeys first, then campaigns
+    ordered = sorted(report.values(), key=lambda r: (r.campaign is not None, r.journey, r.step, r.variant))
     for row in ordered:
         row.click_rate = rate(row.clicked, row.sent)
         row.conversion_rate = rate(row.converted, row.sent)
@@ -123,7 +130,9 @@ def _cells(row: ReportRow) -> list[str]:
     skipped = str(row.skipped)
     if row.skipped_by_reason:
         skipped += " (" + ", ".join(f"{k} {v}" for k, v in sorted(row.skipped_by_reason.items())) + ")"
-    return [row.journey, str(row.step), row.variant, str(row.sent), skipped, str(row.bounced), str(row.opened),
+    name = f"campaign {row.campaign}" if row.campaign is not None else row.journey
+    step = "-" if row.campaign is not None else str(row.step)
+    return [name, step, row.variant, str(row.sent), skipped, str(row.bounced), str(row.opened),
             str(row.clicked), str(row.unsubscribed), str(row.converted), f"{row.revenue:.2f}",
             _percent(row.click_rate), _percent(row.conversion_rate),
             "" if row.lift is None else f"{row.lift:+.1%}",
@@ -142,7 +151,8 @@ def render(rows: list[ReportRow], fmt: str) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Journeys: sends, engagement and revenue (opens are indicative: privacy proxies open mail)")
+    table = Table(title="Journeys and campaigns: sends, engagement and revenue (opens are indicative: privacy proxies"
+                        " open mail)")
     for name in COLUMNS:
         table.add_column(name, justify="right" if name not in ("journey", "variant", "skipped", "verdict") else "left")
     for row in rows:

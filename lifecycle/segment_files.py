@@ -63,6 +63,15 @@ def load_segments(extra_dir: Path | None = None) -> dict[str, Segment]:
     return found
 
 
+def segment_names(extra_dir: Path | None = None) -> list[str] | None:
+    """The names of the segments there are now, sorted; None when a file has a problem (each is then
+    read when asked for, by `named_segment`)."""
+    try:
+        return sorted(load_segments(extra_dir))
+    except SegmentFileError:
+        return None
+
+
 def named_segment(name: str, extra_dir: Path | None = None) -> Segment | None:
     """The segment called `name` (LIFECYCLE_SEGMENTS_DIR first, then the built-in ones), or None.
     Only its own file is read: another broken file does not hide it."""

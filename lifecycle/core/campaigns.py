@@ -134,17 +134,24 @@ class CampaignError(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-# a date-time as send_at takes it: to the minute at least, an offset or none
-SEND_AT_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[T ]([01][0-9]|2[0-3]):[0-5][0-9]"
-                   r"(:[0-5][0-9](\.[0-9]{1,6})?)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
+# a date-time as send_at takes it: a day the calendar has, from 1970 to 2999, to the minute at least,
+# with an offset or none (the pattern says it all, so that what it accepts is a date-time)
+_LEAP_YEAR = r"(19(7[26]|8[048]|9[26])|2[0-9](0[48]|[2468][048]|[13579][26])|2[048]00)"
+_DAY = (r"((19[7-9][0-9]|2[0-9]{3})-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+        r"|02-(0[1-9]|1[0-9]|2[0-8]))|" + _LEAP_YEAR + r"-02-29)")
+SEND_AT_PATTERN = ("^" + _DAY + r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+                   r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
 
 
-def campaign_json_schema(template_names: list[str], filter_ref: str = "#/components/schemas/SegmentFilter",
-                         ) -> dict[str, Any]:
-    """The JSON Schema of one campaign as `parse_campaign` takes it, for the OpenAPI document. Checked on
-    top of it (a 422 names them): a named segment exists, variant names differ, the date exists."""
+def campaign_json_schema(template_names: list[str], segment_names: list[str] | None = None,
+                         filter_ref: str = "#/components/schemas/SegmentFilter") -> dict[str, Any]:
+    """The JSON Schema of one campaign as `parse_campaign` takes it, for the OpenAPI document; a named
+    segment is one of `segment_names` (those there are when the API starts) when given. Checked on top
+    of it (a 422 names them): variant names differ, the date exists, a segment added since exists."""
     template = {"type": "string", "enum": template_names}
     duration = {"type": "string", "minLength": 2, "pattern": DURATION_PATTERN}
+    named: dict[str, Any] = {"type": "string", "enum": segment_names} if segment_names is not None else \
+        {"type": "string", "pattern": SEGMENT_NAME.pattern}
     return {
         "type": "object", "additionalProperties": False,
         "required": ["name", "category", "segment", "template", "send_at"],
@@ -152,9 +159,9 @@ def campaign_json_schema(template_names: list[str], filter_ref: str = "#/compone
             "name": {"type": "string", "pattern": NAME_PATTERN},
             "description": {"type": "string"},
             "category": {"type": "string", "enum": list(EMAIL_CATEGORIES)},
-            "segment": {"oneOf": [{"type": "string", "pattern": SEGMENT_NAME.pattern}, {"$ref": filter_ref}]},
+            "segment": {"oneOf": [named, {"$ref": filter_ref}]},
             "template": template,
-            "variants": {"type": "array", "minItems": 2, "items": {
+            "variants": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {
                 "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
                     "name": {"type": "string", "minLength": 1},
                     "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
@@ -182,7 +189,7 @@ def parse_send_at(value: Any) -> SendAt | str:
         value = value.isoformat()
     if not isinstance(value, str):
         return "a date-time such as 2027-01-07T10:00:00 (local to each customer) or 2027-01-07T09:00:00Z"
-    text = value.strip()
+    text = value
     if not re.match(SEND_AT_PATTERN, text):
         return f"{value!r} is not a date-time: write 2027-01-07T10:00:00 (each customer's local time) or" \
                " 2027-01-07T09:00:00Z (one instant for all)"
@@ -243,8 +250,8 @@ def parse_campaign(value: Any, template_names: set[str] | None = None) -> Campai
         else:
             send_at = found
     max_per_minute = value.get("max_per_minute")
-    if max_per_minute is not None and (isinstance(max_per_minute, bool) or not isinstance(max_per_minute, int)
-                                       or not 1 <= max_per_minute <= 1_000_000):
+    if "max_per_minute" in value and (isinstance(max_per_minute, bool) or not isinstance(max_per_minute, int)
+                                      or not 1 <= max_per_minute <= 1_000_000):
         fail("max_per_minute", "a whole number of emails a minute, from 1 to 1000000")
     if_passed = value.get("if_passed", "send")
     if if_passed not in IF_PASSED:
@@ -274,7 +281,7 @@ def _coupon(raw: Any, fail: Callable[[str, str], None]) -> CouponSpec | None:
         if key not in ("kind", "amount", "valid"):
             fail(f"coupon.{key}", "unknown field; a coupon has kind, amount and valid")
     kind, amount, valid = raw.get("kind", "percent"), raw.get("amount"), raw.get("valid", "3d")
-    if kind not in MAX_COUPON:
+    if not isinstance(kind, str) or kind not in MAX_COUPON:
         fail("coupon.kind", "percent or fixed")
         return None
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= MAX_COUPON[kind]:
@@ -310,11 +317,11 @@ def _variants(raw: Any, names: set[str] | None, fail: Callable[[str, str], None]
             fail(f"{where}.weight", f"a whole number from 1 to {MAX_WEIGHT}")
             continue
         template = item.get("template")
-        if template is not None and not _known(template, names):
+        if "template" in item and not _known(template, names):
             fail(f"{where}.template", f"no template named {template!r}")
             continue
         subject = item.get("subject")
-        if subject is not None and not isinstance(subject, str):
+        if "subject" in item and not isinstance(subject, str):
             fail(f"{where}.subject", "must be text")
             continue
         if not unknown:

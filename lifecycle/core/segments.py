@@ -224,9 +224,6 @@ class _Checker:
                 bounds[bound] = float(number)
         if len(bounds) != len(value):
             return None
-        if "gte" in bounds and "lte" in bounds and bounds["gte"] > bounds["lte"]:
-            self.fail(path, f"gte ({bounds['gte']:g}) is above lte ({bounds['lte']:g}): nobody matches")
-            return None
         return Range(key, bounds.get("gte"), bounds.get("lte"))
 
     def duration(self, value: Any, path: str) -> timedelta | None:
@@ -329,8 +326,8 @@ def parse_segment(value: Any, default_name: str | None = None) -> Segment:
 
 def filter_json_schema(ref: str = "#/components/schemas/SegmentFilter") -> dict[str, Any]:
     """The JSON Schema of a filter as `parse_filter` takes it (`ref`: where this schema itself is, for
-    the combinations). Two rules cannot be said in it: a range's gte is at most its lte, and
-    combinations nest at most MAX_DEPTH deep."""
+    the combinations). One rule cannot be said in it: combinations nest at most MAX_DEPTH deep. (A
+    range whose gte is above its lte is valid: it matches nobody.)"""
 
     def one_or_many(item: dict[str, Any]) -> dict[str, Any]:
         return {"oneOf": [item, {"type": "array", "minItems": 1, "items": item}]}

@@ -61,10 +61,11 @@ class _Compiler:
             column = {"orders_count": "c.orders_count", "total_spent": "c.total_spent",
                       "average_order_value": "(c.total_spent / nullif(c.orders_count, 0))"}[node.what]
             tests = []
+            # numeric bounds: any JSON number compares exactly, 1e300 as well as 0.1
             if node.gte is not None:
-                tests.append(f"{column} >= {self.param(node.gte)}")
+                tests.append(f"{column} >= CAST({self.param(node.gte)} AS numeric)")
             if node.lte is not None:
-                tests.append(f"{column} <= {self.param(node.lte)}")
+                tests.append(f"{column} <= CAST({self.param(node.lte)} AS numeric)")
             return "(" + " AND ".join(tests) + ")"
         if isinstance(node, Recency):
             if node.what == "last_order_before":

@@ -43,6 +43,9 @@ from services.dispatcher.worker import DispatcherStore, Outgoing
 log = logging.getLogger("lifecycle.dispatcher")
 
 
+_GAUGED: set[str] = set()  # every journey and campaign given a value of RUNS_ACTIVE by this process
+
+
 async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]) -> None:
     now = await clock.now()
     async with engine.connect() as conn:
@@ -50,8 +53,10 @@ async def _refresh_gauges(engine: AsyncEngine, clock: Clock, journeys: list[str]
         metrics.STEPS_DUE.set(row.n)
         metrics.OLDEST_DUE_AGE.set((now - row.oldest).total_seconds() if row.oldest else 0.0)
         active: dict[str, int] = dict((await conn.execute(ACTIVE_RUNS)).all())
-        # every journey gets a value, zero included, so a finished journey does not keep its last count
-        for journey in sorted(set(journeys) | set(active)):
+        # every journey gets a value, zero included, so a finished journey (or campaign) does not keep its
+        # last count
+        _GAUGED.update(journeys, active)
+        for journey in sorted(_GAUGED):
             metrics.RUNS_ACTIVE.labels(journey=journey).set(active.get(journey, 0))
 
 

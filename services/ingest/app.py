@@ -45,6 +45,7 @@ from lifecycle.core.segments import filter_json_schema
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
 from lifecycle.seal import Seal
+from lifecycle.segment_files import segment_names
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
@@ -542,7 +543,8 @@ def create_app(
                                        new_event_id=new_event_id, monotonic=monotonic))
     template_names = Templates(settings.journeys_dir, settings.default_locale).names()
     app.include_router(admin_router(journey_store, [Depends(require_admin_key)], template_names))
-    app.include_router(campaigns_router(campaign_store, [Depends(require_admin_key)], template_names))
+    app.include_router(campaigns_router(campaign_store, [Depends(require_admin_key)], template_names,
+                                        segment_names(settings.segments_dir)))
     app.include_router(segments_router(segment_previewer, [Depends(require_admin_key)], settings.segments_dir))
 
     @app.get("/healthz", summary="Liveness")

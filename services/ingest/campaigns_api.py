@@ -86,7 +86,7 @@ class CampaignList(BaseModel):
 
 
 def campaigns_router(store: CampaignStore | None, dependencies: Sequence[Depends],
-                     template_names: list[str]) -> APIRouter:
+                     template_names: list[str], segment_names: list[str] | None) -> APIRouter:
     router = APIRouter(tags=["admin"], dependencies=list(dependencies))
     unavailable_doc = {"model": ErrorBody, "description": "PostgreSQL is unavailable; retry after Retry-After"}
 
@@ -101,9 +101,10 @@ def campaigns_router(store: CampaignStore | None, dependencies: Sequence[Depends
         "/v1/admin/campaigns",
         openapi_extra={"requestBody": {
             "required": True,
-            "description": "One campaign (docs/campaigns.md), as JSON. Checked on top of the schema: a named"
-                           " segment exists, variant names differ, the date exists.",
-            "content": {"application/json": {"schema": campaign_json_schema(template_names)}},
+            "description": "One campaign (docs/campaigns.md), as JSON. A named segment is one of those there"
+                           " were when the API started (one added to LIFECYCLE_SEGMENTS_DIR since is taken too)."
+                           " Checked on top of the schema: variant names differ.",
+            "content": {"application/json": {"schema": campaign_json_schema(template_names, segment_names)}},
         }},
         responses={
             200: {"model": SavedCampaignView, "description": "It replaced the scheduled campaign of that name"

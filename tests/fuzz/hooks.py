@@ -4,7 +4,7 @@ the OpenAPI document states in words because JSON Schema cannot say them. Every 
 - an event's `occurred_at` is at most 5 minutes after the server receives it (relative to "now");
 - in a journey, the ids given to send steps differ, variant names differ, and a coupon's `reuse_step`
   names an earlier send step;
-- in a segment's filter, a range's gte is at most its lte.
+- in a campaign, variant names differ.
 
 Only values that would break one of these rules are changed, into values that keep the request's
 other properties: a request the fuzzer built to be invalid stays invalid.
@@ -12,13 +12,10 @@ other properties: a request the fuzzer built to be invalid stays invalid.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
-
-RANGES = ("orders_count", "total_spent", "average_order_value")
 
 
 def _past(value: object) -> object:
@@ -37,6 +34,20 @@ def _event(event: object) -> object:
     if isinstance(event, dict) and "occurred_at" in event:
         return {**event, "occurred_at": _past(event["occurred_at"])}
     return event
+
+
+def _distinct_variants(given: list[Any]) -> list[Any]:
+    """The variants, their names made to differ."""
+    names: set[str] = set()
+    variants = []
+    for i, variant in enumerate(given):
+        if isinstance(variant, dict) and isinstance(variant.get("name"), str):
+            variant = dict(variant)
+            while variant["name"] in names:
+                variant["name"] += f"-{i}"
+            names.add(variant["name"])
+        variants.append(variant)
+    return variants
 
 
 def _journey(journey: dict[str, Any]) -> dict[str, Any]:
@@ -58,16 +69,7 @@ def _journey(journey: dict[str, Any]) -> dict[str, Any]:
                 send["id"] = (send["id"][:60] + f"-{number}")[-64:].lstrip("-_.:") or f"s{number}"
             ids.add(send["id"])
         if isinstance(send.get("variants"), list):
-            names: set[str] = set()
-            variants = []
-            for i, variant in enumerate(send["variants"]):
-                if isinstance(variant, dict) and isinstance(variant.get("name"), str):
-                    variant = dict(variant)
-                    while variant["name"] in names:
-                        variant["name"] += f"-{i}"
-                    names.add(variant["name"])
-                variants.append(variant)
-            send["variants"] = variants
+            send["variants"] = _distinct_variants(send["variants"])
         coupon = send.get("coupon")
         reuse = coupon.get("reuse_step") if isinstance(coupon, dict) else None
         if isinstance(coupon, dict) and isinstance(reuse, int | float) and not isinstance(reuse, bool) \
@@ -88,34 +90,13 @@ def within_the_stated_rules(ctx: Any, body: Any) -> Any:
         return _event(body)
     if path == "/v1/admin/journeys" and isinstance(body, dict):
         return _journey(body)
+    if path == "/v1/admin/campaigns" and isinstance(body, dict):
+        return _campaign(body)
     return body
 
 
-def _filter(value: object) -> object:
-    """A filter whose ranges have gte <= lte (swapped where they were not), nested combinations too."""
-    if isinstance(value, list):
-        return [_filter(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    fixed: dict[str, object] = {}
-    for key, item in value.items():
-        if key in RANGES and isinstance(item, dict) and isinstance(item.get("gte"), int | float) \
-                and isinstance(item.get("lte"), int | float) and item["gte"] > item["lte"]:
-            item = {**item, "gte": item["lte"], "lte": item["gte"]}
-        elif key in ("all", "any", "not"):
-            item = _filter(item)
-        fixed[key] = item
+def _campaign(campaign: dict[str, Any]) -> dict[str, Any]:
+    fixed = dict(campaign)
+    if isinstance(fixed.get("variants"), list):
+        fixed["variants"] = _distinct_variants(fixed["variants"])
     return fixed
-
-
-@schemathesis.hook("map_query")
-def segment_filter_within_the_stated_rules(ctx: Any, query: Any) -> Any:
-    if ctx.operation.path != "/v1/admin/segments/preview" or not isinstance(query, dict) or "filter" not in query:
-        return query
-    value = query["filter"]
-    if isinstance(value, str):
-        try:
-            return {**query, "filter": json.dumps(_filter(json.loads(value)))}
-        except ValueError:
-            return query
-    return {**query, "filter": _filter(value)}

@@ -4,6 +4,7 @@ X-Lifecycle-Campaign header (docs/campaigns.md)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
+from lifecycle.cli import build_parser
+from lifecycle.cli_campaigns import run_campaigns_command
 from lifecycle.core.campaigns import SendAt, due_for, throttled
+from lifecycle.report import build_report, render
 from lifecycle.scenario import ScenarioRunner
 from tests.support.stories import post
 
@@ -140,3 +144,69 @@ async def test_a_moment_passed_at_the_start_is_skipped_when_asked(shop: Scenario
     assert shown["audience"] == 2 and shown["passed"] == 3
     await shop.watch.advance_to(datetime(2027, 1, 6, tzinfo=UTC))
     assert sorted(d.to for d in shop.new_emails()) == ["cmp-lima@example.com", "cmp-ny@example.com"]
+
+
+async def test_variants_coupons_and_the_report_rows(shop: ScenarioRunner) -> None:
+    body = campaign(send_at="2027-01-05T12:00:00Z", template="black_friday",
+                    coupon={"kind": "percent", "amount": 20, "valid": "4d"}, recommendations=2,
+                    variants=[{"name": "a"}, {"name": "b", "subject": "Last call, {{ shop.name }}"}])
+    assert (await shop.http.post("/v1/admin/campaigns", json=body)).status_code == 201
+    await shop.watch.wait_idle()
+    delivered = shop.new_emails()
+    assert len(delivered) == 5 and {d.campaign for d in delivered} == {"sale"}
+    async with shop.engine.connect() as conn:
+        codes = (await conn.execute(text("SELECT code, journey, amount FROM coupons ORDER BY code"))).all()
+        variants: dict[str, str] = dict((await conn.execute(text(
+            "SELECT customer_id, variant FROM sends WHERE journey = 'campaign:sale'"))).all())
+    assert len(codes) == 5 and all(c.code.startswith("S-") and c.amount == 20 for c in codes)
+    for email in delivered:
+        code = next(c.code for c in codes if c.code in email.body)
+        assert code
+        variant = variants[email.to.split("@")[0]]
+        assert ("Last call" in email.subject) == (variant == "b")
+
+    # a click in a campaign's email is tracked like a journey's, then an order is attributed to it
+    first = delivered[0]
+    link = re.findall(r"https?://\S+/t/c/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", first.body)[0]
+    clicked = await shop.http.get(link.replace(shop.settings.public_url, ""), follow_redirects=False)
+    assert clicked.status_code in (302, 303, 307), clicked.text
+    customer = first.to.split("@")[0]
+    await post(shop, {"type": "order_placed", "customer_id": customer, "properties": {
+        "order_id": "cmp-o1", "currency": "EUR", "value": 80.0,
+        "items": [{"product_id": "p1", "name": "p1", "quantity": 1, "price": 80.0}]}})
+    await shop.watch.wait_idle()
+
+    rows = [r for r in await build_report(shop.engine, START) if r.campaign == "sale"]
+    assert sorted(r.variant for r in rows) == sorted(set(variants.values()))
+    assert sum(r.sent for r in rows) == 5 and all(r.journey == "campaign:sale" and r.step == 1 for r in rows)
+    [row] = [r for r in rows if r.variant == variants[customer]]
+    assert (row.clicked, row.converted, row.revenue) == (1, 1, 80.0)
+    table = render(rows, "csv")
+    assert "campaign sale" in table
+
+
+def test_the_command_line_applies_lists_shows_and_cancels(shop: ScenarioRunner, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    settings = shop.settings.model_copy(update={"campaigns_dir": tmp_path})
+    (tmp_path / "xmas.yaml").write_text(
+        "name: xmas\ncategory: offers\nsegment: never_ordered\ntemplate: christmas\n"
+        "send_at: 2027-12-20T09:00:00\nmax_per_minute: 100\n", encoding="utf-8")
+
+    def run(*argv: str) -> int:
+        parser = build_parser()
+        return run_campaigns_command(parser.parse_args(["campaigns", *argv]), settings)
+
+    assert run("validate") == 0
+    assert "ok  xmas" in capsys.readouterr().out
+    assert run("apply", str(tmp_path / "xmas.yaml")) == 0
+    assert "xmas: created; it starts at 2027-12-19T19:00:00+00:00" in capsys.readouterr().out
+    assert run("list") == 0
+    assert "xmas" in (listed := capsys.readouterr().out) and "scheduled" in listed and "(local)" in listed
+    assert run("show", "xmas", "--json") == 0
+    assert '"definition": "name: xmas' in capsys.readouterr().out
+    assert run("cancel", "xmas") == 0
+    assert "xmas: cancelled" in capsys.readouterr().out
+    assert run("show", "nope") == 1 and "no campaign named 'nope'" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("name: broken\ncategory: spam\n", encoding="utf-8")
+    assert run("validate") == 1
+    assert "broken.yaml: category" in capsys.readouterr().err

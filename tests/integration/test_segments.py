@@ -80,6 +80,11 @@ async def test_each_kind_of_condition(shop: ScenarioRunner) -> None:
     assert await matched(runner, {"orders_count": {"lte": 0}}) == ["seg-cy", "seg-dee", "seg-eve"]
     assert await matched(runner, {"total_spent": {"gte": 300, "lte": 330}}) == ["seg-ada"]
     assert await matched(runner, {"average_order_value": {"lte": 50}}) == ["seg-bob"]
+    # any JSON number is a bound: beyond the columns' types, and a range nobody can be in
+    assert await matched(runner, {"orders_count": {"gte": 4.2e268}}) == []
+    assert await matched(runner, {"orders_count": {"lte": 1e300}, "total_spent": {"gte": 1e-300}}) == [
+        "seg-ada", "seg-bob"]
+    assert await matched(runner, {"total_spent": {"gte": 330, "lte": 300}}) == []
     # no order: no average, so the complement holds them
     assert await matched(runner, {"not": {"average_order_value": {"gte": 100}}}) == [
         "seg-bob", "seg-cy", "seg-dee", "seg-eve"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,12 +11,13 @@ import pytest
 from lifecycle.core.campaigns import (
     CampaignError,
     SendAt,
+    campaign_of,
     due_for,
     parse_campaign,
     parse_send_at,
     throttled,
 )
-from lifecycle.core.journeys import Variant
+from lifecycle.core.journeys import CouponSpec, Variant
 from lifecycle.core.segments import OneOf
 
 PARIS, TOKYO, NEW_YORK = ZoneInfo("Europe/Paris"), ZoneInfo("Asia/Tokyo"), ZoneInfo("America/New_York")
@@ -39,18 +40,43 @@ def test_a_campaign_with_every_field() -> None:
     assert parse_campaign({**BASE, "segment": "vip"}).segment == "vip"
 
 
+def test_a_campaign_runs_as_a_journey_of_one_marketing_send_step() -> None:
+    campaign = parse_campaign({**BASE, "coupon": {"kind": "fixed", "amount": 10, "valid": "7d"},
+                               "recommendations": 3, "variants": [{"name": "a"}, {"name": "b"}]}, {"winter_sales"})
+    journey = campaign.journey()
+    assert journey.name == "campaign:winter_sale" and campaign_of(journey.name) == "winter_sale"
+    assert campaign_of("abandoned_cart") is None
+    assert journey.entry is None and journey.marketing and journey.consent == ("opted_in",)
+    assert journey.category == "offers"
+    step = journey.send_step(0)
+    assert (step.template, step.number, step.id, step.recommendations) == ("winter_sales", 1, "campaign", 3)
+    assert step.coupon == CouponSpec(kind="fixed", amount=10.0, valid=timedelta(days=7))
+    assert [v.name for v in step.variants] == ["a", "b"]
+    assert journey.first_send(utc(2027, 1, 7)) == (0, utc(2027, 1, 7))
+
+
 @pytest.mark.parametrize(("change", "field", "message"), [
     ({"category": "promos"}, "category", "one of cart_reminders, offers, news"),
     ({"segment": {"stage": ["nobody"]}}, "segment.stage", "a stage is one of"),
     ({"segment": "not a name!"}, "segment", "a segment's name"),
     ({"template": "nope"}, "template", "no template named 'nope'"),
     ({"send_at": "next friday"}, "send_at", "is not a date-time"),
-    ({"send_at": "2027-02-30T10:00:00"}, "send_at", "is not a valid date-time"),
+    ({"send_at": "2027-02-30T10:00:00"}, "send_at", "is not a date-time"),
+    ({"send_at": "2100-02-29T10:00:00"}, "send_at", "is not a date-time"),
     ({"max_per_minute": 0}, "max_per_minute", "from 1 to 1000000"),
     ({"if_passed": "later"}, "if_passed", "send (at once"),
     ({"variants": [{"name": "a"}]}, "variants", "two or more"),
     ({"variants": [{"name": "a"}, {"name": "a"}]}, "variants", "variant names must differ"),
     ({"colour": "red"}, "colour", "unknown field"),
+    ({"max_per_minute": None}, "max_per_minute", "from 1 to 1000000"),
+    ({"send_at": " 2027-01-07T10:00:00"}, "send_at", "is not a date-time"),
+    ({"send_at": "1969-12-31T10:00:00"}, "send_at", "is not a date-time"),
+    ({"coupon": {"kind": {}, "amount": 5}}, "coupon.kind", "percent or fixed"),
+    ({"coupon": {"amount": 150}}, "coupon.amount", "at most 100 for a percent coupon"),
+    ({"coupon": {"amount": 5, "valid": "soon"}}, "coupon.valid", "a duration"),
+    ({"coupon": {"amount": 5, "code": "X"}}, "coupon.code", "unknown field"),
+    ({"recommendations": 13}, "recommendations", "0 to 12"),
+    ({"variants": [{"name": "a", "template": None}, {"name": "b"}]}, "variants[0].template", "no template"),
 ])
 def test_problems_name_their_field(change: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(CampaignError) as caught:
