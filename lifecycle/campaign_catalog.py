@@ -41,6 +41,8 @@ MAX_CAMPAIGN_BYTES = 64 * 1024
 DEFAULT_CAMPAIGN_TEMPLATES = ("new_year", "winter_sales", "summer_sales", "black_friday", "christmas")
 CAMPAIGNS_LOCK = 727_003  # saving and registering campaigns, one at a time
 CANCELLED = "campaign_cancelled"  # the exit reason of the runs a cancellation ended
+# campaigns' runs: the predicate of their index (migration 0007), said in every query that should use it
+CAMPAIGN_RUNS = "journey LIKE 'campaign:%'"
 # the customer's time zone as the campaign reads it ('' when they have none: the shop's applies)
 ZONE_SQL = "coalesce(c.state -> 'traits' ->> 'timezone', '')"
 
@@ -244,11 +246,13 @@ async def progress(conn: AsyncConnection, names: list[str]) -> dict[str, dict[st
     runs = (await conn.execute(text(
         "SELECT journey, count(*) FILTER (WHERE status = 'active') AS pending,"
         " count(*) FILTER (WHERE exit_reason = :why) AS cancelled"
-        " FROM journey_runs WHERE journey = ANY(:j) GROUP BY journey"), {"j": journeys, "why": CANCELLED})).all()
+        f" FROM journey_runs WHERE journey = ANY(:j) AND {CAMPAIGN_RUNS} GROUP BY journey"),
+        {"j": journeys, "why": CANCELLED})).all()
     for row in runs:
         found[row.journey.split(":", 1)[1]].update(pending=int(row.pending), cancelled=int(row.cancelled))
     sends = (await conn.execute(text(
-        "SELECT journey, status, count(*) AS n FROM sends WHERE journey = ANY(:j) GROUP BY journey, status"),
+        f"SELECT journey, status, count(*) AS n FROM sends WHERE journey = ANY(:j) AND {CAMPAIGN_RUNS}"
+        " GROUP BY journey, status"),
         {"j": journeys})).all()
     for row in sends:
         found[row.journey.split(":", 1)[1]][row.status] = int(row.n)
@@ -277,7 +281,8 @@ async def cancel(engine: AsyncEngine, name: str, now: datetime) -> CampaignInfo 
                 {"n": name, "now": now})
             await conn.execute(text(
                 "UPDATE journey_runs SET status = 'exited', exit_reason = :why, ended_at = :now, due_at = NULL"
-                " WHERE journey = :j AND status = 'active'"), {"j": f"campaign:{name}", "why": CANCELLED, "now": now})
+                f" WHERE journey = :j AND status = 'active' AND {CAMPAIGN_RUNS}"),
+                {"j": f"campaign:{name}", "why": CANCELLED, "now": now})
     found = await list_campaigns(engine, name)
     return found[0] if found else None
 

@@ -1,4 +1,5 @@
-"""`lifecycle demo`: a small shop's year on the virtual clock, then every email it sent."""
+"""`lifecycle demo`: a small shop's year on the virtual clock (journeys and a campaign), then every email
+it sent."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ SOCKS = _item("p-socks", "Merino socks", 12.0, 3)
 
 
 def demo_steps() -> list[dict[str, Any]]:
-    """A shop's traffic: sign-ups, browsing, carts, orders and months of silence."""
+    """A shop's traffic: sign-ups, browsing, carts, orders, a campaign and months of silence."""
     return [
         _signup("demo-ana", "ana@example.com", "Ana", "opted_in", locale="fr"),
         _signup("demo-ben", "ben@example.com", "Ben", "pending"),
@@ -82,6 +83,10 @@ def demo_steps() -> list[dict[str, Any]]:
         # Ana reads the win-back email: engaged customers stay out of the sunset
         {"event": {"type": "email_clicked", "customer_id": "demo-ana",
                    "properties": {"journey": "win_back", "step": 1, "link": "shop"}}},
+        # the summer sales, for every customer who ordered: 10:00 in each one's own time zone
+        {"campaign": {"name": "summer_sales_2025", "category": "offers", "segment": {"orders_count": {"gte": 1}},
+                      "template": "summer_sales", "send_at": "2025-06-25T10:00:00",
+                      "coupon": {"kind": "percent", "amount": 15, "valid": "7d"}}},
         {"advance": "100d"},
         {"advance": "250d"},
     ]
@@ -116,8 +121,9 @@ async def run_demo(settings: Settings) -> int:
             print(f"demo: {failure}", file=sys.stderr)
         return 1
     rows = [
-        (parsedate_to_datetime(str(d.message["Date"])).strftime("%Y-%m-%d %H:%M"), d.to, d.journey, str(d.step),
-         d.subject)
+        (parsedate_to_datetime(str(d.message["Date"])).strftime("%Y-%m-%d %H:%M"), d.to,
+         f"campaign {d.campaign}" if d.campaign is not None else d.journey,
+         "-" if d.campaign is not None else str(d.step), d.subject)
         for d in delivered
     ]
     rows.sort()

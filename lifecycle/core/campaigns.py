@@ -34,7 +34,14 @@ from lifecycle.core.journeys import (
     Variant,
     local_moment,
 )
-from lifecycle.core.segments import SEGMENT_NAME, Filter, SegmentError, SegmentProblem, parse_filter
+from lifecycle.core.segments import (
+    NO_NUL_PATTERN,
+    SEGMENT_NAME,
+    Filter,
+    SegmentError,
+    SegmentProblem,
+    parse_filter,
+)
 from lifecycle.events.kinds import EMAIL_CATEGORIES
 
 CAMPAIGN_NAME = re.compile(NAME_PATTERN)
@@ -157,15 +164,15 @@ def campaign_json_schema(template_names: list[str], segment_names: list[str] | N
         "required": ["name", "category", "segment", "template", "send_at"],
         "properties": {
             "name": {"type": "string", "pattern": NAME_PATTERN},
-            "description": {"type": "string"},
+            "description": {"type": "string", "pattern": NO_NUL_PATTERN},
             "category": {"type": "string", "enum": list(EMAIL_CATEGORIES)},
             "segment": {"oneOf": [named, {"$ref": filter_ref}]},
             "template": template,
             "variants": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {
                 "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
-                    "name": {"type": "string", "minLength": 1},
+                    "name": {"type": "string", "minLength": 1, "pattern": NO_NUL_PATTERN},
                     "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
-                    "template": template, "subject": {"type": "string"}}}},
+                    "template": template, "subject": {"type": "string", "pattern": NO_NUL_PATTERN}}}},
             "send_at": {"type": "string", "pattern": SEND_AT_PATTERN,
                         "description": "without an offset: that wall-clock time in each customer's zone"},
             "max_per_minute": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
@@ -257,8 +264,8 @@ def parse_campaign(value: Any, template_names: set[str] | None = None) -> Campai
     if if_passed not in IF_PASSED:
         fail("if_passed", "send (at once, where the local moment has passed when the campaign starts) or skip")
     description = value.get("description", "")
-    if not isinstance(description, str):
-        fail("description", "must be text")
+    if not isinstance(description, str) or "\x00" in description:
+        fail("description", "must be text (without the NUL character)")
     coupon = _coupon(value["coupon"], fail) if "coupon" in value else None
     recommendations = value.get("recommendations", 0)
     if isinstance(recommendations, bool) or not isinstance(recommendations, int) \
@@ -306,7 +313,8 @@ def _variants(raw: Any, names: set[str] | None, fail: Callable[[str, str], None]
     found: list[Variant] = []
     for index, item in enumerate(raw):
         where = f"variants[{index}]"
-        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"] \
+                or "\x00" in item["name"]:
             fail(where, "a mapping with a name, and a weight, a template or a subject")
             continue
         unknown = [k for k in item if k not in ("name", "weight", "template", "subject")]
@@ -321,8 +329,8 @@ def _variants(raw: Any, names: set[str] | None, fail: Callable[[str, str], None]
             fail(f"{where}.template", f"no template named {template!r}")
             continue
         subject = item.get("subject")
-        if "subject" in item and not isinstance(subject, str):
-            fail(f"{where}.subject", "must be text")
+        if "subject" in item and (not isinstance(subject, str) or "\x00" in subject):
+            fail(f"{where}.subject", "must be text (without the NUL character)")
             continue
         if not unknown:
             found.append(Variant(item["name"], weight, template or default_template, subject))

@@ -29,6 +29,9 @@ from lifecycle.core.rules import STAGES
 
 # The traits a customer's profile keeps (lifecycle/core/rules.py PROFILE_TRAITS): the only ones a
 # `trait` condition can match.
+# texts in filters: PostgreSQL's text cannot hold NUL
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+TEXT_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"  # and not blank
 SEGMENT_TRAITS = ("email", "first_name", "last_name", "locale", "timezone", "birthday")
 CONSENTS = ("opted_in", "pending", "opted_out", "unknown")
 RANGES = ("orders_count", "total_spent", "average_order_value")
@@ -184,6 +187,9 @@ class _Checker:
         if not values or not all(isinstance(v, str) and v.strip() for v in values):
             self.fail(path, "must be a non-empty text or a non-empty list of texts")
             return None
+        if any("\x00" in v for v in values):
+            self.fail(path, "a text cannot hold the NUL character")
+            return None
         return tuple(v.strip() for v in values)
 
     def one_of(self, key: str, value: Any, path: str) -> Filter | None:
@@ -267,6 +273,8 @@ class _Checker:
                 self.fail(where, f"not a trait customers have; use one of {', '.join(SEGMENT_TRAITS)}")
             elif expected is not None and not isinstance(expected, str | int | float | bool):
                 self.fail(where, "must be a text, a number, true, false or null (no such trait)")
+            elif isinstance(expected, str) and "\x00" in expected:
+                self.fail(where, "a text cannot hold the NUL character")
             else:
                 parts.append(TraitIs(str(name), _trait_text(expected)))
         if len(parts) != len(value):
@@ -332,7 +340,7 @@ def filter_json_schema(ref: str = "#/components/schemas/SegmentFilter") -> dict[
     def one_or_many(item: dict[str, Any]) -> dict[str, Any]:
         return {"oneOf": [item, {"type": "array", "minItems": 1, "items": item}]}
 
-    text = {"type": "string", "pattern": r"\S"}
+    text = {"type": "string", "pattern": TEXT_PATTERN}
     duration = {"type": "string", "minLength": 2, "pattern": DURATION_PATTERN}
     bound = {"type": "number", "minimum": 0}
     range_ = {"type": "object", "additionalProperties": False, "minProperties": 1,
@@ -349,7 +357,9 @@ def filter_json_schema(ref: str = "#/components/schemas/SegmentFilter") -> dict[
         **{name: duration for name in DURATIONS},
         **{name: products for name in PRODUCTS},
         "trait": {"type": "object", "additionalProperties": False, "minProperties": 1,
-                  "properties": {name: {"type": ["string", "number", "boolean", "null"]} for name in SEGMENT_TRAITS}},
+                  "properties": {name: {"anyOf": [{"type": "string", "pattern": NO_NUL_PATTERN},
+                                                  {"type": ["number", "boolean", "null"]}]}
+                                 for name in SEGMENT_TRAITS}},
         "all": {"type": "array", "minItems": 1, "items": {"$ref": ref}},
         "any": {"type": "array", "minItems": 1, "items": {"$ref": ref}},
         "not": {"$ref": ref},

@@ -19,6 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devstack._util import absolute
+from devstack.processes import log_file
 from lifecycle.clock import SystemClock
 from lifecycle.idle import PipelineWatch
 from lifecycle.scenario import ScenarioRunner, first_plain_key
@@ -45,6 +47,14 @@ async def _counter(port: int, name: str, **labels: str) -> float:
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
+def _server_errors(settings: Settings) -> str:
+    """The errors the API logged (a 500's traceback is there, not in the fuzzer's report)."""
+    log = log_file(absolute(settings.run_dir), "ingest")
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    errors = [line[-3000:] for line in lines if '"level": "error"' in line]
+    return "\n\nthe API's errors:\n" + "\n".join(errors[-3:]) if errors else ""
+
+
 async def test_the_fuzzer_finds_nothing_against_the_openapi_document(on_the_system_clock: Settings) -> None:
     settings = on_the_system_clock
     schemathesis = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
@@ -57,7 +67,7 @@ async def test_the_fuzzer_finds_nothing_against_the_openapi_document(on_the_syst
     result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, cwd=ROOT,
                                      timeout=900, check=False)
     report = result.stdout[-6000:] + result.stderr[-2000:]
-    assert result.returncode == 0, report
+    assert result.returncode == 0, report + _server_errors(settings)
     generated = re.search(r"(\d+) generated", result.stdout)
     assert generated is not None and int(generated.group(1)) >= MIN_CASES, report
     # everything it got accepted is handled downstream: no dead letter, no failing loop

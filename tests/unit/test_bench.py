@@ -111,7 +111,8 @@ def test_phases_and_scale_arguments() -> None:
     args = parse_args(["--scale", "0.02", "--phases", "latency,ingest"])
     assert args.chosen == ["ingest", "dispatcher", "latency"]  # in order; latency needs the dispatcher's figure
     assert args.scale_ == Scale(0.02)
-    assert parse_args([]).chosen == ["ingest", "stager", "dispatcher", "latency", "tick", "pipeline", "replicas"]
+    assert parse_args([]).chosen == ["ingest", "stager", "dispatcher", "latency", "tick", "pipeline", "replicas",
+                                     "campaign"]
     with pytest.raises(SystemExit):
         parse_args(["--phases", "nonsense"])
     with pytest.raises(SystemExit):

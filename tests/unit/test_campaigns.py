@@ -76,6 +76,9 @@ def test_a_campaign_runs_as_a_journey_of_one_marketing_send_step() -> None:
     ({"coupon": {"amount": 5, "valid": "soon"}}, "coupon.valid", "a duration"),
     ({"coupon": {"amount": 5, "code": "X"}}, "coupon.code", "unknown field"),
     ({"recommendations": 13}, "recommendations", "0 to 12"),
+    ({"description": "a\x00b"}, "description", "without the NUL character"),
+    ({"variants": [{"name": "a", "subject": "x\x00"}, {"name": "b"}]}, "variants[0].subject", "NUL"),
+    ({"segment": {"bought_product": ["p\x00"]}}, "segment.bought_product", "NUL character"),
     ({"variants": [{"name": "a", "template": None}, {"name": "b"}]}, "variants[0].template", "no template"),
 ])
 def test_problems_name_their_field(change: dict[str, Any], field: str, message: str) -> None:

@@ -73,6 +73,8 @@ def test_several_keys_of_one_mapping_all_hold() -> None:
     ({"orders_count": {"gte": "3"}}, "filter.orders_count.gte: must be a number"),
     ({"orders_count": {"more": 3}}, "filter.orders_count.more: unknown bound"),
     ({"total_spent": {"gte": -1}}, "filter.total_spent.gte: must not be negative"),
+    ({"viewed_product": {"products": ["ok", "p\x00"]}}, "filter.viewed_product.products: a text cannot hold the NUL"),
+    ({"trait": {"first_name": "A\x00"}}, "filter.trait.first_name: a text cannot hold the NUL"),
     ({"consent": "maybe"}, "filter.consent: 'maybe': consent is one of"),
     ({"stage": ["active", "loyal"]}, "filter.stage: 'loyal': a stage is one of prospect, new, active"),
     ({"locale": "français"}, "filter.locale: 'français': a locale is a language tag"),
@@ -119,7 +121,7 @@ def test_a_segment_has_a_name_a_description_and_a_filter() -> None:
 
 def test_compiled_conditions_are_null_safe_and_parameterised() -> None:
     sql, params = compile_filter(parse_filter({"not": {"average_order_value": {"gte": 50}}}), NOW, "fr")
-    assert sql == "(NOT coalesce(((c.total_spent / nullif(c.orders_count, 0)) >= :s0), false))"
+    assert sql == "(NOT coalesce(((c.total_spent / nullif(c.orders_count, 0)) >= CAST(:s0 AS numeric)), false))"
     assert params == {"s0": 50.0}
     sql, params = compile_filter(parse_filter({"last_order_within": "10d", "trait": {"first_name": "O'Brien"}}),
                                  NOW, "fr")

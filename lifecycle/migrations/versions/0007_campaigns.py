@@ -37,10 +37,13 @@ def upgrade() -> None:
             version_id bigint
         )""")
     op.execute("CREATE INDEX campaigns_to_start ON campaigns (start_at) WHERE status = 'scheduled'")
-    # a campaign's runs, for its progress and its cancellation
-    op.execute("CREATE INDEX journey_runs_journey_status ON journey_runs (journey, status)")
+    # a campaign's runs, for its progress and its cancellation; journeys' runs stay out of it, so the
+    # dispatcher's moves of their runs do not maintain it
+    op.execute("CREATE INDEX journey_runs_campaign ON journey_runs (journey, status) WHERE journey LIKE 'campaign:%'")
+    op.execute("CREATE INDEX sends_campaign ON sends (journey, status) WHERE journey LIKE 'campaign:%'")
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS journey_runs_journey_status")
+    op.execute("DROP INDEX IF EXISTS sends_campaign")
+    op.execute("DROP INDEX IF EXISTS journey_runs_campaign")
     op.execute("DROP TABLE IF EXISTS campaigns")
