@@ -138,6 +138,12 @@ def _plain_converter(annotation: Any) -> Convert | None:
     if origin is list and len(args) == 1:
         element = _plain_converter(args[0])
         return None if element is None else (lambda value: [element(v) for v in value])
+    if origin is dict and len(args) == 2:
+        key, entry = _plain_converter(args[0]), _plain_converter(args[1])
+        if key is None and entry is None:
+            return None
+        read_key, read_entry = key or (lambda k: k), entry or (lambda v: v)
+        return lambda value: {read_key(k): read_entry(v) for k, v in value.items()}
     if origin is Literal:
         return None
     if annotation is AwareDatetime or annotation is datetime:
@@ -263,6 +269,9 @@ def converter(annotation: Any) -> Convert:
     if origin is list and len(args) == 1:
         element = converter(args[0])
         return lambda value: [element(v) for v in _list(value)]
+    if origin is dict and len(args) == 2:
+        key, entry = converter(args[0]), converter(args[1])
+        return lambda value: {key(k): entry(v) for k, v in _dict(value).items()}
     if origin is Literal:
         allowed = frozenset(args)
         return lambda value: value if type(value) is str and value in allowed else _refuse()
@@ -350,6 +359,12 @@ def _refuse() -> Any:
 
 def _string(value: Any) -> str:
     if type(value) is not str:
+        raise NotTrusted
+    return value
+
+
+def _dict(value: Any) -> dict[Any, Any]:
+    if type(value) is not dict:
         raise NotTrusted
     return value
 

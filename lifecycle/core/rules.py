@@ -173,7 +173,7 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
     kind = event.type
     state.first_seen_at = min(state.first_seen_at or at, at)
 
-    if kind in (EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED):
+    if kind in (EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED, EventType.CUSTOMER_IDENTIFIED):
         traits = event.traits.provided() if event.traits is not None else {}
         for name in PROFILE_TRAITS:
             if name in traits:
@@ -188,7 +188,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
             state.set_trait("unsubscribed_categories", chosen, at)
         if traits.get("consent") is not None:
             state.record_consent(ConsentFact(at, "trait", str(traits["consent"])))
-        if kind is EventType.CUSTOMER_SIGNED_UP:
+        # identified: a sign-up the first time only (a library identifies the customer at every login)
+        if kind is EventType.CUSTOMER_SIGNED_UP or (kind is EventType.CUSTOMER_IDENTIFIED
+                                                    and state.signed_up_at is None):
             state.signed_up_at = min(state.signed_up_at or at, at)
             applier.emit(TriggerType.SIGNED_UP, {"consent": state.consent})
     elif kind is EventType.CONSENT_CONFIRMED:
@@ -231,6 +233,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         product = _prop(event, "product_id")
         if product is not None:
             _apply_view(applier, event, str(product))
+    elif kind is EventType.TRACK:
+        applier.emit(TriggerType.TRACK, {"event": _prop(event, "event"),
+                                         "attributes": dict(_prop(event, "attributes") or {})})
     # page_viewed and checkout_started only count as activity
     return applier.finish()
 

@@ -26,12 +26,16 @@ from typing import Any
 from lifecycle.core.durations import DURATION_PATTERN, parse_duration
 from lifecycle.core.journeys import NAME_PATTERN
 from lifecycle.core.rules import STAGES
+from lifecycle.events.fields import WHITESPACE
 
 # The traits a customer's profile keeps (lifecycle/core/rules.py PROFILE_TRAITS): the only ones a
 # `trait` condition can match.
 # texts in filters: PostgreSQL's text cannot hold NUL
 NO_NUL_PATTERN = "^[^\\u0000]*$"
-TEXT_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"  # and not blank
+# and not blank: the whitespace str.strip() strips, spelled out as the events' patterns do (so that any
+# regular expression dialect reads the pattern as the checks do)
+TEXT_PATTERN = f"^[^\\u0000]*[^{WHITESPACE}\\u0000][^\\u0000]*$"
+_TEXT = re.compile(TEXT_PATTERN)
 SEGMENT_TRAITS = ("email", "first_name", "last_name", "locale", "timezone", "birthday")
 CONSENTS = ("opted_in", "pending", "opted_out", "unknown")
 RANGES = ("orders_count", "total_spent", "average_order_value")
@@ -184,11 +188,15 @@ class _Checker:
 
     def strings(self, value: Any, path: str) -> tuple[str, ...] | None:
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        if not values or not all(isinstance(v, str) for v in values):
             self.fail(path, "must be a non-empty text or a non-empty list of texts")
             return None
         if any("\x00" in v for v in values):
             self.fail(path, "a text cannot hold the NUL character")
+            return None
+        # the schema's own pattern (filter_json_schema), so that what it accepts is accepted here
+        if not all(_TEXT.match(v) for v in values):
+            self.fail(path, "must be a non-empty text or a non-empty list of texts")
             return None
         return tuple(v.strip() for v in values)
 

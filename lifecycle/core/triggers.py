@@ -23,6 +23,7 @@ class TriggerType(StrEnum):
     ENGAGEMENT = "engagement"
     BROWSE_ABANDONED = "browse_abandoned"
     CART_UPDATED = "cart_updated"  # a cart gets items within a week of a browse_abandoned (its journey's exit)
+    TRACK = "track"  # a `track` event: {event: its name, properties: what it carried}
 
 
 @dataclass(frozen=True)

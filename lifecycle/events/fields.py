@@ -19,6 +19,7 @@ from lifecycle.events.kinds import EmailCategory
 # What str.strip() strips (str.isspace()), spelled out so that the OpenAPI document's patterns mean
 # exactly what the checks below accept, in any regular expression dialect.
 _SPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+WHITESPACE: Final = _SPACE
 _CONTROLS = "\\x00-\\x1f\\x7f"
 # no control character, and no whitespace at either end
 IDENTIFIER_PATTERN: Final = f"^[^{_SPACE}{_CONTROLS}](?:[^{_CONTROLS}]*[^{_SPACE}{_CONTROLS}])?$"

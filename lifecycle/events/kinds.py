@@ -9,6 +9,9 @@ from typing import Final, Literal
 class EventType(StrEnum):
     CUSTOMER_SIGNED_UP = "customer_signed_up"
     CUSTOMER_UPDATED = "customer_updated"
+    # a profile as the shop knows it now (Segment's identify): the first one signs the customer up, the
+    # next ones update, so a library that identifies at every login starts no sign-up journey again
+    CUSTOMER_IDENTIFIED = "customer_identified"
     CONSENT_CONFIRMED = "consent_confirmed"
     UNSUBSCRIBED = "unsubscribed"
     PAGE_VIEWED = "page_viewed"
@@ -22,10 +25,12 @@ class EventType(StrEnum):
     EMAIL_CLICKED = "email_clicked"
     EMAIL_BOUNCED = "email_bounced"
     EMAIL_COMPLAINED = "email_complained"
+    TRACK = "track"  # any other thing the customer did, by name (Segment's track): activity, and a trigger
 
 
 # Only these types describe the customer themselves, so only they carry traits.
-CUSTOMER_TYPES: Final = frozenset({EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED})
+CUSTOMER_TYPES: Final = frozenset({EventType.CUSTOMER_SIGNED_UP, EventType.CUSTOMER_UPDATED,
+                                   EventType.CUSTOMER_IDENTIFIED})
 
 
 class Consent(StrEnum):

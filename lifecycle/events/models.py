@@ -122,6 +122,18 @@ class CartUpdatedProperties(Properties):
     )
 
 
+MAX_TRACK_ATTRIBUTES: Final = 50
+AttributeName = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": TEXT_PATTERN}),
+                          AfterValidator(_check_text)]
+
+
+class TrackProperties(Properties):
+    event: Text = Field(description="What the customer did, by name: `Wishlist Added`, `Newsletter Read`...")
+    attributes: dict[AttributeName, Text] | None = Field(
+        default=None, max_length=MAX_TRACK_ATTRIBUTES,
+        description="What it carried, as texts by name (a journey's `where` can test them)")
+
+
 class CheckoutStartedProperties(Properties):
     cart_id: Identifier | None = None
 
@@ -188,11 +200,13 @@ EventProperties = (
     | EmailClickedProperties
     | EmailBouncedProperties
     | EmailComplainedProperties
+    | TrackProperties
 )
 
 PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
     EventType.CUSTOMER_SIGNED_UP: NoProperties,
     EventType.CUSTOMER_UPDATED: NoProperties,
+    EventType.CUSTOMER_IDENTIFIED: NoProperties,
     EventType.CONSENT_CONFIRMED: ConsentConfirmedProperties,
     EventType.UNSUBSCRIBED: UnsubscribedProperties,
     EventType.PAGE_VIEWED: PageViewedProperties,
@@ -206,6 +220,7 @@ PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
     EventType.EMAIL_CLICKED: EmailClickedProperties,
     EventType.EMAIL_BOUNCED: EmailBouncedProperties,
     EventType.EMAIL_COMPLAINED: EmailComplainedProperties,
+    EventType.TRACK: TrackProperties,
 }
 
 P = TypeVar("P", bound=Properties)
@@ -272,7 +287,7 @@ class Event(BaseModel):
             return None
         raise PydanticCustomError(
             "traits_not_allowed",
-            "traits are only accepted on customer_signed_up and customer_updated events",
+            "traits are only accepted on customer_signed_up, customer_updated and customer_identified events",
         )
 
     @field_validator("properties", mode="before")

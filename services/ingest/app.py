@@ -54,6 +54,7 @@ from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
 from services.ingest.campaigns_api import CampaignStore, campaigns_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
+from services.ingest.segment_routes import KeyCheck, segment_router
 from services.ingest.segments_api import SegmentPreviewer, segments_router
 from services.ingest.tracking import MessageReader, tracking_router
 
@@ -508,6 +509,10 @@ def create_app(
             return unavailable_json()
         return JSONResponse({"accepted": len(events)}, status_code=202)
 
+    # Segment's HTTP Tracking API at its own paths: a shop's Segment library pointed at us
+    app.include_router(segment_router(publish, clock.now, KeyCheck(api_keys.write.check, api_keys.admin.check),
+                                      PublishFailed))
+
     @app.get(
         "/v1/customers/{customer_id}",
         dependencies=[Depends(require_admin_key)],
@@ -584,6 +589,10 @@ def create_app(
                 }
             },
         }
+        # Segment's libraries send the write key as HTTP Basic's user name (an empty password)
+        schemes = schema["components"].setdefault("securitySchemes", {})
+        schemes["SegmentWriteKey"] = {"type": "http", "scheme": "basic",
+                                      "description": "the write key as the user name, an empty password"}
         # the inline filter of the segment preview is JSON in the query string: say what JSON
         components["SegmentFilter"] = filter_json_schema()
         for parameter in schema["paths"]["/v1/admin/segments/preview"]["get"]["parameters"]:

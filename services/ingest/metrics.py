@@ -29,6 +29,18 @@ TRACKING = Counter(
     "Open-pixel and click-redirect hits, by kind (open, click) and outcome",
     ["kind", "outcome"],
 )
+SEGMENT_CALLS = Counter(
+    "lifecycle_ingest_segment_calls_total",
+    "Segment API calls (/v1/identify, /v1/track, /v1/page, /v1/batch), by outcome: accepted (per call),"
+    " invalid, overloaded, unavailable (per request)",
+    ["outcome"],
+)
+SEGMENT_LEFT_OUT = Counter(
+    "lifecycle_ingest_segment_left_out_total",
+    "Parts of accepted Segment calls not kept as sent: a refused trait (traits.<name>), a replaced timestamp,"
+    " an e-commerce event read as a track event (its type)",
+    ["what"],
+)
 
 # Every event of a batch with any invalid event is refused (nothing is published).
 REFUSED_INVALID: Final = "invalid"

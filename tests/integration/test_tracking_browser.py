@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from sqlalchemy import text
 
 from devstack.smtp_sink import mail_dir, read_messages
@@ -31,20 +31,11 @@ from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys
 from lifecycle.tracking import click_url, open_pixel_url
 from services.ingest.tracking import PIXEL_GIF
+from tests.support.browser import chromium
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 HERE = Path(__file__)
-CHROMIUM = Path("/usr/bin/chromium")
-# No sandbox: the tests run as root; nothing in the background that could reach the network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -56,14 +47,8 @@ async def fresh(runner: ScenarioRunner) -> AsyncIterator[ScenarioRunner]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh (it installs Debian's chromium)", pytrace=False)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -80,6 +80,8 @@ VALID: dict[str, dict[str, Any]] = {
     "email_clicked": {"properties": {"journey": "welcome", "step": "2", "link": "https://shop.example/x"}},
     "email_bounced": {"properties": {"message_id": "m1", "reason": "550 no such user"}},
     "email_complained": {},
+    "customer_identified": {"traits": {"email": "ada@example.com", "first_name": "Ada", "consent": "opted_in"}},
+    "track": {"properties": {"event": "Wishlist Added", "attributes": {"product_id": "p1", "list": "Summer"}}},
 }
 
 

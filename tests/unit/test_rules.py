@@ -52,6 +52,30 @@ def test_signup_with_consent_emits_signed_up_and_consent_change() -> None:
     assert state.stage == "prospect" and state.traits["email"] == "a@example.com"
 
 
+def test_the_first_identify_signs_up_and_the_next_ones_only_update() -> None:
+    state = CustomerState("c1")
+    first = apply_event(state, event("customer_identified", traits={"email": "a@example.com",
+                                                                     "consent": "opted_in"}), T0, CONFIG)
+    assert trigger_types(first) == ["signed_up", "consent_changed", "stage_changed"]
+    assert state.signed_up_at == T0
+    later = T0 + timedelta(days=3)
+    again = apply_event(state, event("customer_identified", later, traits={"first_name": "Ada"}), later, CONFIG)
+    assert trigger_types(again) == [] and state.traits["first_name"] == "Ada" and state.signed_up_at == T0
+    # a customer who signed up the usual way is not signed up again by an identify
+    other = CustomerState("c2")
+    apply_event(other, event("customer_signed_up", traits={"email": "b@example.com"}), T0, CONFIG)
+    assert "signed_up" not in trigger_types(apply_event(other, event("customer_identified", later, traits={
+        "locale": "fr"}), later, CONFIG))
+
+
+def test_a_tracked_event_is_a_trigger_with_its_name_and_attributes() -> None:
+    state = CustomerState("c1")
+    decision = apply_event(state, event("track", properties={"event": "Wishlist Added",
+                                                             "attributes": {"product_id": "p1"}}), T0, CONFIG)
+    [trigger] = [t for t in decision.triggers if t.type is TriggerType.TRACK]
+    assert trigger.data == {"event": "Wishlist Added", "attributes": {"product_id": "p1"}}
+
+
 def test_stages_follow_orders_and_time() -> None:
     state = CustomerState("c1")
     apply_event(state, order("o1", T0), T0, CONFIG)
