@@ -50,6 +50,7 @@ TRAIT_NAMES = {"email": "email", "firstName": "first_name", "first_name": "first
 CONSENT_FLAG = "email_consent"  # a boolean trait: true is opted_in, false opted_out
 # Segment e-commerce spec v2 event names -> our event types
 ECOMMERCE = {"Product Viewed": "product_viewed", "Cart Viewed": "cart_updated",
+             "Product Added": "cart_line_changed", "Product Removed": "cart_line_changed",
              "Checkout Started": "checkout_started", "Order Completed": "order_placed",
              "Order Cancelled": "order_cancelled", "Order Refunded": "order_refunded"}
 
@@ -216,7 +217,8 @@ def _track(call: Mapping[str, Any]) -> dict[str, Any]:
     name = name.strip()
     properties = _mapping(call.get("properties"))
     ours = ECOMMERCE.get(name)
-    typed = _ecommerce(ours, properties) if ours else None
+    change = "removed" if name == "Product Removed" else "added"
+    typed = _ecommerce(ours, properties, change) if ours else None
     return typed or generic_track(name, properties)
 
 
@@ -274,8 +276,9 @@ def _items(products: Any) -> list[dict[str, Any]] | None:
     return items
 
 
-def _ecommerce(ours: str, properties: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Our event for an e-commerce spec event, or None when it lacks what ours needs."""
+def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> dict[str, Any] | None:
+    """Our event for an e-commerce spec event, or None when it lacks what ours needs. `change`: added or
+    removed, for a cart line."""
     currency = properties.get("currency")
     if ours == "product_viewed":
         product_id = _id_text(properties.get("product_id")) or _id_text(properties.get("sku")) \
@@ -299,6 +302,24 @@ def _ecommerce(ours: str, properties: Mapping[str, Any]) -> dict[str, Any] | Non
         value = sum((Decimal(i["price"]) * i["quantity"] for i in items), Decimal(0))
         return {"type": ours, "properties": {"cart_id": cart_id, "currency": currency, "value": str(value),
                                              "items": items}}
+    if ours == "cart_line_changed":
+        cart_id = _id_text(properties.get("cart_id"))
+        product_id = _id_text(properties.get("product_id")) or _id_text(properties.get("sku")) \
+            or _id_text(properties.get("id"))
+        if cart_id is None or product_id is None:
+            return None
+        line: dict[str, Any] = {"cart_id": cart_id, "change": change, "product_id": product_id}
+        if isinstance(properties.get("name"), str) and properties["name"].strip():
+            line["name"] = properties["name"]
+        price = _number(properties.get("price"))
+        if price is not None:
+            line["price"] = str(price)
+        quantity = properties.get("quantity")
+        if isinstance(quantity, int) and not isinstance(quantity, bool):
+            line["quantity"] = quantity
+        if isinstance(currency, str):
+            line["currency"] = currency
+        return {"type": ours, "properties": line}
     if ours == "checkout_started":
         cart_id = _id_text(properties.get("cart_id"))
         return {"type": ours, "properties": {"cart_id": cart_id} if cart_id else {}}

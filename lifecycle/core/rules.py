@@ -203,6 +203,8 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         state.record_consent(ConsentFact(at, "unsubscribed"))
     elif kind is EventType.CART_UPDATED:
         _apply_cart(applier, event)
+    elif kind is EventType.CART_LINE_CHANGED:
+        _apply_cart_line(applier, event)
     elif kind is EventType.ORDER_PLACED:
         _apply_order(applier, event)
     elif kind in (EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
@@ -313,23 +315,49 @@ def _apply_cart(applier: _Applier, event: Event) -> None:
     at = event.occurred_at
     if state.cart is not None and state.cart.updated_at > at:
         return  # an older cart update than the one we hold
-    items = _items(event)
+    _set_cart(applier, str(_prop(event, "cart_id")), _items(event), float(_prop(event, "value") or 0.0),
+              str(_prop(event, "currency") or ""), at)
+
+
+def _apply_cart_line(applier: _Applier, event: Event) -> None:
+    """One line added or removed: the cart the customer holds (the same cart_id), changed by it. Lines
+    add up whatever order they arrive in; the cart's time is the latest of its changes."""
+    state = applier.state
     cart_id = str(_prop(event, "cart_id"))
+    held = state.cart if state.cart is not None and state.cart.cart_id == cart_id else None
+    items = [dict(item) for item in held.items] if held is not None else []
+    product = str(_prop(event, "product_id"))
+    quantity = _prop(event, "quantity")
+    line = next((item for item in items if item["product_id"] == product), None)
+    if _prop(event, "change") == "added":
+        price = _prop(event, "price")
+        if line is None:
+            line = {"product_id": product, "name": str(_prop(event, "name") or product), "quantity": 0,
+                    "price": float(price) if price is not None else 0.0}
+            items.append(line)
+        elif price is not None:
+            line["price"] = float(price)
+        line["quantity"] = int(line["quantity"]) + int(quantity or 1)
+    elif line is not None:
+        line["quantity"] = int(line["quantity"]) - int(quantity) if quantity is not None else 0
+        items = [item for item in items if int(item["quantity"]) > 0]
+    currency = str(_prop(event, "currency") or (held.currency if held is not None else ""))
+    value = round(sum(float(item["price"]) * int(item["quantity"]) for item in items), 2)
+    at = max(event.occurred_at, held.updated_at) if held is not None else event.occurred_at
+    _set_cart(applier, cart_id, items, value, currency, at)
+
+
+def _set_cart(applier: _Applier, cart_id: str, items: list[dict[str, Any]], value: float, currency: str,
+              at: datetime) -> None:
+    state = applier.state
     if not items:
         had_items = state.cart is not None and state.cart.items
-        state.cart = CartState(cart_id=cart_id, updated_at=at, items=[], value=0.0,
-                               currency=str(_prop(event, "currency") or ""))
+        state.cart = CartState(cart_id=cart_id, updated_at=at, items=[], value=0.0, currency=currency)
         applier.decision.dues[DueKind.CART] = None
         if had_items:
             applier.emit(TriggerType.CART_EMPTIED, {"cart_id": cart_id})
         return
-    state.cart = CartState(
-        cart_id=cart_id,
-        updated_at=at,
-        items=items,
-        value=float(_prop(event, "value") or 0.0),
-        currency=str(_prop(event, "currency") or ""),
-    )
+    state.cart = CartState(cart_id=cart_id, updated_at=at, items=items, value=value, currency=currency)
     _browse_ends(applier, at, cart_id)
     if state.last_order_at_any is None or state.last_order_at_any < at:
         applier.decision.dues[DueKind.CART] = at + timedelta(minutes=applier.config.cart_abandon_minutes)

@@ -17,6 +17,7 @@ class EventType(StrEnum):
     PAGE_VIEWED = "page_viewed"
     PRODUCT_VIEWED = "product_viewed"
     CART_UPDATED = "cart_updated"
+    CART_LINE_CHANGED = "cart_line_changed"  # one product added to or removed from a cart (Segment's Product Added)
     CHECKOUT_STARTED = "checkout_started"
     ORDER_PLACED = "order_placed"
     ORDER_CANCELLED = "order_cancelled"

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -134,6 +134,19 @@ class TrackProperties(Properties):
         description="What it carried, as texts by name (a journey's `where` can test them)")
 
 
+class CartLineChangedProperties(Properties):
+    """One line of a cart changed; the rest of the cart is as the earlier events left it."""
+
+    cart_id: Identifier
+    change: Literal["added", "removed"]
+    product_id: Identifier
+    name: Text | None = None
+    price: Money | None = Field(default=None, description="Unit price (an added line without one counts 0)")
+    quantity: Quantity | None = Field(
+        default=None, description="Added: how many more (default 1); removed: how many fewer (default: the line)")
+    currency: Currency | None = None
+
+
 class CheckoutStartedProperties(Properties):
     cart_id: Identifier | None = None
 
@@ -201,6 +214,7 @@ EventProperties = (
     | EmailBouncedProperties
     | EmailComplainedProperties
     | TrackProperties
+    | CartLineChangedProperties
 )
 
 PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
@@ -221,6 +235,7 @@ PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
     EventType.EMAIL_BOUNCED: EmailBouncedProperties,
     EventType.EMAIL_COMPLAINED: EmailComplainedProperties,
     EventType.TRACK: TrackProperties,
+    EventType.CART_LINE_CHANGED: CartLineChangedProperties,
 }
 
 P = TypeVar("P", bound=Properties)

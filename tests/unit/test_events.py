@@ -82,6 +82,8 @@ VALID: dict[str, dict[str, Any]] = {
     "email_complained": {},
     "customer_identified": {"traits": {"email": "ada@example.com", "first_name": "Ada", "consent": "opted_in"}},
     "track": {"properties": {"event": "Wishlist Added", "attributes": {"product_id": "p1", "list": "Summer"}}},
+    "cart_line_changed": {"properties": {"cart_id": "k1", "change": "added", "product_id": "p1", "name": "Shirt",
+                                         "price": "19.99", "quantity": 2, "currency": "EUR"}},
 }
 
 

@@ -76,6 +76,37 @@ def test_a_tracked_event_is_a_trigger_with_its_name_and_attributes() -> None:
     assert trigger.data == {"event": "Wishlist Added", "attributes": {"product_id": "p1"}}
 
 
+def line(change: str, product: str, at: datetime, cart_id: str = "k1", **fields: Any) -> Event:
+    return event("cart_line_changed", at, event_id=f"l-{change}-{product}-{at.isoformat()}", properties={
+        "cart_id": cart_id, "change": change, "product_id": product, **fields})
+
+
+def test_cart_lines_add_up_remove_and_empty_the_cart() -> None:
+    state = CustomerState("c1")
+    apply_event(state, line("added", "p1", T0, name="Mug", price=10, currency="EUR"), T0, CONFIG)
+    t1 = T0 + timedelta(minutes=5)
+    decision = apply_event(state, line("added", "p2", t1, price=4.5, quantity=2), t1, CONFIG)
+    assert state.cart is not None and state.cart.value == 19.0 and state.cart.currency == "EUR"
+    assert [(i["product_id"], i["name"], i["quantity"]) for i in state.cart.items] == [
+        ("p1", "Mug", 1), ("p2", "p2", 2)]
+    assert decision.dues[DueKind.CART] == t1 + timedelta(minutes=CONFIG.cart_abandon_minutes)
+    t2 = t1 + timedelta(minutes=5)
+    apply_event(state, line("added", "p1", t2), t2, CONFIG)
+    apply_event(state, line("removed", "p2", t2, quantity=1), t2, CONFIG)
+    assert [(i["product_id"], i["quantity"]) for i in state.cart.items] == [("p1", 2), ("p2", 1)]
+    assert state.cart.value == 24.5
+    # a line of an older change arriving late still counts; the cart's time stays the latest
+    late = apply_event(state, line("added", "p3", T0 + timedelta(minutes=1), price=1), t2, CONFIG)
+    assert state.cart.updated_at == t2 and late.dues[DueKind.CART] == t2 + timedelta(
+        minutes=CONFIG.cart_abandon_minutes)
+    for product in ("p1", "p2", "p3"):
+        emptied = apply_event(state, line("removed", product, t2), t2, CONFIG)
+    assert state.cart.items == [] and trigger_types(emptied) == ["cart_emptied"]
+    # another cart starts from nothing
+    apply_event(state, line("added", "p9", t2, cart_id="k2", price=3), t2, CONFIG)
+    assert state.cart.cart_id == "k2" and [i["product_id"] for i in state.cart.items] == ["p9"]
+
+
 def test_stages_follow_orders_and_time() -> None:
     state = CustomerState("c1")
     apply_event(state, order("o1", T0), T0, CONFIG)

@@ -83,6 +83,17 @@ def test_the_ecommerce_spec_and_everything_else() -> None:
     cart = read({"userId": "u", "event": "Cart Viewed", "properties": {
         "cart_id": "k1", "currency": "EUR", "products": [{"sku": "s1", "price": 5, "quantity": 3}]}}, "track")
     assert cart.type.value == "cart_updated" and str(cart.properties.value) == "15"  # type: ignore[union-attr]
+    added = read({"userId": "u", "event": "Product Added", "properties": {
+        "cart_id": "k1", "product_id": "p1", "name": "Mug", "price": 9, "quantity": 2}}, "track")
+    assert added.type.value == "cart_line_changed"
+    assert added.properties.model_dump(exclude_none=True) == {
+        "cart_id": "k1", "change": "added", "product_id": "p1", "name": "Mug", "price": 9, "quantity": 2}
+    removed = read({"userId": "u", "event": "Product Removed", "properties": {"cart_id": "k1", "sku": "p1"}},
+                   "track")
+    assert removed.properties.model_dump(exclude_none=True) == {
+        "cart_id": "k1", "change": "removed", "product_id": "p1"}
+    assert read({"userId": "u", "event": "Product Added", "properties": {"product_id": "p1"}},
+                "track").type.value == "track"  # no cart id: a track event
     assert read({"userId": "u", "event": "Order Refunded", "properties": {"order_id": "o1"}},
                 "track").type.value == "order_refunded"
     custom = read({"userId": "u", "event": "Wishlist Added", "properties": {
