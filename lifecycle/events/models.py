@@ -18,6 +18,7 @@ from pydantic import (
     SkipValidation,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import models_json_schema
@@ -125,11 +126,17 @@ class CartUpdatedProperties(Properties):
 MAX_TRACK_ATTRIBUTES: Final = 50
 AttributeName = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": TEXT_PATTERN}),
                           AfterValidator(_check_text)]
+# said by hand: pydantic would put the names' pattern in patternProperties, which leaves other names free
+_ATTRIBUTES_SCHEMA: Final = {"anyOf": [
+    {"type": "object", "maxProperties": MAX_TRACK_ATTRIBUTES,
+     "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": TEXT_PATTERN},
+     "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": TEXT_PATTERN}},
+    {"type": "null"}]}
 
 
 class TrackProperties(Properties):
     event: Text = Field(description="What the customer did, by name: `Wishlist Added`, `Newsletter Read`...")
-    attributes: dict[AttributeName, Text] | None = Field(
+    attributes: Annotated[dict[AttributeName, Text] | None, WithJsonSchema(_ATTRIBUTES_SCHEMA)] = Field(
         default=None, max_length=MAX_TRACK_ATTRIBUTES,
         description="What it carried, as texts by name (a journey's `where` can test them)")
 
