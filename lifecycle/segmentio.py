@@ -11,7 +11,8 @@ A call is `identify`, `track` or `page` (alone, or in a `batch`). What maps:
   `context.timezone`), and `consent` (`opted_in`, `pending`, `opted_out`) or `email_consent` (a boolean).
   A trait we cannot read (an address that is not one) is left out and reported in `dropped`;
 - the e-commerce spec's events map to ours: `Product Viewed`, `Cart Viewed` (the cart, whole),
-  `Checkout Started`, `Order Completed`, `Order Cancelled`, `Order Refunded`;
+  `Product Added` and `Product Removed` (one line of the cart), `Checkout Started`, `Order Completed`,
+  `Order Cancelled`, `Order Refunded`;
 - any other `track`, and an e-commerce event missing what ours needs, is a `track` event: its name
   and its flat properties as texts, activity and a trigger journeys can use;
 - `page` is a `page_viewed` with its URL (`properties.url`, else `context.page.url`), else a `track`
