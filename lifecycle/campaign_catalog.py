@@ -345,8 +345,11 @@ async def start_due(engine: AsyncEngine, now: datetime, policy: SendPolicy, defa
                     "UPDATE campaigns SET status = 'cancelled', cancelled_at = :now, updated_at = :now"
                     " WHERE name = :n"), {"n": row.name, "now": now})
                 return Started(row.name, 0, 0, f"segment {campaign.segment!r} is missing or invalid")
-            started = await _write_audience(conn, campaign, row.definition, row.origin, segment, now, policy,
-                                            default_locale)
+            # what "already passed" is measured against: when the campaign was due to start, or when it was
+            # saved if that is later; not when this dispatcher got to it (it looks once a second)
+            reference = min(max(row.start_at, row.updated_at), now)
+            started = await _write_audience(conn, campaign, row.definition, row.origin, segment, now, reference,
+                                            policy, default_locale)
             await conn.execute(text(
                 "UPDATE campaigns SET status = 'started', started_at = :now, updated_at = :now, audience = :a,"
                 " passed = :p, version_id = :v WHERE name = :n"),
@@ -355,9 +358,10 @@ async def start_due(engine: AsyncEngine, now: datetime, policy: SendPolicy, defa
 
 
 async def _write_audience(conn: AsyncConnection, campaign: Campaign, definition: str, origin: str,
-                          segment: Filter, now: datetime, policy: SendPolicy,
+                          segment: Filter, now: datetime, reference: datetime, policy: SendPolicy,
                           default_locale: str) -> tuple[int, int, int]:
-    """(runs written, customers whose moment had passed, the journey version's id)."""
+    """(runs written, customers whose moment had passed at `reference`, the journey version's id). A due
+    time between `reference` and now is in the past: its send goes at once."""
     version_id = (await conn.execute(text(
         "INSERT INTO journey_versions (journey, version, source, origin, digest, definition, retired, created_at)"
         " SELECT :j, coalesce(max(version), 0) + 1, 'campaign', :o, :d, :t, false, now()"
@@ -373,9 +377,9 @@ async def _write_audience(conn: AsyncConnection, campaign: Campaign, definition:
     passed = 0
     for zone in zones:
         moment = campaign.send_at.moment_in(zone_of(zone.zone or None, policy))
-        if moment < now:
+        if moment < reference:
             passed += int(zone.n)
-        dues.append(due_for(campaign.send_at, zone_of(zone.zone or None, policy), now, campaign.if_passed))
+        dues.append(due_for(campaign.send_at, zone_of(zone.zone or None, policy), reference, campaign.if_passed))
     if not zones:
         return 0, 0, int(version_id)
     paced = _PACED if campaign.max_per_minute else _UNPACED

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from lifecycle.cli import build_parser
 from lifecycle.cli_campaigns import run_campaigns_command
+from lifecycle.clock import set_virtual_time
 from lifecycle.core.campaigns import SendAt, due_for, throttled
 from lifecycle.report import build_report, render
 from lifecycle.scenario import ScenarioRunner
@@ -210,3 +211,15 @@ def test_the_command_line_applies_lists_shows_and_cancels(shop: ScenarioRunner, 
     (tmp_path / "broken.yaml").write_text("name: broken\ncategory: spam\n", encoding="utf-8")
     assert run("validate") == 1
     assert "broken.yaml: category" in capsys.readouterr().err
+
+
+async def test_a_dispatcher_late_to_the_start_still_sends_what_was_not_passed_when_it_was_due(
+        shop: ScenarioRunner) -> None:
+    # skip what had passed when the campaign was due to start, not when a dispatcher got to it
+    body = campaign(send_at="2027-01-05T12:10:00Z", if_passed="skip")
+    assert (await shop.http.post("/v1/admin/campaigns", json=body)).status_code == 201
+    await set_virtual_time(shop.engine, START + timedelta(minutes=12))  # straight past it, as a late dispatcher
+    await shop.watch.wait_idle()
+    shown = (await shop.http.get("/v1/admin/campaigns/sale")).json()
+    assert (shown["audience"], shown["passed"]) == (5, 0)
+    assert len(shop.new_emails()) == 5
