@@ -21,7 +21,8 @@ from sqlalchemy import text
 from bench.common import CAMPAIGN_CUSTOMERS, CAMPAIGN_RAW_SAMPLE, Results, Row, Scale, say
 from bench.dispatcher import deliver_all, raw_smtp
 from bench.stack import BenchStack, reset
-from lifecycle.campaign_catalog import check_campaign, definition_text, save
+from lifecycle.campaign_catalog import check_campaign, save
+from lifecycle.journey_catalog import definition_text
 from lifecycle.templates import Templates
 
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC")

@@ -17,14 +17,12 @@ is dropped by the check right before SMTP, which sees its run ended.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,7 +30,7 @@ from lifecycle.core.campaigns import CAMPAIGN_STEP, Campaign, CampaignError, due
 from lifecycle.core.journeys import SendPolicy, zone_of
 from lifecycle.core.segments import Filter, SegmentProblem
 from lifecycle.db.segments import audience_condition, compile_filter
-from lifecycle.journey_catalog import campaign_from_definition
+from lifecycle.journey_catalog import campaign_from_definition, definition_text, digest
 from lifecycle.segment_files import SegmentFileError, named_segment, read_yaml
 from lifecycle.templates import Templates
 
@@ -57,15 +55,6 @@ class CampaignFileError(ValueError):
 
 class CampaignConflict(Exception):
     """A campaign of that name has started or was cancelled: it cannot be replaced."""
-
-
-def digest(definition: str) -> str:
-    return hashlib.sha256(definition.encode("utf-8")).hexdigest()
-
-
-def definition_text(value: object) -> str:
-    """A campaign as the YAML text it is stored as (a posted JSON object, or a file's value)."""
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def check_campaign(value: Any, templates: Templates | None, segments_dir: Path | None) -> Campaign:
@@ -189,6 +178,18 @@ class CampaignFile:
     definition: str
 
 
+def load_campaign_file(path: Path, templates: Templates | None, segments_dir: Path | None) -> CampaignFile:
+    """One campaign file, checked; CampaignFileError lists its problems, each `file: field: message`."""
+    try:
+        value = read_yaml(path)
+        campaign = check_campaign(value, templates, segments_dir)
+    except SegmentFileError as exc:
+        raise CampaignFileError(exc.problems) from None
+    except CampaignError as exc:
+        raise CampaignFileError([f"{path}: {problem}" for problem in exc.problems]) from None
+    return CampaignFile(path, campaign, definition_text(value))
+
+
 def load_campaign_files(directory: Path | None, templates: Templates | None,
                         segments_dir: Path | None) -> list[CampaignFile]:
     """Every campaign file of `directory` (*.yaml, one campaign each); CampaignFileError lists every
@@ -202,19 +203,16 @@ def load_campaign_files(directory: Path | None, templates: Templates | None,
     names: dict[str, Path] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            value = read_yaml(path)
-            campaign = check_campaign(value, templates, segments_dir)
-        except SegmentFileError as exc:
+            loaded = load_campaign_file(path, templates, segments_dir)
+        except CampaignFileError as exc:
             problems.extend(exc.problems)
             continue
-        except CampaignError as exc:
-            problems.extend(f"{path}: {problem}" for problem in exc.problems)
+        name = loaded.campaign.name
+        if name in names:
+            problems.append(f"{path}: name: {name!r} is also the name of {names[name]}")
             continue
-        if campaign.name in names:
-            problems.append(f"{path}: name: {campaign.name!r} is also the name of {names[campaign.name]}")
-            continue
-        names[campaign.name] = path
-        found.append(CampaignFile(path, campaign, definition_text(value)))
+        names[name] = path
+        found.append(loaded)
     if problems:
         raise CampaignFileError(problems)
     return found
@@ -376,10 +374,10 @@ async def _write_audience(conn: AsyncConnection, campaign: Campaign, definition:
     dues: list[datetime | None] = []
     passed = 0
     for zone in zones:
-        moment = campaign.send_at.moment_in(zone_of(zone.zone or None, policy))
-        if moment < reference:
+        local = zone_of(zone.zone or None, policy)
+        if campaign.send_at.moment_in(local) < reference:
             passed += int(zone.n)
-        dues.append(due_for(campaign.send_at, zone_of(zone.zone or None, policy), reference, campaign.if_passed))
+        dues.append(due_for(campaign.send_at, local, reference, campaign.if_passed))
     if not zones:
         return 0, 0, int(version_id)
     paced = _PACED if campaign.max_per_minute else _UNPACED

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from lifecycle.campaign_catalog import CampaignFile
     from lifecycle.core.campaigns import SendAt
-    from lifecycle.templates import Templates
 
 Work = Callable[["AsyncEngine", datetime], Awaitable[int]]
 
@@ -47,7 +46,7 @@ def add_campaigns_parser(subparsers: argparse._SubParsersAction[argparse.Argumen
 
 
 def run_campaigns_command(args: argparse.Namespace, settings: Settings) -> int:
-    from lifecycle.campaign_catalog import CampaignFileError, load_campaign_files
+    from lifecycle.campaign_catalog import CampaignFileError, load_campaign_file, load_campaign_files
     from lifecycle.templates import Templates
 
     templates = Templates(settings.journeys_dir, settings.default_locale)
@@ -55,7 +54,7 @@ def run_campaigns_command(args: argparse.Namespace, settings: Settings) -> int:
         directory = args.dir if args.campaigns_command == "validate" else None
         try:
             if args.campaigns_command == "apply":
-                found = [_one_file(args.file, templates, settings)]
+                found = [load_campaign_file(args.file, templates, settings.segments_dir)]
             else:
                 found = load_campaign_files(directory or settings.campaigns_dir, templates, settings.segments_dir)
         except CampaignFileError as exc:
@@ -74,21 +73,6 @@ def run_campaigns_command(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_with_engine(settings, lambda engine, now: _cancel(engine, now, args.name)))
     name = args.name if args.campaigns_command == "show" else None
     return asyncio.run(_with_engine(settings, lambda engine, now: _show(engine, name, args.json)))
-
-
-def _one_file(path: Path, templates: Templates, settings: Settings) -> CampaignFile:
-    from lifecycle.campaign_catalog import CampaignFile, CampaignFileError, check_campaign, definition_text
-    from lifecycle.core.campaigns import CampaignError
-    from lifecycle.segment_files import SegmentFileError, read_yaml
-
-    try:
-        value = read_yaml(path)
-        campaign = check_campaign(value, templates, settings.segments_dir)
-    except SegmentFileError as exc:
-        raise CampaignFileError(exc.problems) from None
-    except CampaignError as exc:
-        raise CampaignFileError([f"{path}: {problem}" for problem in exc.problems]) from None
-    return CampaignFile(path, campaign, definition_text(value))
 
 
 def _send_at(send_at: SendAt) -> str:

@@ -68,7 +68,8 @@ class Applied:
 
 
 def definition_text(body: object) -> str:
-    """A journey posted as a JSON object, written as YAML (what versions store and errors point into)."""
+    """A journey or a campaign posted as a JSON object (or read from a file), written as YAML: what versions
+    and campaigns store, and what a journey's errors point into."""
     return yaml.safe_dump(body, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 

@@ -79,15 +79,25 @@ KIND_FIELDS: dict[str, dict[str, type]] = {
 }
 
 
+# a batch's own fields besides `batch`
+BATCH_FIELDS: dict[str, type] = {"context": Mapping, "integrations": Mapping, "writeKey": str, "sentAt": str}
+
+
+def check_types(value: Mapping[str, Any], fields: Mapping[str, type]) -> None:
+    """Each of these fields a string or an object as given (CallInvalid otherwise); null is absent, as
+    some libraries send what they do not have."""
+    for name, wanted in fields.items():
+        if value.get(name) is not None and not isinstance(value[name], wanted):
+            raise CallInvalid(f"{name} must be {'a string' if wanted is str else 'an object'}")
+
+
 def check_shape(call: Mapping[str, Any], kind: str, in_batch: bool = False) -> None:
     """The call's fields have the types the OpenAPI document gives them (CallInvalid otherwise). A batch's
     calls are documented with every kind's fields."""
     fields = dict(COMMON_FIELDS)
     for name in (KIND_FIELDS if in_batch else [kind]):
         fields.update(KIND_FIELDS[name])
-    for name, wanted in fields.items():  # null: absent, as some libraries send what they do not have
-        if call.get(name) is not None and not isinstance(call[name], wanted):
-            raise CallInvalid(f"{name} must be {'a string' if wanted is str else 'an object'}")
+    check_types(call, fields)
     for name, room in (("userId", 128), ("anonymousId", 128 - len(ANONYMOUS_PREFIX))):
         value = call.get(name)
         if value is None:  # absent, or null as Segment's libraries send the id they do not have
@@ -257,6 +267,11 @@ def _number(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
+def _product_id(product: Mapping[str, Any]) -> str | None:
+    """The e-commerce spec's product id: `product_id`, else `sku`, else `id`."""
+    return _id_text(product.get("product_id")) or _id_text(product.get("sku")) or _id_text(product.get("id"))
+
+
 def _items(products: Any) -> list[dict[str, Any]] | None:
     """The e-commerce spec's `products` as our line items; None when one cannot be read."""
     if not isinstance(products, list):
@@ -265,8 +280,7 @@ def _items(products: Any) -> list[dict[str, Any]] | None:
     for product in products:
         if not isinstance(product, Mapping):
             return None
-        product_id = _id_text(product.get("product_id")) or _id_text(product.get("sku")) \
-            or _id_text(product.get("id"))
+        product_id = _product_id(product)
         price = _number(product.get("price"))
         quantity = product.get("quantity", 1)
         if product_id is None or price is None or isinstance(quantity, bool) or not isinstance(quantity, int):
@@ -282,8 +296,7 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
     removed, for a cart line."""
     currency = properties.get("currency")
     if ours == "product_viewed":
-        product_id = _id_text(properties.get("product_id")) or _id_text(properties.get("sku")) \
-            or _id_text(properties.get("id"))
+        product_id = _product_id(properties)
         if product_id is None:
             return None
         out: dict[str, Any] = {"product_id": product_id}
@@ -305,8 +318,7 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
                                              "items": items}}
     if ours == "cart_line_changed":
         cart_id = _id_text(properties.get("cart_id"))
-        product_id = _id_text(properties.get("product_id")) or _id_text(properties.get("sku")) \
-            or _id_text(properties.get("id"))
+        product_id = _product_id(properties)
         if cart_id is None or product_id is None:
             return None
         line: dict[str, Any] = {"cart_id": cart_id, "change": change, "product_id": product_id}

@@ -30,9 +30,11 @@ from lifecycle.events import Event
 from lifecycle.events.fields import IDENTIFIER_PATTERN, TEXT_PATTERN
 from lifecycle.segmentio import (
     ANONYMOUS_PREFIX,
+    BATCH_FIELDS,
     MAX_BATCH_BYTES,
     MAX_CALL_BYTES,
     CallInvalid,
+    check_types,
     read_call,
 )
 from services.ingest import metrics
@@ -215,17 +217,17 @@ def _read(payload: Any, kind: str | None, received_at: datetime) -> tuple[list[E
         return [read.event], list(read.dropped)
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list) or not payload["batch"]:
         raise CallInvalid('a batch is {"batch": [call, ...]} with at least one call')
-    for name, wanted in (("context", dict), ("integrations", dict), ("writeKey", str), ("sentAt", str)):
-        if payload.get(name) is not None and not isinstance(payload[name], wanted):
-            raise CallInvalid(f"{name} must be {'a string' if wanted is str else 'an object'}")
+    check_types(payload, BATCH_FIELDS)
     shared = payload.get("context") if isinstance(payload.get("context"), dict) else {}
     events: list[Event] = []
     dropped: list[str] = []
     for index, call in enumerate(payload["batch"]):
         if isinstance(call, dict) and len(json.dumps(call, default=str)) > MAX_CALL_BYTES:
             raise CallInvalid(f"batch[{index}]: a call is at most {MAX_CALL_BYTES // 1024} KB (Segment's limit)")
-        if isinstance(call, dict) and shared:
-            call = {**call, "context": {**shared, **(call.get("context") or {})}}
+        own = call.get("context") if isinstance(call, dict) else None
+        if isinstance(call, dict) and shared and (own is None or isinstance(own, dict)):
+            # a call's own context that is not an object is refused by its own check below
+            call = {**call, "context": {**shared, **(own or {})}}
         try:
             read = read_call(call, None, received_at)
         except CallInvalid as exc:

@@ -14,14 +14,13 @@ from lifecycle.campaign_catalog import (
     Saved,
     cancel,
     check_campaign,
-    definition_text,
     list_campaigns,
     save,
 )
 from lifecycle.clock import Clock
 from lifecycle.core.segments import Filter
 from lifecycle.db.segments import Preview, preview
-from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, list_versions
+from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, definition_text, list_versions
 from lifecycle.templates import Templates
 from services.ingest.app import Fence, FenceWriter
 from services.ingest.segments_api import SegmentPreviewer

@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from lifecycle.campaign_catalog import CampaignConflict, CampaignInfo, Saved, check_campaign, definition_text
+from lifecycle.campaign_catalog import CampaignConflict, CampaignInfo, Saved, check_campaign
 from lifecycle.clock import ManualClock
+from lifecycle.journey_catalog import definition_text
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app

@@ -127,6 +127,8 @@ async def test_what_cannot_be_read_is_a_400_and_nothing_is_kept() -> None:
         for path, body in [("/v1/track", {"userId": "u"}), ("/v1/identify", {"traits": {}}),
                            ("/v1/batch", {"batch": []}),
                            ("/v1/batch", {"batch": [{"type": "page", "userId": "u"}], "integrations": [None]}),
+                           ("/v1/batch", {"batch": [{"type": "page", "userId": "u", "context": "x"}],
+                                          "context": {"locale": "fr"}}),
                            ("/v1/identify", {"userId": "u", "traits": [None]}),
                            ("/v1/track", {"userId": " u", "event": "x"}),
                            ("/v1/track", {"userId": "u", "event": "x", "properties": []}),
