@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lifecycle.cli_campaigns import add_campaigns_parser, run_campaigns_command
+from lifecycle.cli_customers import add_customers_parser, run_customers_command
 from lifecycle.cli_segments import add_segments_parser, run_segments_command
 from lifecycle.cli_templates import add_templates_parser, run_templates_command
 from lifecycle.settings import Settings, load_settings
@@ -350,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_templates_parser(sub)
     add_segments_parser(sub)
     add_campaigns_parser(sub)
+    add_customers_parser(sub)
     journeys = sub.add_parser("journeys", help="journey definitions")
     journeys_sub = journeys.add_subparsers(dest="journeys_command", required=True)
     validate = journeys_sub.add_parser("validate", help="validate journeys and templates")
@@ -437,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_segments_command(args, _settings())
         if args.command == "campaigns":
             return run_campaigns_command(args, _settings())
+        if args.command == "customers":
+            return run_customers_command(args, _settings())
         if args.command == "dlq":
             return cmd_dlq(args.dlq_command, getattr(args, "ids", []), getattr(args, "all", False),
                            getattr(args, "json", False))

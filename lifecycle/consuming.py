@@ -117,12 +117,14 @@ T = TypeVar("T")
 class TopicWorker(Generic[T]):
     """One consumer's loop step: poll, decode, handle, commit; poison to the dead-letter topic.
 
-    `decode` gets each message's value and headers."""
+    `decode` gets each message's value and headers; `tombstone` each message without a value (a
+    customer erased, lifecycle/privacy.py) by its key."""
 
     def __init__(self, consumer: AIOKafkaConsumer, producer: RenewingProducer, settings: Settings, service: str,
                  clock: Clock, decode: Callable[[bytes, Sequence[tuple[str, bytes]]], T],
                  handle: Callable[[list[T]], Awaitable[object]],
-                 consumed: Counter, unreadable: Counter, dead_lettered: Counter, attempts: int = 3) -> None:
+                 consumed: Counter, unreadable: Counter, dead_lettered: Counter, attempts: int = 3,
+                 tombstone: Callable[[bytes | None], T] | None = None) -> None:
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
@@ -134,6 +136,7 @@ class TopicWorker(Generic[T]):
         self.unreadable = unreadable
         self.dead_lettered = dead_lettered
         self.attempts = attempts
+        self.tombstone = tombstone
         self._rewind_pending = False
 
     async def poll_once(self) -> bool:
@@ -150,6 +153,9 @@ class TopicWorker(Generic[T]):
         try:
             for tp, record in records:
                 try:
+                    if record.value is None and self.tombstone is not None:
+                        decoded.append((tp, record, self.tombstone(record.key)))
+                        continue
                     decoded.append((tp, record, self.decode(record.value, record.headers)))
                 except Exception as exc:  # a message nobody can read is poison at once
                     self.unreadable.inc()

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     # processed event and trigger ids (what makes a message delivered twice count once) and the bodies
     # of sends no longer in flight are kept this long; keep it above Kafka's retention (7 days)
     retention_days: int = Field(default=30, ge=1)
+    # opens, clicks, bounces and complaints, and the record of each send (the reports' history), are kept
+    # this long (docs/privacy.md); the profile and its consent proof stay as long as the customer
+    email_event_retention_days: int = Field(default=395, ge=1)
+    send_retention_days: int = Field(default=395, ge=1)
     # customer value tiers: total spent (and orders) from which a customer is silver / gold
     tier_silver_spent: float = 150.0
     tier_silver_orders: int = 3

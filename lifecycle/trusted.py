@@ -48,6 +48,7 @@ from lifecycle.events import (
     SCHEMA_VERSION,
     Event,
     EventType,
+    Origin,
     Traits,
 )
 
@@ -93,6 +94,7 @@ def _read_sealed(data: bytes) -> Event:
         "occurred_at": datetime.fromisoformat(raw["occurred_at"]),
         "traits": None if traits is None else plain_builder(Traits)(traits),
         "properties": plain_builder(PROPERTIES_MODELS[kind])({} if properties is None else properties),
+        "origin": None if (origin := raw.get("origin")) is None else plain_builder(Origin)(origin),
     }
     event: Event = _instance(Event, values, set(raw))
     return event
@@ -162,7 +164,8 @@ def _plain_converter(annotation: Any) -> Convert | None:
     raise TypeError(f"no plain reading for {annotation!r}")
 
 
-_ENVELOPE = frozenset(("event_id", "type", "customer_id", "received_at", "occurred_at", "traits", "properties"))
+_ENVELOPE = frozenset(("event_id", "type", "customer_id", "received_at", "occurred_at", "traits", "properties",
+                       "origin"))
 # both readings build the event from exactly these fields: a field added to Event must be read here too
 if Event.model_fields.keys() != _ENVELOPE:
     raise TypeError(f"the event's fields are {sorted(Event.model_fields)}; trusted.py reads {sorted(_ENVELOPE)}")
@@ -194,6 +197,7 @@ def _read_event(data: bytes) -> Event:
         "occurred_at": occurred_at,
         "traits": None if traits is None else builder(Traits)(traits),
         "properties": builder(PROPERTIES_MODELS[kind])({} if properties is None else properties),
+        "origin": None if (origin := raw.get("origin")) is None else builder(Origin)(origin),
     }
     event: Event = _instance(Event, values, set(raw))
     return event

@@ -164,6 +164,14 @@ def is_backfill(occurred_at: datetime, received_at: datetime, config: RuleConfig
     return received_at - occurred_at > timedelta(hours=config.backfill_hours)
 
 
+def _proof(event: Event) -> dict[str, str | None]:
+    """What a consent fact keeps of where its event came from (no origin: the API)."""
+    origin = event.origin
+    if origin is None:
+        return {"source": "api"}
+    return {"source": origin.source, "ip": origin.ip, "user_agent": origin.user_agent}
+
+
 def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleConfig) -> Decision:
     """Apply one event (already known to be new) to a customer's state."""
     received_at = event.received_at or now
@@ -186,8 +194,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
             categories = traits["unsubscribed_categories"]
             chosen = sorted({str(c) for c in categories}) if isinstance(categories, list | tuple) else []
             state.set_trait("unsubscribed_categories", chosen, at)
+            state.record_consent(ConsentFact(at, "categories", ",".join(chosen), **_proof(event)))
         if traits.get("consent") is not None:
-            state.record_consent(ConsentFact(at, "trait", str(traits["consent"])))
+            state.record_consent(ConsentFact(at, "trait", str(traits["consent"]), **_proof(event)))
         # identified: a sign-up the first time only (a library identifies the customer at every login)
         if kind is EventType.CUSTOMER_SIGNED_UP or (kind is EventType.CUSTOMER_IDENTIFIED
                                                     and state.signed_up_at is None):
@@ -198,9 +207,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
         current = state.traits.get("email")
         # a confirmation link proves one address: it says nothing once the customer has another
         if confirmed is None or current is None or str(confirmed).lower() == str(current).lower():
-            state.record_consent(ConsentFact(at, "confirmed"))
+            state.record_consent(ConsentFact(at, "confirmed", **_proof(event)))
     elif kind is EventType.UNSUBSCRIBED:
-        state.record_consent(ConsentFact(at, "unsubscribed"))
+        state.record_consent(ConsentFact(at, "unsubscribed", **_proof(event)))
     elif kind is EventType.CART_UPDATED:
         _apply_cart(applier, event)
     elif kind is EventType.CART_LINE_CHANGED:

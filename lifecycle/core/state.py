@@ -70,27 +70,37 @@ CONSENT_LOG_LIMIT = 100  # consent facts kept per customer; the oldest go first
 VIEWED_LIMIT = 50  # products whose latest view is kept per customer (segments' viewed_product); the oldest go
 
 # At the same instant an opt-out outranks a confirmation, which outranks a trait: ties never depend on order.
-_FACT_RANK = {"trait": 0, "confirmed": 1, "unsubscribed": 2}
+_FACT_RANK = {"categories": 0, "trait": 0, "confirmed": 1, "unsubscribed": 2}
 
 
 @dataclass(frozen=True)
 class ConsentFact:
     """One thing said about a customer's consent: a `consent` trait (`value`), a confirmed double
-    opt-in, or an unsubscribe the customer made (a link, a page, an `unsubscribed` event)."""
+    opt-in, an unsubscribe the customer made (a link, a page, an `unsubscribed` event), or the
+    categories they left (`value`: their names, comma-separated). With its proof: where it came
+    from (`source`: api, import, link or page) and, where the customer acted, their IP and browser."""
 
     at: datetime
-    kind: str  # trait | confirmed | unsubscribed
+    kind: str  # trait | confirmed | unsubscribed | categories
     value: str | None = None  # the trait's value
+    source: str | None = None  # None: facts recorded before sources were
+    ip: str | None = None
+    user_agent: str | None = None
 
     def order(self) -> tuple[datetime, int, str]:
         return (self.at, _FACT_RANK[self.kind], self.value or "")
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "kind": self.kind, "value": self.value}
+        data: dict[str, Any] = {"at": self.at.isoformat(), "kind": self.kind, "value": self.value}
+        for name in ("source", "ip", "user_agent"):
+            if (given := getattr(self, name)) is not None:
+                data[name] = given
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConsentFact:
-        return cls(datetime.fromisoformat(data["at"]), data["kind"], data.get("value"))
+        return cls(datetime.fromisoformat(data["at"]), data["kind"], data.get("value"), data.get("source"),
+                   data.get("ip"), data.get("user_agent"))
 
 
 def derive_consent(facts: list[ConsentFact]) -> tuple[str | None, bool]:
@@ -103,6 +113,8 @@ def derive_consent(facts: list[ConsentFact]) -> tuple[str | None, bool]:
     consent: str | None = None
     sticky = False
     for fact in sorted(facts, key=ConsentFact.order):
+        if fact.kind == "categories":
+            continue  # one kind of email left, not consent as a whole
         if fact.kind == "unsubscribed":
             consent, sticky = "opted_out", True
         elif fact.kind == "confirmed":

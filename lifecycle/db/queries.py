@@ -38,11 +38,28 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-# A customer's suppression: their own (bounce or complaint events), else their address's (SMTP hard bounce).
-# Over `customers c`; the dispatcher's claim and the customer view read it the same way.
-CUSTOMER_SUPPRESSION_SQL = (
-    "coalesce(c.suppressed, (SELECT x.reason FROM suppressions x WHERE x.address = lower(c.email)))"
-)
+# The installation's salt (lifecycle/privacy.py), and salted hashes made with it in SQL alone, so that
+# every service and the CLI hash alike.
+_SALTED_SHA256 = "encode(sha256(convert_to((SELECT salt FROM privacy_salt WHERE id = 1) || {}, 'UTF8')), 'hex')"
+# an erased customer's address in the suppressions: `sha256:<hex>` of its lower case; {address}: an SQL expression
+ADDRESS_HASH_SQL = "'sha256:' || " + _SALTED_SHA256.format("lower({address})")
+
+
+def customer_hash_sql(customer_id: str) -> str:
+    """The salted hash an erased customer's id is kept as; `customer_id`: an SQL expression."""
+    return _SALTED_SHA256.format(f"'customer:' || {customer_id}")
+
+
+def address_suppression_sql(address: str) -> str:
+    """Why the address (an SQL expression) is suppressed, plainly (a hard bounce) or by its hash (an
+    erased customer's); NULL when it is not."""
+    hashed = ADDRESS_HASH_SQL.format(address=address)
+    return f"(SELECT x.reason FROM suppressions x WHERE x.address IN (lower({address}), {hashed}) LIMIT 1)"
+
+
+# A customer's suppression: their own (bounce or complaint events), else their address's (SMTP hard bounce,
+# an erased customer's). Over `customers c`; the dispatcher's claim and the customer view read it the same way.
+CUSTOMER_SUPPRESSION_SQL = f"coalesce(c.suppressed, {address_suppression_sql('c.email')})"
 
 
 # The categories of the opt-outs the ingest API acknowledged for customer `c` and the stager has not

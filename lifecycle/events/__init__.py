@@ -62,6 +62,7 @@ from lifecycle.events.fields import (
 from lifecycle.events.fields import _plain_email as _plain_email  # private; tests/unit/test_events.py calls it here
 from lifecycle.events.kinds import CUSTOMER_TYPES, EMAIL_CATEGORIES, Consent, EmailCategory, EventType
 from lifecycle.events.models import (
+    CLIENT_CONSENT_SOURCES,
     MAX_BATCH_EVENTS,
     MAX_FUTURE_SKEW,
     PROPERTIES_MODELS,
@@ -80,6 +81,7 @@ from lifecycle.events.models import (
     OrderCancelledProperties,
     OrderPlacedProperties,
     OrderRefundedProperties,
+    Origin,
     PageViewedProperties,
     ProductViewedProperties,
     Properties,
@@ -90,6 +92,7 @@ from lifecycle.events.parsing import derived_event_id, parse_batch, parse_event
 from lifecycle.events.schema import EventSchemas
 
 __all__ = [
+    "CLIENT_CONSENT_SOURCES",
     "CUSTOMER_TYPES",
     "EMAIL_CATEGORIES",
     "IDENTIFIER_PATTERN",
@@ -131,6 +134,7 @@ __all__ = [
     "OrderCancelledProperties",
     "OrderPlacedProperties",
     "OrderRefundedProperties",
+    "Origin",
     "PageViewedProperties",
     "ProductViewedProperties",
     "Properties",

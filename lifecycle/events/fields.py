@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -44,6 +45,13 @@ def _check_text(value: str) -> str:
     if not _TEXT.fullmatch(value):
         raise PydanticCustomError("control", "must not contain control characters (tab and line breaks aside)")
     return value
+
+
+def _check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise PydanticCustomError("ip", "must be an IPv4 or IPv6 address") from None
 
 
 def _upper(value: object) -> object:

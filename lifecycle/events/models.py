@@ -41,6 +41,7 @@ from lifecycle.events.fields import (
     TimeZoneName,
     UnsubscribedCategories,
     UtcDatetime,
+    _check_ip,
     _check_text,
 )
 from lifecycle.events.kinds import CUSTOMER_TYPES, Consent, EventType
@@ -76,6 +77,22 @@ class Traits(_Strict):
         """The traits the sender actually gave (including explicit nulls)."""
         given = self.model_fields_set
         return {name: getattr(self, name) for name in type(self).model_fields if name in given}
+
+
+ConsentSource = Literal["api", "link", "page", "import"]
+# what a client may say itself; `link` and `page` are the server's own pages, which set them
+CLIENT_CONSENT_SOURCES: Final = ("api", "import")
+IpAddress = Annotated[str, Field(min_length=2, max_length=45, json_schema_extra={"pattern": "^[0-9A-Fa-f:.]+$"}),
+                      AfterValidator(_check_ip)]
+
+
+class Origin(_Strict):
+    """Where an event came from: kept with every consent change it makes, as its proof."""
+
+    source: ConsentSource = Field(description="api: the API; import: a bulk import through the API; link: a link"
+                                              " in an email; page: a page of ours (preferences, confirmation)")
+    ip: IpAddress | None = Field(default=None, description="The customer's address, where they acted")
+    user_agent: Text | None = Field(default=None, description="The customer's browser, where they acted")
 
 
 class LineItem(_Strict):
@@ -274,6 +291,7 @@ class Event(BaseModel):
     occurred_at: UtcDatetime
     traits: Traits | None = None
     properties: Annotated[EventProperties, SkipValidation] = Field(default_factory=NoProperties, validate_default=True)
+    origin: Origin | None = Field(default=None, description="Where it came from; absent: the API")
 
     @field_validator("type", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from lifecycle.events.errors import BatchError, BatchInvalid, EventInvalid, FieldError, _field_errors
-from lifecycle.events.models import MAX_BATCH_EVENTS, Event
+from lifecycle.events.models import CLIENT_CONSENT_SOURCES, MAX_BATCH_EVENTS, Event, Origin
 
 
 def derived_event_id(obj: Mapping[str, object]) -> str:
@@ -20,8 +20,9 @@ def derived_event_id(obj: Mapping[str, object]) -> str:
     return "d-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def parse_event(obj: object, received_at: datetime, new_id: Callable[[], str]) -> Event:
-    """Validate one client event; EventInvalid lists every problem with it."""
+def parse_event(obj: object, received_at: datetime, new_id: Callable[[], str], origin: Origin | None = None) -> Event:
+    """Validate one client event; EventInvalid lists every problem with it. `origin`: where the server
+    saw it happen (its own link or page), in place of anything the client said."""
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")  # a bug in the caller, not bad input
     if not isinstance(obj, dict):
@@ -31,6 +32,14 @@ def parse_event(obj: object, received_at: datetime, new_id: Callable[[], str]) -
     if "received_at" in data:
         del data["received_at"]
         early.append({"field": "received_at", "message": "received_at is set by the server; do not send it"})
+    if origin is not None:
+        data["origin"] = origin
+    else:
+        claimed = data.get("origin")
+        if isinstance(claimed, dict) and claimed.get("source") not in (None, *CLIENT_CONSENT_SOURCES):
+            del data["origin"]
+            early.append({"field": "origin.source", "message": f"a client says {' or '.join(CLIENT_CONSENT_SOURCES)};"
+                                                                 " link and page are set by the server's own pages"})
     if data.get("event_id") is None:
         data["event_id"] = new_id()
     if data.get("occurred_at") is None:

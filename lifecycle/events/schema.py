@@ -7,9 +7,9 @@ from typing import Any, Final, Literal, cast
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
-from lifecycle.events.fields import Identifier
+from lifecycle.events.fields import Identifier, Text
 from lifecycle.events.kinds import CUSTOMER_TYPES, EventType
-from lifecycle.events.models import PROPERTIES_MODELS, Traits
+from lifecycle.events.models import PROPERTIES_MODELS, IpAddress, Traits
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,15 @@ class EventSchemas:
         }
 
 
+class ClientOrigin(BaseModel):
+    """`origin` as a client gives it (`link` and `page` are the server's own pages)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["api", "import"] = Field(description="api: sent as it happened; import: a list brought in")
+    ip: IpAddress | None = Field(default=None, description="The customer's address where they gave consent")
+    user_agent: Text | None = Field(default=None, description="The customer's browser where they gave consent")
+
+
 def _client_model(kind: EventType) -> type[BaseModel]:
     # Documentation only: the envelope as a client writes it for one type.
     props = PROPERTIES_MODELS[kind]
@@ -47,6 +56,8 @@ def _client_model(kind: EventType) -> type[BaseModel]:
     }
     if kind in CUSTOMER_TYPES:
         fields["traits"] = (Traits | None, None)
+    fields["origin"] = (ClientOrigin | None, Field(
+        default=None, description="Where the customer acted: kept with the consent changes the event makes"))
     name = "".join(part.capitalize() for part in kind.value.split("_")) + "Event"
     model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
     return model

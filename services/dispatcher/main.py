@@ -22,6 +22,7 @@ from lifecycle.db.retention import prune
 from lifecycle.journey_catalog import JourneyCatalog, register_files
 from lifecycle.journey_files import load_journey_files
 from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
+from lifecycle.privacy import read_tombstone
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import (
     dependencies_ready,
@@ -79,7 +80,8 @@ async def serve(settings: Settings) -> None:
     await retry_until("Kafka producer", producer.start)
     worker = TopicWorker(consumer, producer, settings, "dispatcher", clock,
                          lambda value, _headers: Trigger.from_message(value),
-                         store.handle_triggers, metrics.TRIGGERS, metrics.UNREADABLE, metrics.DEAD_LETTERED)
+                         store.handle_messages, metrics.TRIGGERS, metrics.UNREADABLE, metrics.DEAD_LETTERED,
+                         tombstone=read_tombstone)
 
     async def ready() -> bool:
         return await dependencies_ready(engine, consumer.topics)

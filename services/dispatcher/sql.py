@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL, PENDING_FENCES_SQL
+from lifecycle.db.queries import CUSTOMER_SUPPRESSION_SQL, PENDING_FENCES_SQL, address_suppression_sql
 
 # --- triggers ---------------------------------------------------------------------------------
 
@@ -93,7 +93,7 @@ RUN_VERSIONS = text("SELECT run_id, version_id FROM journey_runs WHERE run_id = 
 RECHECK_SQL = (
     "SELECT p.send_id, (s.status = 'sending' AND s.lease_token = p.token) AS held, r.status AS run_status,"
     " c.consent, c.email, c.state -> 'traits' -> 'unsubscribed_categories' AS categories,"
-    " coalesce((SELECT x.reason FROM suppressions x WHERE x.address = lower(s.to_address)),"
+    f" coalesce({address_suppression_sql('s.to_address')},"
     "  CASE WHEN lower(c.email) = lower(s.to_address) THEN c.suppressed END) AS suppressed,"
     f" {PENDING_FENCES_SQL} AS fences"
     " FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS uuid[])) AS p(send_id, token)"

@@ -15,12 +15,23 @@ from lifecycle.core.journeys import ExitRun, Journey, RecordClick, Run, StartRun
 from lifecycle.core.triggers import Trigger, TriggerType
 from lifecycle.db.locks import DISPATCHER_LOCKS, lock_customers
 from lifecycle.db.schema import journey_runs, processed_triggers
+from lifecycle.privacy import PRIVACY, Tombstone, erase_rows, erased_at, split_at_tombstones
 from services.dispatcher import metrics
 from services.dispatcher.sql import APPEND_CLICK, CUSTOMER_RUNS, RUN_OF_MESSAGE
 from services.dispatcher.store_base import StoreBase, _run_from_row
 
 
 class TriggerHandling(StoreBase):
+    async def handle_messages(self, messages: list[Trigger | Tombstone]) -> None:
+        """A batch of the triggers topic: triggers, and the tombstones of customers erased, in order."""
+        for part in split_at_tombstones(messages):
+            if isinstance(part, Tombstone):
+                async with self.engine.begin() as conn:
+                    await erase_rows(conn, part.customer_id, await self.clock.now(), record=False)
+                PRIVACY.labels(action="tombstone_applied").inc()
+            else:
+                await self.handle_triggers(part)
+
     async def handle_triggers(self, triggers: list[Trigger]) -> int:
         unique: dict[str, Trigger] = {}
         for trigger in triggers:
@@ -40,6 +51,12 @@ class TriggerHandling(StoreBase):
                 ).scalars().all()
             )
             fresh = [t for t in unique.values() if t.trigger_id in claimed]
+            erased = await erased_at(conn, [t.customer_id for t in fresh])
+            if erased:
+                # caused before the customer was erased: on its way then, it must not bring them back
+                kept = [t for t in fresh if t.customer_id not in erased or t.occurred_at > erased[t.customer_id]]
+                PRIVACY.labels(action="trigger_dropped").inc(len(fresh) - len(kept))
+                fresh = kept
             if not fresh:
                 return 0
             customer_ids = sorted({t.customer_id for t in fresh})

@@ -44,6 +44,7 @@ from lifecycle.clock import Clock
 from lifecycle.core.segments import filter_json_schema
 from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_event_id, parse_batch
 from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
+from lifecycle.privacy import publish_tombstones
 from lifecycle.seal import Seal
 from lifecycle.segment_files import segment_names
 from lifecycle.settings import Settings
@@ -54,6 +55,7 @@ from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
 from services.ingest.campaigns_api import CampaignStore, campaigns_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
+from services.ingest.privacy_api import PrivacyStore, privacy_router
 from services.ingest.segment_routes import KeyCheck, segment_router
 from services.ingest.segments_api import SegmentPreviewer, segments_router
 from services.ingest.tracking import MessageReader, tracking_router
@@ -330,6 +332,7 @@ def create_app(
     journey_store: JourneyStore | None = None,
     segment_previewer: SegmentPreviewer | None = None,
     campaign_store: CampaignStore | None = None,
+    privacy_store: PrivacyStore | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
@@ -343,7 +346,8 @@ def create_app(
     the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
     the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
     opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes,
-    `segment_previewer` the segment preview and `campaign_store` the campaigns.
+    `segment_previewer` the segment preview, `campaign_store` the campaigns and `privacy_store` the
+    erasure and export of a customer.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -551,6 +555,15 @@ def create_app(
     app.include_router(campaigns_router(campaign_store, [Depends(require_admin_key)], template_names,
                                         segment_names(settings.segments_dir)))
     app.include_router(segments_router(segment_previewer, [Depends(require_admin_key)], settings.segments_dir))
+
+    async def tombstones(customer_id: str) -> list[str]:
+        producer = runtime.producer
+        if producer is None:
+            raise PublishFailed("the Kafka producer is not running")
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            return await publish_tombstones(producer, [settings.events_topic, settings.triggers_topic], customer_id)
+
+    app.include_router(privacy_router(privacy_store, tombstones, [Depends(require_admin_key)]))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

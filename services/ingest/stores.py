@@ -21,6 +21,7 @@ from lifecycle.clock import Clock
 from lifecycle.core.segments import Filter
 from lifecycle.db.segments import Preview, preview
 from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, definition_text, list_versions
+from lifecycle.privacy import erase_customer, export_customer
 from lifecycle.templates import Templates
 from services.ingest.app import Fence, FenceWriter
 from services.ingest.segments_api import SegmentPreviewer
@@ -78,3 +79,15 @@ class PgCampaignStore:
 
     async def cancel(self, name: str) -> CampaignInfo | None:
         return await cancel(self.engine, name, await self.clock.now())
+
+
+class PgPrivacyStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    async def erase(self, customer_id: str) -> dict[str, int]:
+        return await erase_customer(self.engine, customer_id, await self.clock.now())
+
+    async def export(self, customer_id: str) -> dict[str, Any] | None:
+        return await export_customer(self.engine, customer_id, await self.clock.now())

@@ -16,6 +16,7 @@ from lifecycle.db.notify import OUTBOX_CHANNEL, Listener
 from lifecycle.db.retention import prune
 from lifecycle.events import Event
 from lifecycle.kafka import ensure_topics, make_consumer, make_renewing_producer, report_lag
+from lifecycle.privacy import Tombstone, read_tombstone, split_at_tombstones
 from lifecycle.probes import start_probe_server
 from lifecycle.runtime import (
     dependencies_ready,
@@ -58,12 +59,16 @@ async def serve(settings: Settings) -> None:
 
     relay_wake = asyncio.Event()  # set when this stager wrote triggers: its relay looks at once
 
-    async def apply(events: list[Event]) -> None:
+    async def apply(events: list[Event | Tombstone]) -> None:
         started = time.perf_counter()
         if store.partitions is None:  # known once the consumer has the topic's metadata
             found = consumer.partitions_for_topic(settings.events_topic)
             store.partitions = len(found) if found else None
-        await store.apply_events(events)
+        for part in split_at_tombstones(events):
+            if isinstance(part, Tombstone):
+                await store.erase(part.customer_id)
+            else:
+                await store.apply_events(part)
         relay_wake.set()
         metrics.BATCH_SIZE.observe(len(events))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
@@ -73,7 +78,7 @@ async def serve(settings: Settings) -> None:
         log.warning("no signing key fit to verify the ingest API's seal (the development secret outside a local "
                     "stack?): every event is checked again as it is read")
 
-    def decode(value: bytes, headers: Sequence[tuple[str, bytes]]) -> Event:
+    def decode(value: bytes, headers: Sequence[tuple[str, bytes]]) -> Event | Tombstone:
         # the API sealed what it validated: read as written; anything else goes through every check
         if seal is not None and seal.verifies(value, headers):
             metrics.READ_SEALED.inc()
@@ -82,7 +87,7 @@ async def serve(settings: Settings) -> None:
         return decode_trusted_event(value)
 
     worker = TopicWorker(consumer, producer, settings, "stager", clock, decode, apply,
-                         metrics.CONSUMED, metrics.UNREADABLE, metrics.DEAD_LETTERED)
+                         metrics.CONSUMED, metrics.UNREADABLE, metrics.DEAD_LETTERED, tombstone=read_tombstone)
 
     async def ready() -> bool:
         return await dependencies_ready(engine, producer.client.fetch_all_metadata)
@@ -115,7 +120,10 @@ async def serve(settings: Settings) -> None:
             last_housekeeping = time.monotonic()
             await store.sweep_fences()
             await prune(engine, "processed_events", settings.retention_days)
-            await _refresh_gauges(engine, await clock.now())
+            now = await clock.now()
+            await prune(engine, "email_events", settings.email_event_retention_days, now=now)
+            await prune(engine, "sends", settings.send_retention_days, now=now)
+            await _refresh_gauges(engine, now)
             await report_lag(consumer, metrics.LAG)
 
     # the relay in a task of its own: publishing never waits for a batch, nor a batch for the broker

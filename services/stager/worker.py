@@ -30,6 +30,7 @@ from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.db.notify import OUTBOX_CHANNEL, notify
 from lifecycle.events import Event
 from lifecycle.kafka import delivered
+from lifecycle.privacy import PRIVACY, erase_rows, erased_at
 from services.stager import metrics
 from services.stager.facts import record_facts
 from services.stager.sql import (
@@ -107,9 +108,18 @@ class StagerStore:
             now = await self.clock.now()
             # customers first (sorted), then their event ids: two stagers never wait on each other in a circle
             await lock_customers(conn, STAGER_LOCKS, {customer for customer, _ in unique})
+            erased = await erased_at(conn, [customer for customer, _ in unique])
+            if erased:
+                # an erased customer's events from before the erasure (a replay, or on their way then) leave
+                # no trace, not even their ids
+                dropped = [key for key, e in unique.items()
+                           if key[0] in erased and e.received_at <= erased[key[0]]]
+                PRIVACY.labels(action="event_dropped").inc(len(dropped))
+                for key in dropped:
+                    del unique[key]
             fresh = await _claim_event_ids(conn, [unique[key] for key in sorted(unique)])
             new_events = [e for key, e in unique.items() if key in fresh]
-            metrics.DUPLICATES.inc(len(events) - len(new_events))
+            metrics.DUPLICATES.inc(len(unique) - len(new_events))
             if not new_events:
                 return 0
             states = await _lock_states(conn, {e.customer_id for e in new_events})
@@ -130,6 +140,12 @@ class StagerStore:
             )
         metrics.APPLIED.inc(len(new_events))
         return len(new_events)
+
+    async def erase(self, customer_id: str) -> None:
+        """The customer's tombstone: whatever their earlier events wrote since the erasure goes too."""
+        async with self.engine.begin() as conn:
+            await erase_rows(conn, customer_id, await self.clock.now(), record=False)
+        PRIVACY.labels(action="tombstone_applied").inc()
 
     async def apply_due_changes(self, limit: int) -> int:
         """Apply time-driven changes due by now, in due-time order."""

@@ -38,9 +38,10 @@ async def _end_offsets(settings: Settings) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(settings.events_topic) or set()
+        cluster = await consumer._client.fetch_all_metadata()  # consumer.topics() leaves it unread
+        partitions = cluster.partitions_for_topic(settings.events_topic) or set()
         tps = [TopicPartition(settings.events_topic, p) for p in partitions]
+        assert tps, f"no partitions of {settings.events_topic}"
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()

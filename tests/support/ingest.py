@@ -38,6 +38,7 @@ class FakeProducer:
         self.hang = False  # the future never resolves
         self.client = FakeClient()
         self.headers: list[list[tuple[str, bytes]]] = []  # each sent message's, in order
+        self.tombstones: list[tuple[str, bytes]] = []  # (topic, key) of each message without a value
 
     async def start(self) -> None:
         if self.start_failures:
@@ -57,6 +58,10 @@ class FakeProducer:
         # resolved once the caller has it, as aiokafka resolves a delivery when the broker answers
         if self.ack_error is not None:
             loop.call_soon(future.set_exception, self.ack_error)
+        elif not self.hang and value is None:
+            assert key is not None
+            self.tombstones.append((topic, key))
+            loop.call_soon(future.set_result, None)
         elif not self.hang:
             assert value is not None and key is not None
             self.sent.append((topic, key, value))

@@ -647,6 +647,8 @@ ANSWERS = {
     ("get", "/v1/admin/campaigns"): {"200", "401", "403", "503"},
     ("get", "/v1/admin/campaigns/{name}"): {"200", "401", "403", "404", "422", "503"},
     ("post", "/v1/admin/campaigns/{name}/cancel"): {"200", "401", "403", "404", "422", "503"},
+    ("delete", "/v1/admin/customers/{customer_id}"): {"200", "401", "403", "422", "503"},
+    ("get", "/v1/admin/customers/{customer_id}/export"): {"200", "401", "403", "404", "422", "503"},
 }
 
 

@@ -251,6 +251,9 @@ async def test_each_press_of_the_unsubscribe_button_is_a_new_event(harness: Harn
     assert [e.event_id for e in events] == ["id-1", "id-2", "id-3"]
     assert {e.type for e in events} == {EventType.UNSUBSCRIBED}
     assert {e.properties_as(UnsubscribedProperties).message_id for e in events} == {"m1"}
+    # the consent proof: a link of ours, from the customer's address and browser
+    assert {(e.origin.source, e.origin.ip) for e in events if e.origin} == {("link", "127.0.0.1")}
+    assert all(e.origin and (e.origin.user_agent or "").startswith("python-httpx/") for e in events)
 
 
 async def test_one_click_answers_in_the_customers_language_or_in_both(harness: Harness) -> None:
@@ -355,6 +358,7 @@ async def test_leaving_all_marketing_unsubscribes(harness: Harness) -> None:
     assert first.customer_id == "c1"
     assert first.properties_as(UnsubscribedProperties).message_id == "m1"
     assert (first.event_id, again.event_id) == ("id-1", "id-2")
+    assert first.origin is not None and first.origin.source == "page"
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from lifecycle.clock import Clock
-from lifecycle.events import Event, EventInvalid, EventType, parse_event
+from lifecycle.events import Event, EventInvalid, EventType, Origin, parse_event
 from lifecycle.tokens import UnsubscribeClaim
 from services.ingest.pages.render import ShopPages, message_page
 from services.ingest.pages.texts import Lang
@@ -26,6 +29,23 @@ class Publish(Protocol):
     """The ingest API's one publish path (metrics, timeout); raises PublishFailed."""
 
     def __call__(self, events: Sequence[Event], /, *, timeout: float | None = None) -> Awaitable[None]: ...
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def origin_of(request: Request, source: Literal["link", "page"]) -> Origin:
+    """The proof a consent change from our own link or page keeps: the customer's IP address (the
+    proxies' X-Forwarded-For is read by the server where LIFECYCLE_FORWARDED_ALLOW_IPS trusts them)
+    and browser."""
+    ip: str | None = None
+    if request.client is not None:
+        try:
+            ip = str(ipaddress.ip_address(request.client.host))
+        except ValueError:
+            ip = None  # a unix socket or a test client: no address to keep
+    agent = _CONTROLS.sub(" ", request.headers.get("user-agent", "")).strip()[:512] or None
+    return Origin(source=source, ip=ip, user_agent=agent)
 
 
 def unsubscribed_event(claim: UnsubscribeClaim) -> dict[str, object]:
@@ -63,10 +83,11 @@ class LinkActions:
         self._publish = publish
         self._new_event_id = new_event_id
 
-    async def publish_one(self, raw: dict[str, object], lang: Lang | None) -> HTMLResponse | None:
+    async def publish_one(self, raw: dict[str, object], lang: Lang | None, origin: Origin) -> HTMLResponse | None:
         """Publishes one link event under a fresh event id; a page to answer instead when it could not be."""
         try:
-            event = parse_event(raw, await self._clock.now(), self._new_event_id)  # raw has no event_id: a fresh one
+            # raw has no event_id: a fresh one
+            event = parse_event(raw, await self._clock.now(), self._new_event_id, origin)
         except EventInvalid as exc:
             # Only possible if we signed bad data (say, a customer id with spaces).
             log.warning("a validly signed token carries bad data: %s", exc)
@@ -77,8 +98,8 @@ class LinkActions:
             return self._pages.retry_page(lang)
         return None
 
-    async def unsubscribe(self, claim: UnsubscribeClaim, lang: Lang | None) -> HTMLResponse:
-        failed = await self.publish_one(unsubscribed_event(claim), lang)
+    async def unsubscribe(self, claim: UnsubscribeClaim, lang: Lang | None, origin: Origin) -> HTMLResponse:
+        failed = await self.publish_one(unsubscribed_event(claim), lang, origin)
         if failed is not None:
             return failed
         return self._pages.unsubscribed_page(lang)

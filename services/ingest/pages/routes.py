@@ -16,7 +16,13 @@ from lifecycle.clock import Clock
 from lifecycle.events import EMAIL_CATEGORIES
 from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys
-from services.ingest.pages.actions import LinkActions, Publish, consent_confirmed_event, preferences_event
+from services.ingest.pages.actions import (
+    LinkActions,
+    Publish,
+    consent_confirmed_event,
+    origin_of,
+    preferences_event,
+)
 from services.ingest.pages.forms import field, read_form
 from services.ingest.pages.links import LinkToken, confirm_claim, sent_to_current_address, unsubscribe_claim
 from services.ingest.pages.openapi import (
@@ -108,7 +114,7 @@ def pages_router(
             return limited
         form = await read_form(request) or {}
         lang = await customers.lang_for(field(form, "lang"), claim.customer_id)
-        return await actions.unsubscribe(claim, lang)
+        return await actions.unsubscribe(claim, lang, origin_of(request, "link"))
 
     # --- preferences ---
 
@@ -147,9 +153,10 @@ def pages_router(
             # Not our form (or a tampered one): refuse rather than guess a choice.
             return message_page(lang, 400, "bad_form_title", "bad_form", shop=shop)
         if action == "all":
-            return await actions.unsubscribe(claim, lang)
+            return await actions.unsubscribe(claim, lang, origin_of(request, "page"))
         left = sorted(set(EMAIL_CATEGORIES) - set(receive))
-        failed = await actions.publish_one(preferences_event(claim.customer_id, left), lang)
+        failed = await actions.publish_one(preferences_event(claim.customer_id, left), lang,
+                                           origin_of(request, "page"))
         if failed is not None:
             return failed
         return pages.preferences_saved_page(token, lang or default_lang, left)
@@ -209,7 +216,8 @@ def pages_router(
             return message_page(lang, 403, "invalid_title", "invalid_outdated", shop=shop)
         if not sent_to_current_address(found, claim):
             return pages.other_address_page(lang)
-        failed = await actions.publish_one(consent_confirmed_event(claim.customer_id, found["email"]), lang)
+        failed = await actions.publish_one(consent_confirmed_event(claim.customer_id, found["email"]), lang,
+                                           origin_of(request, "link"))
         if failed is not None:
             return failed
         return pages.confirmed_page(lang)
