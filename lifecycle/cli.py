@@ -36,10 +36,10 @@ def cmd_service(name: str, workers: int | None = None) -> int:
     from lifecycle.campaign_catalog import CampaignFileError
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
-    from lifecycle.settings import insecure_defaults
+    from lifecycle.settings import startup_problems
 
     settings = _settings()
-    refused = insecure_defaults(settings, name)
+    refused = startup_problems(settings, name)
     if refused:
         for problem in refused:
             print(f"{name}: not starting: {problem}", file=sys.stderr)
