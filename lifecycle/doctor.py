@@ -363,6 +363,8 @@ def resolver_lookup(nameserver: str | None = None, timeout: float = 5.0) -> TxtL
         resolver.nameservers = [host]
         resolver.port = port
     resolver.lifetime = timeout
+    # EDNS, as resolvers ask today: an RSA 2048 DKIM record does not fit in DNS's 512-byte UDP answers
+    resolver.use_edns(0, 0, 1232)
 
     def lookup(name: str) -> list[str]:
         try:
