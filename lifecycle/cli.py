@@ -322,8 +322,8 @@ def cmd_demo() -> int:
     return asyncio.run(run_demo(settings))
 
 
-def cmd_doctor(services: list[str] | None, nameserver: str | None, timeout: float) -> int:
-    from lifecycle.doctor import DnsLookupError, diagnose, resolver_lookup, summary
+def cmd_doctor(services: list[str] | None, nameserver: str | None, timeout: float, smtp: bool) -> int:
+    from lifecycle.doctor import DnsLookupError, diagnose, resolver_lookup, smtp_findings, summary
     from lifecycle.settings import SERVICE_SECRETS
 
     try:
@@ -331,7 +331,10 @@ def cmd_doctor(services: list[str] | None, nameserver: str | None, timeout: floa
     except (DnsLookupError, ValueError) as exc:
         print(f"doctor: {exc}", file=sys.stderr)
         return 1
-    findings = diagnose(_settings(), lookup, services or list(SERVICE_SECRETS))
+    settings = _settings()
+    findings = diagnose(settings, lookup, services or list(SERVICE_SECRETS))
+    if smtp:
+        findings += smtp_findings(settings)
     for finding in findings:
         print(finding.line())
     print(summary(findings))
@@ -359,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "LIFECYCLE_INGEST_WORKERS, 1)")
     sub.add_parser("migrate", help="apply database migrations (Alembic)")
     doctor = sub.add_parser("doctor", help="check the configuration as a mailbox provider would: SPF, DKIM and "
-                            "DMARC in DNS, the https public URL, the postal address, development secrets")
+                            "DMARC in DNS, the https public URL, the postal address, development secrets, "
+                            "the SMTP relay")
     doctor.add_argument("--service", action="append", choices=["ingest", "stager", "dispatcher"],
                         help="check only the secrets this service holds (repeatable; default: all three), e.g. "
                         "in a pod that mounts only its own")
@@ -367,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask this DNS server rather than the system's resolver (/etc/resolv.conf)")
     doctor.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
                         help="how long one DNS question may take (default 5)")
+    doctor.add_argument("--skip-smtp", action="store_true",
+                        help="do not connect to the SMTP relay (by default: connected with TLS and AUTH as "
+                        "configured, then QUIT; nothing is sent)")
     stack_parser = sub.add_parser("stack", help="the local stack: Kafka, PostgreSQL, SMTP sink, services")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
     stack_parser.add_argument("--clock", choices=["virtual", "system"], default="virtual",
@@ -460,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return cmd_migrate()
         if args.command == "doctor":
-            return cmd_doctor(args.service, args.nameserver, args.timeout)
+            return cmd_doctor(args.service, args.nameserver, args.timeout, not args.skip_smtp)
         if args.command in LOCAL_STACK_COMMANDS:
             return _with_local_stack(args)
         if args.command == "report":

@@ -4,12 +4,14 @@ Findings, each one plain line saying what is right, or what is wrong and what to
 
 - the settings: the production environment, no development key or secret (`insecure_defaults` of each
   service), an https public URL that recipients can reach, the shop's postal address;
+- the SMTP relay: it answers, with TLS and AUTH as configured;
 - DNS, through the system resolver (or `--nameserver`): one SPF record on the envelope sender's domain,
   the DKIM public key published under the selector matching the private key the dispatcher signs with,
   a DMARC record with a policy, and the DKIM domain aligned with the From domain.
 
-The checks of records are pure functions of the records found (`TxtLookup` is the only I/O); the
-resolver adapter at the end uses dnspython, which reads /etc/resolv.conf as the system's resolver does.
+The checks of records are pure functions of the records found (`TxtLookup` is their only I/O); the
+relay is reached with aiosmtplib, as the dispatcher does; the resolver adapter at the end uses
+dnspython, which reads /etc/resolv.conf as the system's resolver does.
 """
 
 from __future__ import annotations
@@ -326,6 +328,48 @@ def summary(findings: Iterable[Finding]) -> str:
 
 def _unique(lines: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(lines))
+
+
+# --- the SMTP relay ---------------------------------------------------------------------------------
+
+
+def smtp_findings(settings: Settings) -> list[Finding]:
+    """The relay as the dispatcher reaches it: connected, with TLS and AUTH as configured, then QUIT."""
+    import asyncio
+    import ssl
+
+    import aiosmtplib
+
+    from lifecycle.smtp import SmtpConfig, tls_context
+
+    config = SmtpConfig.from_settings(settings)
+    where = f"{config.host}:{config.port}"
+
+    async def probe() -> None:
+        context = tls_context(config.ca_file) if config.tls != "none" else None
+        smtp = aiosmtplib.SMTP(hostname=config.host, port=config.port, timeout=config.timeout,
+                               use_tls=config.tls == "implicit", start_tls=config.tls == "starttls",
+                               tls_context=context, username=config.username, password=config.password)
+        try:
+            await smtp.connect()  # TLS, EHLO and AUTH happen here
+            await smtp.quit()
+        finally:
+            smtp.close()
+
+    try:
+        asyncio.run(probe())
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        credentials = ", the user name and password" if config.username else ""
+        return [Finding("fail", "SMTP", f"the relay {where} could not be used: {detail}; check LIFECYCLE_SMTP_HOST, "
+                        f"LIFECYCLE_SMTP_PORT, LIFECYCLE_SMTP_TLS{credentials}")]
+    how = {"none": "without TLS", "starttls": "with STARTTLS", "implicit": "over TLS"}[config.tls]
+    login = f", AUTH as {config.username}" if config.username else ""
+    findings = [Finding("ok", "SMTP", f"the relay {where} answers ({how}{login})")]
+    if config.tls == "none" and _publicly_reachable(config.host):
+        findings.append(Finding("warn", "SMTP", f"mail goes to {where} unencrypted; set LIFECYCLE_SMTP_TLS=starttls "
+                                "(or implicit) if the relay offers it"))
+    return findings
 
 
 # --- DNS through dnspython ----------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""`lifecycle doctor` as an operator runs it, asking a real DNS server.
+"""`lifecycle doctor` as an operator runs it, asking a real DNS server and reaching a real SMTP relay.
 
-The server is a small UDP responder written with dnspython's message API, on 127.0.0.1 and a free
-port, serving the zone each test writes; the command runs as its own process, pointed at it with
-`--nameserver`, and is read by its output lines and exit code.
+The DNS server is a small UDP responder written with dnspython's message API, on 127.0.0.1 and a
+free port, serving the zone each test writes; the relay is aiosmtpd with STARTTLS (a certificate
+made with the openssl command) and AUTH. The command runs as its own process, pointed at them with
+`--nameserver` and the LIFECYCLE_SMTP_* settings, and is read by its output lines and exit code.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +26,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -88,6 +93,44 @@ def dns_server() -> Iterator[TxtServer]:
     server.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _Relay:
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+def _accounts(server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"shop", b"s3cret")
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """An SMTP relay on 127.0.0.1 that wants STARTTLS, then AUTH as shop/s3cret; (port, its CA file)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed (Debian: apt-get install openssl)"
+    directory = tmp_path_factory.mktemp("relay")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    port = _free_port()
+    controller = Controller(_Relay(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+                            authenticator=_accounts, auth_required=True)
+    controller.start()
+    try:
+        yield port, cert
+    finally:
+        controller.stop()
+
+
 @pytest.fixture(scope="module")
 def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -97,9 +140,12 @@ def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def production(dkim_key: Path, **changes: str) -> dict[str, str]:
+def production(dkim_key: Path, relay: tuple[int, Path], **changes: str) -> dict[str, str]:
     """A configuration ready for real mailboxes, as LIFECYCLE_* variables."""
-    values = {"environment": "production", "api_keys": "sha256:" + "1" * 64, "admin_keys": "admin-of-ours",
+    port, ca_file = relay
+    values = {"smtp_host": "127.0.0.1", "smtp_port": str(port), "smtp_tls": "starttls", "smtp_username": "shop",
+              "smtp_password": "s3cret", "smtp_ca_file": str(ca_file), "smtp_timeout_seconds": "5",
+              "environment": "production", "api_keys": "sha256:" + "1" * 64, "admin_keys": "admin-of-ours",
               "signing_secret": "ours-0123456789", "public_url": "https://mail.shop.example",
               "sender_address": "Maison Lin, 12 rue des Lilas, 75011 Paris, France",
               "mail_from": "Maison Lin <hello@shop.example>", "dkim_selector": "s2026", "dkim_domain": "shop.example",
@@ -124,9 +170,10 @@ def doctor(server: TxtServer, variables: dict[str, str], *args: str) -> tuple[in
     return result.returncode, result.stdout.splitlines()
 
 
-def test_a_configuration_ready_for_mailbox_providers(dns_server: TxtServer, dkim_key: Path) -> None:
+def test_a_configuration_ready_for_mailbox_providers(dns_server: TxtServer, dkim_key: Path,
+                                                     relay: tuple[int, Path]) -> None:
     dns_server.zone = good_zone(dkim_key)
-    code, lines = doctor(dns_server, production(dkim_key))
+    code, lines = doctor(dns_server, production(dkim_key, relay))
     assert lines == [
         "ok    environment: production",
         "ok    secrets: no development key or secret (ingest, stager, dispatcher)",
@@ -137,6 +184,7 @@ def test_a_configuration_ready_for_mailbox_providers(dns_server: TxtServer, dkim
         "ok    DKIM: s2026._domainkey.shop.example publishes the public key of LIFECYCLE_DKIM_PRIVATE_KEY_FILE (rsa)",
         "ok    DMARC: _dmarc.shop.example has p=reject",
         "ok    DMARC: the DKIM domain shop.example is aligned with the From domain shop.example (relaxed)",
+        f"ok    SMTP: the relay 127.0.0.1:{relay[0]} answers (with STARTTLS, AUTH as shop)",
         "all is well, 0 warnings",
     ]
     assert code == 0
@@ -144,7 +192,7 @@ def test_a_configuration_ready_for_mailbox_providers(dns_server: TxtServer, dkim
 
 
 def test_what_a_mailbox_provider_would_hold_against_a_configuration(dns_server: TxtServer, dkim_key: Path,
-                                                                     tmp_path: Path) -> None:
+                                                                     relay: tuple[int, Path]) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     other_pem = other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
@@ -154,10 +202,17 @@ def test_what_a_mailbox_provider_would_hold_against_a_configuration(dns_server: 
         "s2026._domainkey.relay.example": [dns_txt_record(other_pem)],
         "_dmarc.shop.example": ["v=DMARC1; p=none"],
     }
-    variables = production(dkim_key, mail_from="Maison Lin <hello@news.shop.example>", public_url="http://127.0.0.1",
-                           sender_address="", signing_secret="dev-signing-secret-change-me",
-                           dkim_domain="relay.example")
+    closed = _free_port()  # nothing listens there
+    variables = production(dkim_key, relay, mail_from="Maison Lin <hello@news.shop.example>",
+                           public_url="http://127.0.0.1", sender_address="",
+                           signing_secret="dev-signing-secret-change-me", dkim_domain="relay.example",
+                           smtp_port=str(closed), smtp_tls="none", smtp_username="")
     code, lines = doctor(dns_server, variables, "--service", "dispatcher")
+    # the connection error in the SMTP line is aiosmtplib's
+    smtp = lines[-2]
+    assert smtp.startswith(f"FAIL  SMTP: the relay 127.0.0.1:{closed} could not be used: Error connecting to ")
+    assert smtp.endswith("; check LIFECYCLE_SMTP_HOST, LIFECYCLE_SMTP_PORT, LIFECYCLE_SMTP_TLS")
+    lines[-2] = "SMTP"
     expected_key = dns_txt_record(dkim_key.read_bytes())
     assert lines == [
         "ok    environment: production",
@@ -179,17 +234,19 @@ def test_what_a_mailbox_provider_would_hold_against_a_configuration(dns_server: 
         "FAIL  DMARC: the DKIM domain relay.example is not aligned with the From domain news.shop.example (relaxed "
         "alignment): DMARC fails even with a valid signature; sign with LIFECYCLE_DKIM_DOMAIN=shop.example or a "
         "domain under it",
-        "7 problems to fix, 1 warning",
+        "SMTP",
+        "8 problems to fix, 1 warning",
     ]
     assert code == 1
     # the subdomain has no DMARC record of its own: its registered domain's applies
     assert dns_server.asked[-2:] == ["_dmarc.news.shop.example", "_dmarc.shop.example"]
 
 
-def test_warnings_alone_leave_the_exit_code_at_0(dns_server: TxtServer, dkim_key: Path) -> None:
+def test_warnings_alone_leave_the_exit_code_at_0(dns_server: TxtServer, dkim_key: Path,
+                                                  relay: tuple[int, Path]) -> None:
     dns_server.zone = {**good_zone(dkim_key), "shop.example": ["v=spf1 include:_spf.relay.example +all"],
                        "_dmarc.shop.example": ["v=DMARC1; p=none; rua=mailto:dmarc@shop.example"]}
-    code, lines = doctor(dns_server, production(dkim_key))
+    code, lines = doctor(dns_server, production(dkim_key, relay))
     assert [line for line in lines if line.startswith("warn")] == [
         "warn  SPF: shop.example's SPF record ends in +all: any server may send as shop.example; end it with ~all "
         "or -all (v=spf1 include:_spf.relay.example +all)",
@@ -199,8 +256,9 @@ def test_warnings_alone_leave_the_exit_code_at_0(dns_server: TxtServer, dkim_key
     assert lines[-1] == "all is well, 2 warnings" and code == 0
 
 
-def test_no_records_at_all_say_what_to_publish(dns_server: TxtServer, dkim_key: Path) -> None:
-    code, lines = doctor(dns_server, production(dkim_key))
+def test_no_records_at_all_say_what_to_publish(dns_server: TxtServer, dkim_key: Path,
+                                                relay: tuple[int, Path]) -> None:
+    code, lines = doctor(dns_server, production(dkim_key, relay))
     dns_lines = [line for line in lines if line.split()[1] in ("SPF:", "DKIM:", "DMARC:")]
     assert dns_lines == [
         "FAIL  SPF: shop.example has no SPF record: publish one TXT record there, like \"v=spf1 include:<your "
@@ -211,13 +269,15 @@ def test_no_records_at_all_say_what_to_publish(dns_server: TxtServer, dkim_key: 
         "\"v=DMARC1; p=none; rua=mailto:dmarc-reports@shop.example\", then move to p=quarantine once the reports "
         "show your mail passing",
     ]
-    assert lines[-1] == "3 problems to fix, 0 warnings" and code == 1
+    assert lines[-2:] == [f"ok    SMTP: the relay 127.0.0.1:{relay[0]} answers (with STARTTLS, AUTH as shop)",
+                          "3 problems to fix, 0 warnings"]
+    assert code == 1
 
 
-def test_a_dns_server_that_does_not_answer_is_said_so(dkim_key: Path) -> None:
+def test_a_dns_server_that_does_not_answer_is_said_so(dkim_key: Path, relay: tuple[int, Path]) -> None:
     server = TxtServer(silent=True)
     try:
-        code, lines = doctor(server, production(dkim_key), "--timeout", "0.5")
+        code, lines = doctor(server, production(dkim_key, relay), "--timeout", "0.5")
     finally:
         server.close()
     assert [line for line in lines if "DNS did not answer" in line] == [
@@ -227,10 +287,29 @@ def test_a_dns_server_that_does_not_answer_is_said_so(dkim_key: Path) -> None:
     assert code == 1
 
 
-def test_a_bad_nameserver_is_one_line(dkim_key: Path) -> None:
+def test_a_bad_nameserver_is_one_line(dkim_key: Path, relay: tuple[int, Path]) -> None:
     env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
     result = subprocess.run([sys.executable, "-m", "lifecycle.cli", "doctor", "--nameserver", "dns.example"],
-                            cwd=ROOT, env={**env, **production(dkim_key)}, capture_output=True, text=True,
+                            cwd=ROOT, env={**env, **production(dkim_key, relay)}, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == "doctor: 'dns.example' is not an IP address with an optional port, like 127.0.0.1:5353\n"
+
+
+def test_a_relay_that_refuses_the_credentials_or_the_certificate(dns_server: TxtServer, dkim_key: Path,
+                                                                relay: tuple[int, Path]) -> None:
+    dns_server.zone = good_zone(dkim_key)
+    code, lines = doctor(dns_server, production(dkim_key, relay, smtp_password="wrong"))
+    [smtp] = [line for line in lines if " SMTP: " in line]
+    assert smtp.startswith(f"FAIL  SMTP: the relay 127.0.0.1:{relay[0]} could not be used: (535, ")
+    assert smtp.endswith("check LIFECYCLE_SMTP_HOST, LIFECYCLE_SMTP_PORT, LIFECYCLE_SMTP_TLS, the user name and "
+                         "password")
+    assert code == 1
+    # its certificate is verified: without its CA, the relay is not trusted
+    without_ca = {k: v for k, v in production(dkim_key, relay).items() if k != "LIFECYCLE_SMTP_CA_FILE"}
+    code, lines = doctor(dns_server, without_ca)
+    [smtp] = [line for line in lines if " SMTP: " in line]
+    assert "certificate verify failed" in smtp and code == 1
+    # and --skip-smtp leaves the relay alone
+    code, lines = doctor(dns_server, production(dkim_key, relay, smtp_password="wrong"), "--skip-smtp")
+    assert not [line for line in lines if " SMTP: " in line] and code == 0
