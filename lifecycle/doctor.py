@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from lifecycle.dkim import DkimKeyError, dns_txt_record
 from lifecycle.settings import (
     LOCAL_HINT,
+    SERVICE_RECIPIENT_SETTINGS,
     SERVICE_SECRETS,
     Settings,
     insecure_defaults,
@@ -83,7 +84,7 @@ def secrets_findings(settings: Settings, services: Sequence[str]) -> list[Findin
 def recipient_findings(settings: Settings) -> list[Finding]:
     """The public URL (https, reachable from outside) and the postal address, as the services check them."""
     production = settings.model_copy(update={"environment": "production"})
-    problems = _unique(_without_local_hint(p) for service in SERVICE_SECRETS
+    problems = _unique(_without_local_hint(p) for service in SERVICE_RECIPIENT_SETTINGS
                        for p in recipient_facing_problems(production, service))
     findings = [Finding("fail", "public URL" if "PUBLIC_URL" in p else "postal address", p) for p in problems]
     host = urlsplit(settings.public_url).hostname or ""
