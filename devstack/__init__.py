@@ -28,6 +28,7 @@ from devstack.errors import StackError
 from lifecycle.settings import Settings
 
 __all__ = [
+    "SAMPLE_SENDER_ADDRESS",
     "SERVICES",
     "StackError",
     "down",
@@ -45,6 +46,10 @@ SERVICES: tuple[str, ...] = ("ingest", "stager", "dispatcher")
 HEALTH_TIMEOUT = 60.0
 
 
+# The footer's postal address of the local stack's emails (the setting is required outside local)
+SAMPLE_SENDER_ADDRESS = "Shop, 1 rue de la Paix, 75002 Paris, France"
+
+
 def private_settings(run_dir: Path, offset: int, **overrides: object) -> Settings:
     """Settings of a stack of its own beside the local one: every port moved by `offset` (the tests
     take 100, the benchmark 200, the fault harness 300), on the local environment."""
@@ -56,6 +61,7 @@ def private_settings(run_dir: Path, offset: int, **overrides: object) -> Setting
         "postgres_port": postgres, "database_url": f"postgresql+asyncpg://lifecycle@127.0.0.1:{postgres}/lifecycle",
         "smtp_host": "127.0.0.1", "smtp_port": Settings.model_fields["smtp_port"].default + offset,
         "ingest_port": ingest, "public_url": f"http://127.0.0.1:{ingest}",
+        "sender_address": SAMPLE_SENDER_ADDRESS,
         "ingest_metrics_port": Settings.model_fields["ingest_metrics_port"].default + offset,
         "stager_port": Settings.model_fields["stager_port"].default + offset,
         "dispatcher_port": Settings.model_fields["dispatcher_port"].default + offset,
@@ -66,9 +72,11 @@ def private_settings(run_dir: Path, offset: int, **overrides: object) -> Setting
 def service_env(settings: Settings) -> dict[str, str]:
     """The current environment plus every setting as LIFECYCLE_*, for child processes.
 
-    Always the local environment: the stack runs with the development keys, which production refuses.
+    Always the local environment: the stack runs with the development keys, which production refuses;
+    and with a sample postal address in the footers when none is set.
     """
-    return {**os.environ, **settings_env(settings), "LIFECYCLE_ENVIRONMENT": "local"}
+    return {**os.environ, **settings_env(settings), "LIFECYCLE_ENVIRONMENT": "local",
+            "LIFECYCLE_SENDER_ADDRESS": settings.sender_address or SAMPLE_SENDER_ADDRESS}
 
 
 def _service_port(settings: Settings, name: str) -> int:

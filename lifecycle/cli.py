@@ -37,10 +37,10 @@ def cmd_service(name: str, workers: int | None = None) -> int:
     from lifecycle.campaign_catalog import CampaignFileError
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
-    from lifecycle.settings import insecure_defaults
+    from lifecycle.settings import startup_problems
 
     settings = _settings()
-    refused = insecure_defaults(settings, name)
+    refused = startup_problems(settings, name)
     if refused:
         for problem in refused:
             print(f"{name}: not starting: {problem}", file=sys.stderr)
@@ -323,6 +323,35 @@ def cmd_demo() -> int:
     return asyncio.run(run_demo(settings))
 
 
+def cmd_doctor(services: list[str] | None, nameserver: str | None, timeout: float, smtp: bool) -> int:
+    from lifecycle.doctor import DnsLookupError, diagnose, resolver_lookup, smtp_findings, summary
+    from lifecycle.settings import SERVICE_SECRETS
+
+    try:
+        lookup = resolver_lookup(nameserver, timeout)
+    except (DnsLookupError, ValueError) as exc:
+        print(f"doctor: {exc}", file=sys.stderr)
+        return 1
+    settings = _settings()
+    findings = diagnose(settings, lookup, services or list(SERVICE_SECRETS))
+    if smtp:
+        findings += smtp_findings(settings)
+    for finding in findings:
+        print(finding.line())
+    print(summary(findings))
+    return 1 if any(finding.level == "fail" for finding in findings) else 0
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds from 0 to 60")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle email automation for e-commerce.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="processes serving the API on its one port (default: "
                                  "LIFECYCLE_INGEST_WORKERS, 1)")
     sub.add_parser("migrate", help="apply database migrations (Alembic)")
+    doctor = sub.add_parser("doctor", help="check the configuration as a mailbox provider would: SPF, DKIM and "
+                            "DMARC in DNS, the https public URL, the postal address, development secrets, "
+                            "the SMTP relay")
+    doctor.add_argument("--service", action="append", choices=["ingest", "stager", "dispatcher"],
+                        help="check only the secrets this service holds (repeatable; default: all three), e.g. "
+                        "in a pod that mounts only its own")
+    doctor.add_argument("--nameserver", metavar="IP[:PORT]",
+                        help="ask this DNS server rather than the system's resolver (/etc/resolv.conf)")
+    doctor.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="how long one DNS question may take (default 5)")
+    doctor.add_argument("--skip-smtp", action="store_true",
+                        help="do not connect to the SMTP relay (by default: connected with TLS and AUTH as "
+                        "configured, then QUIT; nothing is sent)")
     stack_parser = sub.add_parser("stack", help="the local stack: Kafka, PostgreSQL, SMTP sink, services")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
     stack_parser.add_argument("--clock", choices=["virtual", "system"], default="virtual",
@@ -426,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_service(args.command, getattr(args, "workers", None))
         if args.command == "migrate":
             return cmd_migrate()
+        if args.command == "doctor":
+            return cmd_doctor(args.service, args.nameserver, args.timeout, not args.skip_smtp)
         if args.command in LOCAL_STACK_COMMANDS:
             return _with_local_stack(args)
         if args.command == "report":

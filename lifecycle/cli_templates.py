@@ -25,7 +25,7 @@ from typing import Any
 
 from lifecycle.core.journeys import Journey, SendStep
 from lifecycle.settings import Settings
-from lifecycle.templates import SAMPLE_CONTEXT, TemplateError, Templates
+from lifecycle.templates import SAMPLE_CONTEXT, SAMPLE_POSTAL_ADDRESS, TemplateError, Templates
 from lifecycle.tokens import SigningKeys
 
 PREVIEW_CUSTOMER_ID = "preview"
@@ -103,6 +103,11 @@ def _compose(args: argparse.Namespace, settings: Settings, to_address: str | Non
         to_address=address, customer=customer, context=copy.deepcopy(SAMPLE_CONTEXT["context"]),
         extras=_extras(journey, step, now, customer.get("timezone")), date=now,
     )
+    if not settings.sender_address:
+        # the footer shows where the shop's address goes; a real send cannot start without it outside local
+        print(f"note: LIFECYCLE_SENDER_ADDRESS is not set; the footer shows a sample address: "
+              f"{SAMPLE_POSTAL_ADDRESS}", file=sys.stderr)
+        settings = settings.model_copy(update={"sender_address": SAMPLE_POSTAL_ADDRESS})
     composed = compose_email(settings, SigningKeys.from_settings(settings), templates, spec)
     return _Email(template, composed.locale, composed.message, composed.links)
 

@@ -78,6 +78,21 @@ def check_web_url(value: str, *, base: bool) -> str:
     return value
 
 
+MAX_POSTAL_ADDRESS = 300
+
+
+def check_postal_address(value: str) -> str:
+    """A postal address on one line: lines given apart (a multi-line variable) are joined with ", ";
+    empty stays empty (unset). ValueError for control characters or an address too long for a footer."""
+    lines = [" ".join(line.split()) for line in value.splitlines()]
+    address = ", ".join(line.strip(" ,") for line in lines if line.strip(" ,"))
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in address):
+        raise ValueError("must be printable text, like 'Shop, 1 rue de la Paix, 75002 Paris, France'")
+    if len(address) > MAX_POSTAL_ADDRESS:
+        raise ValueError(f"is {len(address)} characters long: a postal address fits in {MAX_POSTAL_ADDRESS}")
+    return address
+
+
 @lru_cache(maxsize=16)
 def _address_of(mail_from: str) -> str:
     # asked for every email composed; parseaddr is pure Python
@@ -107,6 +122,9 @@ class Settings(BaseSettings):
     mail_from: str = "Shop <hello@shop.example>"
     shop_name: str = "Shop"
     shop_url: str = "https://shop.example"
+    # The shop's postal address, in the footer of every email (anti-spam laws and mailbox providers
+    # want it in marketing email); required outside the local stack
+    sender_address: str = ""
 
     # Public base URL of the ingest API, used in unsubscribe links.
     public_url: str = "http://127.0.0.1:8080"
@@ -272,6 +290,11 @@ class Settings(BaseSettings):
     def _base_url(cls, value: str) -> str:
         return check_web_url(value, base=True)
 
+    @field_validator("sender_address")
+    @classmethod
+    def _postal_address(cls, value: str) -> str:
+        return check_postal_address(value)
+
     @field_validator("shop_logo_url")
     @classmethod
     def _web_url(cls, value: str) -> str:
@@ -310,7 +333,7 @@ SERVICE_SECRETS: Final[Mapping[str, tuple[str, ...]]] = {
     "stager": (),  # it signs nothing and serves no API
     "dispatcher": ("signing",),  # the links in emails and the Message-IDs
 }
-_LOCAL_HINT: Final = "(or LIFECYCLE_ENVIRONMENT=local for a local stack)"
+LOCAL_HINT: Final = "(or LIFECYCLE_ENVIRONMENT=local for a local stack)"
 
 
 def insecure_defaults(settings: Settings, service: str) -> list[str]:
@@ -331,11 +354,11 @@ def insecure_defaults(settings: Settings, service: str) -> list[str]:
         entries = [entry.strip() for entry in getattr(settings, name).split(",") if entry.strip()]
         digests = {_key_digest(entry) for entry in entries}
         if not entries:
-            problems.append(f"{variable} is empty; set your own keys {_LOCAL_HINT}")
+            problems.append(f"{variable} is empty; set your own keys {LOCAL_HINT}")
         elif digests <= development_keys:
-            problems.append(f"{variable} is the development default; set your own keys {_LOCAL_HINT}")
+            problems.append(f"{variable} is the development default; set your own keys {LOCAL_HINT}")
         elif digests & development_keys:
-            problems.append(f"{variable} still holds a development key; remove it {_LOCAL_HINT}")
+            problems.append(f"{variable} still holds a development key; remove it {LOCAL_HINT}")
     if "signing" in wanted:
         default_secret = str(Settings.model_fields["signing_secret"].default)
         signing_keys = parse_signing_keys(settings.signing_keys)
@@ -343,13 +366,46 @@ def insecure_defaults(settings: Settings, service: str) -> list[str]:
             if signing_keys:
                 problems.append("LIFECYCLE_SIGNING_SECRET is the development default and still verifies links; "
                                 "set it to your earlier secret, or empty to retire it, "
-                                f"since LIFECYCLE_SIGNING_KEYS signs {_LOCAL_HINT}")
+                                f"since LIFECYCLE_SIGNING_KEYS signs {LOCAL_HINT}")
             else:
                 problems.append("LIFECYCLE_SIGNING_SECRET is the development default and LIFECYCLE_SIGNING_KEYS is "
-                                f"empty; set your own secret {_LOCAL_HINT}")
+                                f"empty; set your own secret {LOCAL_HINT}")
         if any(secret == default_secret for _, secret in signing_keys):
-            problems.append(f"LIFECYCLE_SIGNING_KEYS holds the development secret; set your own {_LOCAL_HINT}")
+            problems.append(f"LIFECYCLE_SIGNING_KEYS holds the development secret; set your own {LOCAL_HINT}")
     return problems
+
+
+# What a service puts in emails or pages that recipients see: what it must not start without outside local.
+SERVICE_RECIPIENT_SETTINGS: Final[Mapping[str, tuple[str, ...]]] = {
+    "ingest": ("public_url",),  # the unsubscribe, preference and confirmation pages, the tracked links
+    "stager": (),
+    "dispatcher": ("public_url", "sender_address"),  # the links and List-Unsubscribe in emails, the footer
+}
+
+
+def recipient_facing_problems(settings: Settings, service: str) -> list[str]:
+    """What keeps `service` from starting outside the local stack because of what recipients would see:
+    an http public URL (List-Unsubscribe and the links in emails must be https), no postal address.
+
+    One line per setting, naming it; empty in the local environment.
+    """
+    if settings.environment == "local":
+        return []
+    problems: list[str] = []
+    wanted = SERVICE_RECIPIENT_SETTINGS[service]
+    if "public_url" in wanted and urlsplit(settings.public_url).scheme.lower() != "https":
+        problems.append(f"LIFECYCLE_PUBLIC_URL is {settings.public_url}, not https: List-Unsubscribe and the links "
+                        f"in emails must be https; set the https URL of the ingest API {LOCAL_HINT}")
+    if "sender_address" in wanted and not settings.sender_address:
+        problems.append("LIFECYCLE_SENDER_ADDRESS is not set: every marketing email must show the shop's postal "
+                        f"address in its footer; set it, like 'Shop, 1 rue de la Paix, 75002 Paris, France' "
+                        f"{LOCAL_HINT}")
+    return problems
+
+
+def startup_problems(settings: Settings, service: str) -> list[str]:
+    """Everything that keeps `service` from starting: development secrets, then what recipients would see."""
+    return [*insecure_defaults(settings, service), *recipient_facing_problems(settings, service)]
 
 
 def _key_digest(entry: str) -> bytes:

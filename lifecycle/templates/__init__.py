@@ -31,9 +31,9 @@ from lifecycle.templates.errors import Rendered, TemplateError
 from lifecycle.templates.html import with_open_pixel
 from lifecycle.templates.links import Links, shop_links
 from lifecycle.templates.locales import normalize_locale
-from lifecycle.templates.samples import SAMPLE_CONTEXT, sample_contexts
+from lifecycle.templates.samples import SAMPLE_CONTEXT, SAMPLE_POSTAL_ADDRESS, sample_contexts
 
 __all__ = [
-    "BUILTIN_DIR", "SAMPLE_CONTEXT", "Links", "Rendered", "TemplateError", "Templates", "normalize_locale",
-    "sample_contexts", "shop_links", "with_open_pixel",
+    "BUILTIN_DIR", "SAMPLE_CONTEXT", "SAMPLE_POSTAL_ADDRESS", "Links", "Rendered", "TemplateError", "Templates",
+    "normalize_locale", "sample_contexts", "shop_links", "with_open_pixel",
 ]

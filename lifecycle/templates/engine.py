@@ -27,7 +27,7 @@ from lifecycle.templates.jinja import (
 )
 from lifecycle.templates.links import UNTRACKED, Links
 from lifecycle.templates.locales import locale_folders, normalize_locale, pick_locale
-from lifecycle.templates.samples import SAMPLE_SHOP_URL, sample_contexts
+from lifecycle.templates.samples import SAMPLE_POSTAL_ADDRESS, SAMPLE_SHOP_URL, sample_contexts
 from lifecycle.templates.text import unknown_elements
 
 # the package's folder: the shipped templates sit beside this module
@@ -247,7 +247,8 @@ class Templates:
             for context in sample_contexts():
                 try:
                     # converted alone: the samples would only take the cache's room from real emails
-                    self._render_in(name, locale, context, _CONVERTED_ALONE)
+                    rendered = self._render_in(name, locale, context, _CONVERTED_ALONE)
+                    _shows_the_postal_address(self._compile(name, locale), rendered)
                 except TemplateError as exc:
                     found.setdefault(exc.key(), exc)
                     if exc.message.startswith(("a template starts", "the front matter", "front matter")):
@@ -259,6 +260,16 @@ class Templates:
         problems = self.problems(name)
         if problems:
             raise problems[0]
+
+
+def _shows_the_postal_address(compiled: _Compiled, rendered: Rendered) -> None:
+    """Every email shows the shop's postal address (LIFECYCLE_SENDER_ADDRESS), in both parts."""
+    missing = [part for part, content in (("HTML", rendered.html), ("text", rendered.text))
+               if SAMPLE_POSTAL_ADDRESS not in content]
+    if missing:
+        path = compiled.text_path if missing == ["text"] and compiled.text_path else compiled.path
+        raise TemplateError(path, 1, f"the {' and '.join(missing)} part does not show the shop's postal address: "
+                            "extend _base.mjml (its footer shows it), or show {{ shop.address }} in your footer")
 
 
 def _one_line(text: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 from lifecycle.templates.links import Links
 
 SAMPLE_SHOP_URL = "https://shop.example"
+# every template must show it (the footer of _base.mjml does): `check` looks for it in both parts
+SAMPLE_POSTAL_ADDRESS = "Maison Lin, 12 rue des Lilas, 75011 Paris, France"
 
 
 def _sample_links() -> Links:
@@ -22,7 +24,7 @@ _SAMPLE_BASE: dict[str, Any] = {
     "customer": {"customer_id": "c-sample", "email": "ana@example.com", "first_name": "Ana", "last_name": "Martin",
                  "locale": "fr", "timezone": "Europe/Paris", "birthday": "1990-07-07"},
     "shop": {"name": "Maison Lin", "url": SAMPLE_SHOP_URL, "logo_url": f"{SAMPLE_SHOP_URL}/logo.png",
-             "email": "hello@shop.example"},
+             "email": "hello@shop.example", "address": SAMPLE_POSTAL_ADDRESS},
     "journey": "sample",
     "step": 1,
     "now": datetime(2026, 7, 7, 9, 0, tzinfo=UTC),

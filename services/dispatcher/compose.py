@@ -155,7 +155,7 @@ def template_context(settings: Settings, spec: MessageSpec, links: Links) -> dic
         **spec.extras,
         "customer": customer,
         "shop": {"name": settings.shop_name, "url": settings.shop_url, "logo_url": settings.shop_logo_url,
-                 "email": settings.mail_from_address},
+                 "email": settings.mail_from_address, "address": settings.sender_address},
         "journey": spec.journey,
         "step": spec.step,
         "now": spec.date,

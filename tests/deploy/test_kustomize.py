@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from lifecycle.settings import Settings
+from lifecycle.settings import SERVICE_SECRETS, Settings, recipient_facing_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -184,7 +184,10 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
                 if key != "LIFECYCLE_SECRETS_DIR"}
     assert all(key.startswith("LIFECYCLE_") for key in data)
     assert sorted(set(settings) - set(Settings.model_fields)) == [], "ConfigMap keys that are no setting"
-    Settings.model_validate(settings)  # every value is one the services accept
+    configured = Settings.model_validate(settings)  # every value is one the services accept
+    # production: an https public URL (List-Unsubscribe) and the postal address of the footers, or no service starts
+    assert configured.public_url.startswith("https://") and configured.sender_address
+    assert all(recipient_facing_problems(configured, service) == [] for service in SERVICE_SECRETS)
     assert not {f"LIFECYCLE_{s}" for s in SECRET_SETTINGS} & set(data), "secrets do not go in the ConfigMap"
     assert data["LIFECYCLE_INGEST_HOST"] == "0.0.0.0"
     assert data["LIFECYCLE_CLOCK"] == "system"

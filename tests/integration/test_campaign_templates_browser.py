@@ -3,7 +3,7 @@
 Each campaign template, in each locale, with the full sample and the bare one (no first name,
 no coupon, no recommendations), and only what a campaign gives: `context` is the campaign's
 name and nothing else. The page must load without a console or page error, show the shop's
-name and the button, have a real layout, and make a screenshot. The network is answered by
+name, its postal address and the button, have a real layout, and make a screenshot. The network is answered by
 the test itself (a tiny PNG for every picture): nothing leaves the machine.
 """
 
@@ -97,6 +97,7 @@ async def test_a_campaign_email_opens_cleanly_in_a_browser(tab: Tab, name: str, 
         shot = await page.screenshot()
         assert tab.errors == [], where
         assert values["shop"]["name"] in text, where
+        assert values["shop"]["address"] in text, where  # the postal address a marketing email must show
         assert BUTTONS[name][locale] in text, where
         assert width > 300 and height > 300, (where, width, height)
         assert shot.startswith(PNG_SIGNATURE) and len(shot) > len(PNG_SIGNATURE), where

@@ -90,6 +90,9 @@ async def test_an_abandoned_cart_email_as_delivered(pipeline: Settings, fresh: S
         assert "Stoneware mug" in part and "Wool throw" in part and "£84.00" in part and "£12.00" in part
     assert plain.startswith("Forgot something?\n\nHi Lena,\n")
     assert "<" not in plain
+    # the shop's postal address in the footer of both parts (the local stack's sample)
+    assert pipeline.sender_address and f"\n\n{pipeline.sender_address}\n\n" in plain
+    assert f">{pipeline.sender_address}</p>" in html
 
     # every link tracked (but unsubscribe and preferences), pointing at the stored links
     links = await stored_links(fresh, message_id)

@@ -95,6 +95,23 @@ def test_headers() -> None:
     assert f"\nList-Unsubscribe: <{unsubscribe}>\n".encode() in bytes(composed.message)
 
 
+@pytest.mark.parametrize(("template", "journey", "locale"), [
+    ("abandoned_cart_1", "abandoned_cart", "fr"), ("win_back_2", "win_back", "en"),
+    ("black_friday", "campaign:black-friday-2026", "fr"), ("summer_sales", "campaign:summer", "en")])
+def test_the_footer_of_a_marketing_email_shows_the_postal_address(template: str, journey: str, locale: str) -> None:
+    address = "Maison Lin, 3 quai Voltaire, 75007 Paris, France"
+    settings = SETTINGS.model_copy(update={"sender_address": address})
+    composed = compose_email(settings, KEYS, TEMPLATES, spec(template, journey, customer={"locale": locale}))
+    text, html = parts(reparsed(composed))
+    assert f"\n\n{address}\n\n" in text
+    assert f">{address}</p>" in html
+    # and as the dispatcher writes it to the wire
+    wire = compose_wire(settings, KEYS, TEMPLATES, spec(template, journey, customer={"locale": locale}))
+    received = email.message_from_bytes(wire.message, policy=email.policy.default)
+    assert isinstance(received, EmailMessage)
+    assert all(address in part for part in parts(received))
+
+
 def test_every_link_but_unsubscribe_goes_through_the_click_tracker() -> None:
     composed = compose_email(SETTINGS, KEYS, TEMPLATES, spec())
     text, html = parts(reparsed(composed))

@@ -392,3 +392,29 @@ def test_relaxed_header_agrees_with_dkimpy(name: bytes, value: bytes) -> None:
     value = re.sub(rb"\r\n(?![ \t])", b"\r\n ", value).removesuffix(b"\r\n ")  # folded: CRLF then WSP
     [(theirs_name, theirs_value)] = DkimpyRelaxed.canonicalize_headers([(name, value)])
     assert relaxed_header(name + b":" + value) + b"\r\n" == theirs_name + b":" + theirs_value
+
+
+@pytest.mark.parametrize("form", ["rsa-pkcs8", "ed25519"])
+def test_both_unsubscribe_headers_of_a_composed_email_are_signed(signers: dict[str, DkimSigner],
+                                                                 dns: dict[str, Any], form: str) -> None:
+    """One-click unsubscribe (RFC 8058) counts only when the signature covers both headers."""
+    from lifecycle.templates import Templates
+    from lifecycle.tokens import SigningKeys
+    from services.dispatcher.compose import MessageSpec, compose_wire
+
+    settings = Settings(public_url="https://mail.shop.example", signing_secret="test-secret",
+                        sender_address="Shop, 1 rue X, Paris")
+    spec = MessageSpec(journey="win_back", step=1, template="win_back_1", message_id="<9.1.abc@shop.example>",
+                       to_address="ana@example.com", customer={"customer_id": "c1", "first_name": "Ana"},
+                       context={}, extras={}, date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    wire = compose_wire(settings, SigningKeys.from_settings(settings), Templates(), spec).message
+    signed = signers[form].sign(wire)
+    assert {"list-unsubscribe", "list-unsubscribe-post"} <= set(_tag(signed, "h").split(":"))
+    assert dkim.verify(signed, dnsfunc=dns[form])
+    unsubscribe = re.search(rb"\r\nList-Unsubscribe: <(https://mail\.shop\.example/v1/unsubscribe/[^>]+)>", signed)
+    assert unsubscribe is not None
+    # another unsubscribe URL, or the one-click header removed or changed, and the signature fails
+    assert not dkim.verify(signed.replace(unsubscribe.group(1), b"https://evil.example/u"), dnsfunc=dns[form])
+    assert not dkim.verify(signed.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b""),
+                           dnsfunc=dns[form])
+    assert not dkim.verify(signed.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=No"), dnsfunc=dns[form])

@@ -10,7 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from lifecycle.cli import main
-from lifecycle.settings import SERVICE_SECRETS, Settings, describe_invalid_settings, insecure_defaults
+from lifecycle.settings import (
+    SERVICE_SECRETS,
+    Settings,
+    describe_invalid_settings,
+    insecure_defaults,
+    recipient_facing_problems,
+    startup_problems,
+)
 
 
 def settings_with(values: dict[str, Any]) -> Settings:
@@ -126,9 +133,76 @@ def test_a_service_refuses_to_start_with_one_line_per_setting_and_exit_1(
 
 
 def test_the_local_stack_runs_its_services_as_local() -> None:
-    from devstack import service_env
+    from devstack import SAMPLE_SENDER_ADDRESS, service_env
 
     assert service_env(Settings())["LIFECYCLE_ENVIRONMENT"] == "local"
+    # with a sample postal address in the footers, unless one is set
+    assert service_env(Settings())["LIFECYCLE_SENDER_ADDRESS"] == SAMPLE_SENDER_ADDRESS
+    own = Settings(sender_address="Ours, 2 rue Y, Lyon")
+    assert service_env(own)["LIFECYCLE_SENDER_ADDRESS"] == "Ours, 2 rue Y, Lyon"
+
+
+# --- what recipients see: an https public URL, the postal address ---------------------------------
+
+READY: dict[str, Any] = {**OWN, "public_url": "https://mail.shop.example", "sender_address": "Shop, 1 rue X, Paris"}
+
+
+def test_outside_local_an_http_public_url_is_refused_by_the_services_that_put_it_in_front_of_recipients() -> None:
+    settings = settings_with({**READY, "public_url": "http://mail.shop.example"})
+    for service in ("ingest", "dispatcher"):
+        [problem] = recipient_facing_problems(settings, service)
+        assert problem == ("LIFECYCLE_PUBLIC_URL is http://mail.shop.example, not https: List-Unsubscribe and the "
+                           "links in emails must be https; set the https URL of the ingest API (or "
+                           "LIFECYCLE_ENVIRONMENT=local for a local stack)")
+    assert recipient_facing_problems(settings, "stager") == []  # it links to nothing
+    assert all(startup_problems(settings_with(READY), service) == [] for service in SERVICE_SECRETS)
+
+
+def test_outside_local_the_dispatcher_needs_the_postal_address() -> None:
+    settings = settings_with({**READY, "sender_address": ""})
+    [problem] = recipient_facing_problems(settings, "dispatcher")
+    assert problem.startswith("LIFECYCLE_SENDER_ADDRESS is not set: every marketing email must show the shop's "
+                              "postal address in its footer; set it")
+    assert recipient_facing_problems(settings, "ingest") == []  # it composes no email
+
+
+def test_the_local_environment_takes_http_and_no_address() -> None:
+    local = Settings(environment="local")
+    assert local.public_url.startswith("http://") and local.sender_address == ""
+    assert all(startup_problems(local, service) == [] for service in SERVICE_SECRETS)
+
+
+def test_the_dispatcher_refuses_to_start_with_an_http_url_and_no_address(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("ENVIRONMENT", "SIGNING_KEYS", "SECRETS_DIR", "SENDER_ADDRESS"):
+        monkeypatch.delenv(f"LIFECYCLE_{name}", raising=False)
+    monkeypatch.setenv("LIFECYCLE_SIGNING_SECRET", "ours-0123456789")
+    monkeypatch.setenv("LIFECYCLE_PUBLIC_URL", "http://mail.shop.example")
+    assert main(["dispatcher"]) == 1  # refused before it reaches for a database or Kafka
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[3] for line in lines] == ["LIFECYCLE_PUBLIC_URL", "LIFECYCLE_SENDER_ADDRESS"]
+    assert all(line.startswith("dispatcher: not starting: ") for line in lines)
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("Maison Lin, 12 rue des Lilas, 75011 Paris, France", "Maison Lin, 12 rue des Lilas, 75011 Paris, France"),
+    ("Maison Lin\n12 rue des Lilas\n\n75011 Paris\nFrance\n", "Maison Lin, 12 rue des Lilas, 75011 Paris, France"),
+    ("  Maison Lin,\r\n 12  rue des Lilas\t ", "Maison Lin, 12 rue des Lilas"),
+    ("", ""),
+])
+def test_a_postal_address_is_kept_on_one_line(given: str, kept: str) -> None:
+    assert settings_with({"sender_address": given}).sender_address == kept
+
+
+@pytest.mark.parametrize(("given", "reason"), [
+    ("Maison Lin\x00, Paris", "must be printable text"),
+    ("x" * 301, "is 301 characters long: a postal address fits in 300"),
+])
+def test_a_postal_address_that_cannot_be_printed_in_a_footer_is_refused(given: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings_with({"sender_address": given})
+    [line] = describe_invalid_settings(caught.value)
+    assert line.startswith("LIFECYCLE_SENDER_ADDRESS: ") and reason in line
 
 
 # --- rate limits and the client's address ---------------------------------------------------------

@@ -594,3 +594,59 @@ def test_the_href_pattern_matches_where_the_ignore_case_word_boundary_pattern_do
     expected = [m.span(0) for m in reference.finditer(markup)]
     assert len(expected) == 6 and [m.span(0) for m in links._HREF.finditer(markup)] == expected
     assert [m.groups() for m in links._HREF.finditer(markup)] == [m.groups() for m in reference.finditer(markup)]
+
+
+# --- the shop's postal address in the footer ---------------------------------------------------
+
+
+@pytest.mark.parametrize("locale", ["fr", "en"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_email_shows_the_postal_address_in_its_footer(name: str, locale: str) -> None:
+    # journeys' marketing emails, campaigns and the double opt-in alike: the footer is shared
+    address = "Maison Lin, 3 quai Voltaire, 75007 Paris, France"
+    values = context(shop={**context()["shop"], "address": address})
+    rendered = Templates().render(name, values, locale=locale)
+    footer = rendered.text.split("\n\n")[-3:]  # the footer note, the address, preferences and unsubscribe
+    assert footer[1] == address
+    strings = Templates().strings(locale)
+    assert footer[2].startswith(strings["preferences"]) and strings["unsubscribe"] in footer[2]
+    html_footer = rendered.html[rendered.html.index(strings["help"]):]
+    assert f">{address}</p>" in html_footer
+
+
+def test_the_postal_address_is_escaped_in_the_html() -> None:
+    values = context(shop={**context()["shop"], "address": "Lin & Fils <SARL>, 1 rue X, Lyon"})
+    rendered = Templates().render("win_back_1", values, locale="fr")
+    assert "Lin &amp; Fils &lt;SARL&gt;, 1 rue X, Lyon" in rendered.html
+    assert "Lin & Fils <SARL>, 1 rue X, Lyon" in rendered.text
+
+
+def test_a_template_without_the_postal_address_is_a_problem(tmp_path: Path) -> None:
+    # its own layout, no footer: the address is in neither part
+    own = write(tmp_path, "fr/own_layout.mjml", "---\nsubject: Hello\n---\n<mjml><mj-body><mj-section><mj-column>"
+                                                "<mj-text>Bonjour</mj-text></mj-column></mj-section></mj-body>"
+                                                "</mjml>\n")
+    [problem] = Templates(tmp_path).problems("own_layout")
+    assert (problem.path, problem.line) == (own, 1)
+    assert problem.message.startswith("the HTML and text part does not show the shop's postal address")
+    # an authored text part without it: the text part is named, in its own file
+    write(tmp_path, "fr/abandoned_cart_1.txt", "Bonjour {{ customer.first_name }}, votre panier : {{ links.cart }}\n")
+    [text_problem] = Templates(tmp_path).problems("abandoned_cart_1")
+    assert text_problem.path == tmp_path / "templates" / "fr" / "abandoned_cart_1.txt"
+    assert text_problem.message.startswith("the text part does not show the shop's postal address")
+    write(tmp_path, "fr/abandoned_cart_1.txt", "Bonjour, votre panier : {{ links.cart }}\n-- \n{{ shop.address }}\n")
+    assert Templates(tmp_path).problems("abandoned_cart_1") == []
+
+
+def test_the_preview_shows_a_sample_address_until_the_setting_is_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lifecycle.settings import Settings
+    from lifecycle.templates import SAMPLE_POSTAL_ADDRESS
+
+    assert templates_command(["preview", "win_back", "1", "--locale", "en", "--out", str(tmp_path)], Settings()) == 0
+    assert SAMPLE_POSTAL_ADDRESS in (tmp_path / "win_back_1.en.txt").read_text()
+    assert "LIFECYCLE_SENDER_ADDRESS is not set; the footer shows a sample address" in capsys.readouterr().err
+    own = Settings(sender_address="Maison Lin, 3 quai Voltaire, 75007 Paris")
+    assert templates_command(["preview", "win_back", "1", "--locale", "en", "--out", str(tmp_path)], own) == 0
+    assert "3 quai Voltaire" in (tmp_path / "win_back_1.en.html").read_text()
+    assert "not set" not in capsys.readouterr().err
