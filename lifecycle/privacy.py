@@ -8,7 +8,8 @@ either service writes to them at the same time):
   drops their events received before it and the dispatcher their triggers, so that a replay of the
   topics, or a message already on its way, brings nothing back;
 - every row about the customer goes: profile, due changes, outbox, processed event ids, runs, sends
-  and their stored bodies, opens and clicks, opt-out fences, coupons, orders, products bought.
+  and their stored bodies, opens and clicks, opt-out fences, coupons, orders, products bought, the
+  ids merged into theirs and their own id as an alias.
 Then a tombstone (the customer's key, a null value) goes to the events and triggers topics; each
 consumer erases again when it reads it, behind whatever of theirs was already in the topic.
 
@@ -45,7 +46,7 @@ PRIVACY = Counter(
 # (sends before journey_runs: a send refers to its run)
 CUSTOMER_TABLES: Final = ("customers", "due_changes", "outbox", "processed_events", "sends", "journey_runs",
                           "email_events", "consent_fences", "coupons", "coupon_attempts", "orders",
-                          "customer_products")
+                          "customer_products", "aliases")
 
 _ADDRESSES = text(
     "SELECT DISTINCT lower(a) AS address FROM ("
@@ -68,6 +69,7 @@ _ERASED = text(
 )
 _DELETES: Final = {table: text(f"DELETE FROM {table} WHERE customer_id = :id") for table in CUSTOMER_TABLES}
 _SELECTS: Final = {table: text(f"SELECT * FROM {table} WHERE customer_id = :id") for table in CUSTOMER_TABLES}
+_DELETE_AS_ALIAS = text("DELETE FROM aliases WHERE previous_id = :id")
 _SUPPRESSIONS_OF = text("SELECT * FROM suppressions WHERE address = ANY(CAST(:addresses AS text[]))")
 
 
@@ -115,6 +117,9 @@ async def erase_rows(conn: AsyncConnection, customer_id: str, now: datetime, *, 
     for table, statement in _DELETES.items():
         result = await conn.execute(statement, {"id": customer_id})
         removed[table] = int(result.rowcount or 0)
+    # the ids merged into them are in `aliases` above; the profile they were merged into keeps nothing of
+    # this id but what their events did there
+    removed["aliases"] += int((await conn.execute(_DELETE_AS_ALIAS, {"id": customer_id})).rowcount or 0)
     removed["addresses_suppressed"] = len(addresses)
     return removed
 

@@ -32,7 +32,8 @@ from lifecycle.yamlio import load_plain
 
 STATE_TABLES = ("sends", "journey_runs", "processed_triggers", "outbox", "due_changes", "processed_events",
                 "customers", "email_events", "suppressions", "coupons", "coupon_attempts", "orders",
-                "customer_products", "product_sales", "co_purchases", "consent_fences", "campaigns", "erasures")
+                "customer_products", "product_sales", "co_purchases", "consent_fences", "campaigns", "erasures",
+                "aliases")
 STEP_KINDS = ("event", "events", "advance", "expect_emails", "expect_customer", "unsubscribe", "journey", "campaign",
               "cancel_campaign")
 

@@ -1,9 +1,12 @@
 """Segment's HTTP Tracking API calls read as our events (pure: no I/O). See docs/integrations.md.
 
-A call is `identify`, `track` or `page` (alone, or in a `batch`). What maps:
+A call is `identify`, `track`, `page` or `alias` (alone, or in a `batch`). What maps:
 
 - `userId` is the customer id; a call with only an `anonymousId` is kept under the customer id
   `anonymous:<anonymousId>` (such a profile has no address: it is never mailed);
+- an `identify` with both ids also merges the visitor's profile into the customer's (a
+  `customer_merged` event), and an `alias` merges its `previousId`'s: the anonymous visitor's profile
+  (`anonymous:<previousId>`) and the profile of a customer id `previousId`, whichever exists;
 - `messageId` is the event id (a digest of it when it is not one of ours), `timestamp` the event's
   time (the time received when it is absent, unreadable or more than 5 minutes ahead);
 - `identify` is a `customer_identified` with the traits we keep: `email`, `firstName`/`first_name`,
@@ -37,7 +40,7 @@ from lifecycle.events.fields import IDENTIFIER_PATTERN, TEXT_PATTERN
 from lifecycle.events.models import MAX_FUTURE_SKEW, MAX_TRACK_ATTRIBUTES, Event
 from lifecycle.events.parsing import derived_event_id, parse_event
 
-CALL_TYPES = ("identify", "track", "page")
+CALL_TYPES = ("identify", "track", "page", "alias")
 MAX_CALL_BYTES = 32 * 1024  # Segment's limit per call
 MAX_BATCH_BYTES = 500 * 1024  # and per batch
 ANONYMOUS_PREFIX = "anonymous:"
@@ -62,10 +65,12 @@ class CallInvalid(ValueError):
 
 @dataclass
 class Mapped:
-    """The event a call becomes (an /v1/events object, not yet checked), and what was left out of it."""
+    """The event a call becomes (an /v1/events object, not yet checked), and what was left out of it;
+    `merges`: the profiles it merges into the customer's, by previous id."""
 
     event: dict[str, Any]
     dropped: list[str] = field(default_factory=list)
+    merges: list[str] = field(default_factory=list)
 
 
 # the fields of each call as the OpenAPI document gives them (segment_routes._call_schema), with the JSON
@@ -76,6 +81,7 @@ KIND_FIELDS: dict[str, dict[str, type]] = {
     "identify": {"traits": Mapping},
     "track": {"event": str, "properties": Mapping},
     "page": {"properties": Mapping, "name": str},
+    "alias": {},
 }
 
 
@@ -98,7 +104,8 @@ def check_shape(call: Mapping[str, Any], kind: str, in_batch: bool = False) -> N
     for name in (KIND_FIELDS if in_batch else [kind]):
         fields.update(KIND_FIELDS[name])
     check_types(call, fields)
-    for name, room in (("userId", 128), ("anonymousId", 128 - len(ANONYMOUS_PREFIX))):
+    for name, room in (("userId", 128), ("anonymousId", 128 - len(ANONYMOUS_PREFIX)),
+                       ("previousId", 128 - len(ANONYMOUS_PREFIX))):
         value = call.get(name)
         if value is None:  # absent, or null as Segment's libraries send the id they do not have
             continue
@@ -165,14 +172,24 @@ def map_call(call: Any, kind: str | None, received_at: datetime) -> Mapped:
         raise CallInvalid("a call is a JSON object")
     kind = kind or call.get("type")
     if kind not in CALL_TYPES:
-        raise CallInvalid(f"type {kind!r}: this API takes identify, track and page calls"
-                          + (" (alias is not supported yet)" if kind == "alias" else ""))
+        raise CallInvalid(f"type {kind!r}: this API takes identify, track, page and alias calls")
     check_shape(call, kind, in_batch)
     customer_id = customer_id_of(call)
     occurred_at, own_time = occurred_at_of(call, received_at)
     dropped = [] if own_time else ["timestamp"]
-    if kind == "identify":
+    merges: list[str] = []
+    anonymous_id = _id_text(call.get("anonymousId"))
+    if kind == "alias":
+        previous = _id_text(call.get("previousId"))
+        if _id_text(call.get("userId")) is None or previous is None:
+            raise CallInvalid("an alias call needs the userId and the previousId that becomes it")
+        mapped = {"type": "customer_merged", "properties": {"previous_id": ANONYMOUS_PREFIX + previous}}
+        if previous != customer_id:
+            merges.append(previous)  # an old customer id, as Segment's alias may also say
+    elif kind == "identify":
         mapped = _identify(call, dropped)
+        if anonymous_id is not None and not customer_id.startswith(ANONYMOUS_PREFIX):
+            merges.append(ANONYMOUS_PREFIX + anonymous_id)
     elif kind == "page":
         mapped = _page(call)
     else:
@@ -181,7 +198,7 @@ def map_call(call: Any, kind: str | None, received_at: datetime) -> Mapped:
     event_id = event_id_of(call, customer_id)
     if event_id is not None:
         event["event_id"] = event_id
-    return Mapped(event, dropped)
+    return Mapped(event, dropped, merges)
 
 
 def _identify(call: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
@@ -368,6 +385,11 @@ def fallback_track(call: Mapping[str, Any], event: dict[str, Any]) -> dict[str, 
 class ReadCall:
     event: Event
     dropped: tuple[str, ...]  # what was left out or read otherwise: refused traits, a replaced timestamp...
+    merges: tuple[Event, ...] = ()  # customer_merged events that come with it
+
+    @property
+    def events(self) -> list[Event]:
+        return [self.event, *self.merges]
 
 
 def read_call(call: Any, kind: str | None, received_at: datetime) -> ReadCall:
@@ -376,8 +398,9 @@ def read_call(call: Any, kind: str | None, received_at: datetime) -> ReadCall:
     mapped = map_call(call, kind, received_at)
     body, dropped = mapped.event, list(mapped.dropped)
     body.setdefault("event_id", derived_event_id(body))
+    merges = tuple(_parse(merge, received_at) for merge in _merge_events(body, mapped.merges))
     try:
-        return ReadCall(_parse(body, received_at), tuple(dropped))
+        return ReadCall(_parse(body, received_at), tuple(dropped), merges)
     except EventInvalid as exc:
         problems = exc.errors
     fields = [str(e["field"]) for e in problems]
@@ -393,9 +416,20 @@ def read_call(call: Any, kind: str | None, received_at: datetime) -> ReadCall:
     else:
         raise CallInvalid(str(EventInvalid(problems)))
     try:
-        return ReadCall(_parse(body, received_at), tuple(dropped))
+        return ReadCall(_parse(body, received_at), tuple(dropped), merges)
     except EventInvalid as exc:
         raise CallInvalid(str(exc)) from None
+
+
+def _merge_events(body: Mapping[str, Any], previous_ids: list[str]) -> list[dict[str, Any]]:
+    """A customer_merged event for each previous id, named after the call's event: a retried call
+    merges once."""
+    found = []
+    for previous in previous_ids:
+        merge = {"type": "customer_merged", "customer_id": body["customer_id"], "occurred_at": body["occurred_at"],
+                 "properties": {"previous_id": previous}}
+        found.append({**merge, "event_id": derived_event_id({**merge, "of": body["event_id"]})})
+    return found
 
 
 def _parse(body: dict[str, Any], received_at: datetime) -> Event:

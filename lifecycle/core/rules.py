@@ -172,8 +172,10 @@ def _proof(event: Event) -> dict[str, str | None]:
     return {"source": origin.source, "ip": origin.ip, "user_agent": origin.user_agent}
 
 
-def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleConfig) -> Decision:
-    """Apply one event (already known to be new) to a customer's state."""
+def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleConfig,
+                merging: CustomerState | None = None) -> Decision:
+    """Apply one event (already known to be new) to a customer's state. `merging`: for a customer_merged
+    event, the state held under its previous_id, which joins this one."""
     received_at = event.received_at or now
     applier = _Applier(state, now, event.occurred_at, is_backfill(event.occurred_at, received_at, config),
                        event.event_id, config)
@@ -210,6 +212,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
             state.record_consent(ConsentFact(at, "confirmed", **_proof(event)))
     elif kind is EventType.UNSUBSCRIBED:
         state.record_consent(ConsentFact(at, "unsubscribed", **_proof(event)))
+    elif kind is EventType.CUSTOMER_MERGED:
+        if merging is not None and merging.customer_id != state.customer_id:
+            _merge(applier, merging)
     elif kind is EventType.CART_UPDATED:
         _apply_cart(applier, event)
     elif kind is EventType.CART_LINE_CHANGED:
@@ -249,6 +254,41 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
                                          "attributes": dict(_prop(event, "attributes") or {})})
     # page_viewed and checkout_started only count as activity
     return applier.finish()
+
+
+def _merge(applier: _Applier, source: CustomerState) -> None:
+    """What the customer did under another id (an anonymous visit, an old id) joins their profile, as if
+    each event had come under this id: traits and consent by event time, orders, views, the cart."""
+    state = applier.state
+    for name, at in source.trait_times.items():
+        if name != "consent":  # consent comes from the facts below
+            state.set_trait(name, source.traits.get(name), at)
+    for fact in source.consent_log:
+        state.record_consent(fact)
+    for order_id, order in source.orders.items():
+        state.orders.setdefault(order_id, order)
+    for name in ("first_seen_at", "signed_up_at"):
+        mine, theirs = getattr(state, name), getattr(source, name)
+        setattr(state, name, min(mine or theirs, theirs or mine) if mine or theirs else None)
+    for name in ("last_order_at_any", "last_engagement_at", "last_click_at"):
+        mine, theirs = getattr(state, name), getattr(source, name)
+        setattr(state, name, max(mine or theirs, theirs or mine) if mine or theirs else None)
+    for product, (seen, name, price, currency) in source.viewed.items():
+        state.record_view(product, seen, name, price, currency)
+    cart = source.cart
+    if cart is not None and cart.items and (state.cart is None or state.cart.updated_at < cart.updated_at) \
+            and (state.last_order_at_any is None or state.last_order_at_any < cart.updated_at):
+        _set_cart(applier, cart.cart_id, cart.items, cart.value, cart.currency, cart.updated_at)
+    # the browsing that no cart or order of either ended since
+    ended = max([t for t in (state.last_order_at_any, state.cart.updated_at if state.cart else None) if t],
+                default=None)
+    views = sorted({(p, seen) for p, seen in state.browsing + source.browsing
+                    if ended is None or seen > stamp(ended)}, key=lambda v: v[1])
+    if views:
+        latest = datetime.fromisoformat(views[-1][1])
+        state.browsing = [[p, seen] for p, seen in views if seen > stamp(latest - BROWSE_WINDOW)][-BROWSE_KEPT:]
+        if not applier.backfill and browsing_qualifies(state.browsing):
+            applier.decision.dues[DueKind.BROWSE] = latest + BROWSE_QUIET
 
 
 def _prop(event: Event, name: str) -> Any:

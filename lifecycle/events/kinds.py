@@ -12,6 +12,9 @@ class EventType(StrEnum):
     # a profile as the shop knows it now (Segment's identify): the first one signs the customer up, the
     # next ones update, so a library that identifies at every login starts no sign-up journey again
     CUSTOMER_IDENTIFIED = "customer_identified"
+    # the profile under properties.previous_id (an anonymous visitor, an old id) is this customer (Segment's
+    # alias): what it did joins this profile, and its later events apply here
+    CUSTOMER_MERGED = "customer_merged"
     CONSENT_CONFIRMED = "consent_confirmed"
     UNSUBSCRIBED = "unsubscribed"
     PAGE_VIEWED = "page_viewed"

@@ -110,6 +110,12 @@ class NoProperties(Properties):
     """For types whose meaning is entirely in the envelope (properties must be empty)."""
 
 
+class CustomerMergedProperties(Properties):
+    previous_id: Identifier = Field(
+        description="The id the customer was known by before: an anonymous visitor (`anonymous:<id>` from the"
+                    " Segment routes) or an old id. Its profile joins this one; its later events apply here")
+
+
 class ConsentConfirmedProperties(Properties):
     email: Email | None = Field(
         default=None, description="The address confirmed: the one the confirmation link was sent to"
@@ -224,6 +230,7 @@ class EmailComplainedProperties(Properties):
 
 EventProperties = (
     NoProperties
+    | CustomerMergedProperties
     | ConsentConfirmedProperties
     | UnsubscribedProperties
     | PageViewedProperties
@@ -245,6 +252,7 @@ PROPERTIES_MODELS: Final[Mapping[EventType, type[Properties]]] = {
     EventType.CUSTOMER_SIGNED_UP: NoProperties,
     EventType.CUSTOMER_UPDATED: NoProperties,
     EventType.CUSTOMER_IDENTIFIED: NoProperties,
+    EventType.CUSTOMER_MERGED: CustomerMergedProperties,
     EventType.CONSENT_CONFIRMED: ConsentConfirmedProperties,
     EventType.UNSUBSCRIBED: UnsubscribedProperties,
     EventType.PAGE_VIEWED: PageViewedProperties,

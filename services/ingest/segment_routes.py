@@ -100,7 +100,7 @@ def _call_schema(kind: str | None) -> dict[str, Any]:
         "context": mapping, "integrations": mapping, "writeKey": text,
     }
     name = {"type": "string", "minLength": 1, "maxLength": 512, "pattern": TEXT_PATTERN}
-    kinds = [kind] if kind else ["identify", "track", "page"]
+    kinds = [kind] if kind else ["identify", "track", "page", "alias"]
     if "identify" in kinds:
         properties["traits"] = {**mapping, "description": "email, firstName, lastName, birthday, locale, timezone,"
                                                          " consent or email_consent"}
@@ -110,17 +110,24 @@ def _call_schema(kind: str | None) -> dict[str, Any]:
         properties["properties"] = mapping
     if "page" in kinds:
         properties["name"] = text
+    if "alias" in kinds:
+        properties["previousId"] = {**anonymous_id, "description": "alias: the id the userId was known by (an"
+                                                                  " anonymousId, an old userId)"}
     given = {"type": ["string", "number"]}
     schema: dict[str, Any] = {"type": "object", "properties": properties,
                               "anyOf": [{"required": ["userId"], "properties": {"userId": given}},
                                         {"required": ["anonymousId"], "properties": {"anonymousId": given}}]}
+    alias_needs = {"required": ["userId", "previousId"], "properties": {"userId": given, "previousId": given}}
     if kind == "track":
         schema["required"] = ["event"]
+    if kind == "alias":
+        schema.update(alias_needs)
+        del schema["anyOf"]
     if kind is None:
-        properties["type"] = {"type": "string", "enum": ["identify", "track", "page"]}
+        properties["type"] = {"type": "string", "enum": ["identify", "track", "page", "alias"]}
         schema["required"] = ["type"]
-        schema["if"] = {"properties": {"type": {"const": "track"}}}
-        schema["then"] = {"required": ["event"]}
+        schema["allOf"] = [{"if": {"properties": {"type": {"const": "track"}}}, "then": {"required": ["event"]}},
+                           {"if": {"properties": {"type": {"const": "alias"}}}, "then": alias_needs}]
     return schema
 
 
@@ -203,7 +210,7 @@ def segment_router(publish: Callable[..., Awaitable[None]], now: Callable[[], Aw
             log.info("segment calls accepted with parts left out: %s", "; ".join(dropped[:10]))
         return JSONResponse({"success": True})
 
-    for kind in ("identify", "track", "page"):
+    for kind in ("identify", "track", "page", "alias"):
         _add(router, kind, handle)
     _add(router, None, handle)
     return router
@@ -214,7 +221,7 @@ def _read(payload: Any, kind: str | None, received_at: datetime) -> tuple[list[E
     call that cannot be read (nothing of the request is published then)."""
     if kind is not None:
         read = read_call(payload, kind, received_at)
-        return [read.event], list(read.dropped)
+        return read.events, list(read.dropped)
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list) or not payload["batch"]:
         raise CallInvalid('a batch is {"batch": [call, ...]} with at least one call')
     check_types(payload, BATCH_FIELDS)
@@ -232,7 +239,7 @@ def _read(payload: Any, kind: str | None, received_at: datetime) -> tuple[list[E
             read = read_call(call, None, received_at)
         except CallInvalid as exc:
             raise CallInvalid(f"batch[{index}]: {exc}") from None
-        events.append(read.event)
+        events.extend(read.events)
         dropped.extend(f"{what} (batch[{index}])" for what in read.dropped)
     return events, dropped
 

@@ -6,6 +6,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMED = Counter("lifecycle_stager_events_consumed_total", "Events read from Kafka.")
 APPLIED = Counter("lifecycle_stager_events_applied_total", "New events applied to customer state.")
+ALIASED = Counter(
+    "lifecycle_stager_aliases_total",
+    "Profiles merged into another (customer_merged: an anonymous visitor identified, an alias), and events"
+    " applied to the profile their customer's id was merged into (redirected).",
+    ["what"],
+)
 DUPLICATES = Counter("lifecycle_stager_events_duplicate_total", "Events ignored because their event_id was seen.")
 _READ = Counter(
     "lifecycle_stager_events_read_total",

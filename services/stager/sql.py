@@ -32,6 +32,29 @@ DELETE_APPLIED_FENCES = text(
     " WHERE f.customer_id = a.c AND f.event_id = a.e"
 )
 
+# --- merged profiles (customer_merged) ---------------------------------------------------------
+
+# Where each of these ids' events go now: the profile it was merged into (chains are kept flat).
+ALIASES_OF = text("SELECT previous_id, customer_id FROM aliases WHERE previous_id = ANY(CAST(:ids AS text[]))")
+# `:previous` is `:target` from now on, and so is every id that pointed at `:previous`.
+RECORD_ALIAS = text(
+    "INSERT INTO aliases (previous_id, customer_id, merged_at) VALUES (:previous, :target, :now)"
+    " ON CONFLICT (previous_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, merged_at = EXCLUDED.merged_at"
+)
+REPOINT_ALIASES = text("UPDATE aliases SET customer_id = :target WHERE customer_id = :previous")
+# The merged profile's rows: its state joined the target's, its facts are the target's now.
+DELETE_MERGED = [
+    text("DELETE FROM customers WHERE customer_id = :previous"),
+    text("DELETE FROM due_changes WHERE customer_id = :previous"),
+]
+MOVE_MERGED_FACTS = [
+    text("UPDATE orders SET customer_id = :target WHERE customer_id = :previous"),
+    text("UPDATE email_events SET customer_id = :target WHERE customer_id = :previous"),
+    text("INSERT INTO customer_products (customer_id, product_id)"
+         " SELECT :target, product_id FROM customer_products WHERE customer_id = :previous ON CONFLICT DO NOTHING"),
+    text("DELETE FROM customer_products WHERE customer_id = :previous"),
+]
+
 # --- time-driven changes ----------------------------------------------------------------------
 
 # The customers of the earliest due changes, at most `:n` changes' worth.

@@ -28,22 +28,27 @@ from lifecycle.core.rules import Decision, RuleConfig, apply_due, apply_event
 from lifecycle.core.state import CustomerState
 from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.db.notify import OUTBOX_CHANNEL, notify
-from lifecycle.events import Event
+from lifecycle.events import CustomerMergedProperties, Event, EventType
 from lifecycle.kafka import delivered
 from lifecycle.privacy import PRIVACY, erase_rows, erased_at
 from services.stager import metrics
 from services.stager.facts import record_facts
 from services.stager.sql import (
+    ALIASES_OF,
     CLAIM_EVENT_IDS,
     CLEAR_DUES,
     CUSTOMER_COLUMNS,
     DELETE_APPLIED_FENCES,
+    DELETE_MERGED,
     DELETE_OUTBOX,
     DUE_CHANGES_OF,
     DUE_CUSTOMERS,
     INSERT_OUTBOX,
     LOCK_STATES,
     LOCK_STATES_SKIP_LOCKED,
+    MOVE_MERGED_FACTS,
+    RECORD_ALIAS,
+    REPOINT_ALIASES,
     SELECT_OUTBOX_ALL,
     SELECT_OUTBOX_OF,
     SWEEP_FENCES,
@@ -106,8 +111,18 @@ class StagerStore:
             return 0
         async with self.engine.begin() as conn:
             now = await self.clock.now()
-            # customers first (sorted), then their event ids: two stagers never wait on each other in a circle
-            await lock_customers(conn, STAGER_LOCKS, {customer for customer, _ in unique})
+            named = {customer for customer, _ in unique} | {
+                e.properties_as(CustomerMergedProperties).previous_id for e in unique.values()
+                if e.type is EventType.CUSTOMER_MERGED}
+            # customers first (sorted), then their event ids: two stagers never wait on each other in a circle.
+            # With them the profiles their ids were merged into; read again once locked, a merge committed
+            # in between adds its profile's lock (a rare wait out of order, which PostgreSQL's deadlock
+            # detection would end with a retry of the batch)
+            aliases = await _aliases(conn, named)
+            await lock_customers(conn, STAGER_LOCKS, named | set(aliases.values()))
+            merged_since = await _aliases(conn, named)
+            await lock_customers(conn, STAGER_LOCKS, set(merged_since.values()) - set(aliases.values()) - named)
+            aliases = merged_since
             erased = await erased_at(conn, [customer for customer, _ in unique])
             if erased:
                 # an erased customer's events from before the erasure (a replay, or on their way then) leave
@@ -122,17 +137,37 @@ class StagerStore:
             metrics.DUPLICATES.inc(len(unique) - len(new_events))
             if not new_events:
                 return 0
-            states = await _lock_states(conn, {e.customer_id for e in new_events})
+            states = await _lock_states(conn, (named & {c for e in new_events for c in _ids_of(e)})
+                                        | {aliases.get(e.customer_id, e.customer_id) for e in new_events})
             changes = _Changes()
+            applied: list[Event] = []  # as applied: under the profile their customer's id was merged into
+            merges: list[tuple[str, str]] = []
             for event in new_events:
-                state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+                target = aliases.get(event.customer_id, event.customer_id)
+                if target != event.customer_id:
+                    event = event.model_copy(update={"customer_id": target})
+                    metrics.ALIASED.labels(what="redirected").inc()
+                state = states.setdefault(target, CustomerState(target))
+                merging = None
+                if event.type is EventType.CUSTOMER_MERGED:
+                    previous = event.properties_as(CustomerMergedProperties).previous_id
+                    if previous != target and aliases.get(previous) != target:
+                        merging = states.pop(previous, None)
+                        changes.forget(previous)
+                        merges.append((previous, target))
+                        aliases = {k: target if v == previous else v for k, v in aliases.items()}
+                        aliases[previous] = target
+                        metrics.ALIASED.labels(what="merged").inc()
                 before = state.stage
-                decision = apply_event(state, event, now, self.config)
+                decision = apply_event(state, event, now, self.config, merging)
                 changes.add(decision)
+                applied.append(event)
                 metrics.record_transition(before, state.stage)
             await changes.save(conn, now, self.partitions)
+            for previous, target in merges:
+                await _merged(conn, previous, target, now)
             emails = {cid: state.traits.get("email") for cid, state in states.items()}
-            await record_facts(conn, new_events, emails, self.attribution_days)
+            await record_facts(conn, applied, emails, self.attribution_days)
             # the opt-outs applied here no longer need the fence the ingest API put up for them
             await conn.execute(
                 DELETE_APPLIED_FENCES,
@@ -220,6 +255,28 @@ class StagerStore:
         return len(rows)
 
 
+def _ids_of(event: Event) -> tuple[str, ...]:
+    """The customers an event touches: its own, and for a merge the profile merged."""
+    if event.type is EventType.CUSTOMER_MERGED:
+        return event.customer_id, event.properties_as(CustomerMergedProperties).previous_id
+    return (event.customer_id,)
+
+
+async def _aliases(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
+    return {row.previous_id: row.customer_id for row in await conn.execute(ALIASES_OF, {"ids": sorted(ids)})}
+
+
+async def _merged(conn: AsyncConnection, previous: str, target: str, now: datetime) -> None:
+    """The merged profile is gone (its state joined the target's), its facts are the target's, and its id
+    points at the target, as do the ids that pointed at it."""
+    await conn.execute(REPOINT_ALIASES, {"previous": previous, "target": target})
+    await conn.execute(RECORD_ALIAS, {"previous": previous, "target": target, "now": now})
+    for statement in DELETE_MERGED:
+        await conn.execute(statement, {"previous": previous})
+    for statement in MOVE_MERGED_FACTS:
+        await conn.execute(statement, {"previous": previous, "target": target})
+
+
 class _Changes:
     """What a transaction writes back: states, due times and triggers, in order."""
 
@@ -227,6 +284,11 @@ class _Changes:
         self.states: dict[str, CustomerState] = {}
         self.dues: dict[tuple[str, str], datetime | None] = {}
         self.triggers: list[dict[str, Any]] = []
+
+    def forget(self, customer_id: str) -> None:
+        """A profile merged into another in this batch: nothing of it is written back."""
+        self.states.pop(customer_id, None)
+        self.dues = {key: at for key, at in self.dues.items() if key[0] != customer_id}
 
     def add(self, decision: Decision) -> None:
         customer_id = decision.state.customer_id

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from segment.analytics.client import Client
+from sqlalchemy import text
 
 from lifecycle.scenario import ScenarioRunner, first_plain_key
 
@@ -72,3 +73,37 @@ async def test_the_segment_library_identifies_tracks_and_orders(runner: Scenario
     errors = await asyncio.to_thread(_send, host, "not-a-key", [("track", ("seg-u2", "Signed In"), {})])
     assert errors and "401" in " ".join(errors)
     assert (await runner.http.get("/v1/customers/seg-u2")).status_code == 404
+
+
+async def test_a_visitor_who_identifies_gets_the_reminder_of_the_cart_they_filled_anonymously(
+        runner: ScenarioRunner) -> None:
+    await runner.configure(HERE, {})
+    await runner.reset(datetime.now(UTC).replace(microsecond=0))
+    settings = runner.settings
+    host = f"http://127.0.0.1:{settings.ingest_port}"
+    key = first_plain_key(settings.api_keys, "LIFECYCLE_API_KEYS")
+    mug = {"product_id": "p-mug", "name": "Mug", "price": 12.5, "currency": "EUR"}
+    browsing: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("track", (None, "Product Viewed"), {"properties": mug, "anonymous_id": "v-42"}),
+        ("track", (None, "Product Added"), {"properties": {**mug, "cart_id": "k-7", "quantity": 2},
+                                            "anonymous_id": "v-42"}),
+        ("identify", ("seg-u7",), {"traits": {"email": "visitor@example.com", "consent": "opted_in"},
+                                   "anonymous_id": "v-42"}),
+    ]
+    assert await asyncio.to_thread(_send, host, key, browsing) == []
+    await runner.watch.advance_to(datetime.now(UTC) + timedelta(seconds=1))
+    assert [(d.to, d.journey) for d in runner.new_emails()] == [("visitor@example.com", "prospect_welcome")]
+    # a call of the visitor still on its way when they identified lands on the customer's profile
+    late = [("track", (None, "Product Viewed"), {"properties": {**mug, "product_id": "p-cup", "name": "Cup"},
+                                                "anonymous_id": "v-42"}),
+            ("alias", ("v-42", "seg-u7"), {})]
+    assert await asyncio.to_thread(_send, host, key, late) == []
+    await runner.watch.advance_to(datetime.now(UTC) + timedelta(seconds=2))
+    assert (await runner.http.get("/v1/customers/anonymous:v-42")).status_code == 404  # merged, gone
+    async with runner.engine.connect() as conn:
+        state = (await conn.execute(text("SELECT state FROM customers WHERE customer_id = 'seg-u7'"))).scalar_one()
+    assert {"p-mug", "p-cup"} <= set(state["viewed"]) and state["cart"]["cart_id"] == "k-7"
+    # the cart the visitor filled is abandoned under their name: the first reminder shows the mug
+    await runner.watch.advance_to(await runner.watch.clock.now() + timedelta(hours=1, minutes=5))
+    reminders = [d for d in runner.new_emails() if d.journey == "abandoned_cart"]
+    assert [(d.to, d.step) for d in reminders] == [("visitor@example.com", 1)] and "Mug" in reminders[0].body

@@ -60,6 +60,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "customer_updated": {"traits": {"birthday": "--02-29", "consent": "opted_in"}},
     "consent_confirmed": {},
+    "customer_merged": {"properties": {"previous_id": "anonymous:a-77"}},
     "unsubscribed": {"properties": {"message_id": "m1"}},
     "page_viewed": {"properties": {"url": "https://shop.example/p/1"}},
     "product_viewed": {"properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}},

@@ -642,7 +642,7 @@ ANSWERS = {
     ("get", "/v1/admin/journeys/{name}"): {"200", "401", "403", "404", "422", "503"},
     ("get", "/v1/admin/segments/preview"): {"200", "400", "401", "403", "404", "422", "503"},
     **{("post", f"/v1/{call}"): {"200", "400", "401", "403", "429", "503"}
-       for call in ("identify", "track", "page", "batch")},
+       for call in ("identify", "track", "page", "alias", "batch")},
     ("post", "/v1/admin/campaigns"): {"200", "201", "400", "401", "403", "409", "413", "415", "422", "503"},
     ("get", "/v1/admin/campaigns"): {"200", "401", "403", "503"},
     ("get", "/v1/admin/campaigns/{name}"): {"200", "401", "403", "404", "422", "503"},

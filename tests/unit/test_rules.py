@@ -317,3 +317,57 @@ def test_to_json_round_trip() -> None:
     for e in STORY:
         apply_event(state, e, T0, CONFIG)
     assert CustomerState.from_json(state.to_json()).to_json() == state.to_json()
+
+
+def _visitor() -> CustomerState:
+    """An anonymous visitor: two views of one product, then a cart."""
+    visitor = CustomerState("anonymous:v1")
+    for minutes in (0, 5):
+        apply_event(visitor, event("product_viewed", T0 + timedelta(minutes=minutes),
+                                   properties={"product_id": "p-mug", "name": "Mug", "price": 12}), T0, CONFIG)
+    apply_event(visitor, cart([{"product_id": "p-mug", "name": "Mug", "quantity": 1, "price": 12}],
+                              T0 + timedelta(minutes=10)), T0, CONFIG)
+    return visitor
+
+
+def test_a_merged_visitors_cart_and_views_become_the_customers() -> None:
+    state = CustomerState("c1")
+    apply_event(state, event("customer_signed_up", T0 - timedelta(days=1),
+                             traits={"email": "a@example.com", "consent": "opted_in"}), T0, CONFIG)
+    visitor = _visitor()
+    now = T0 + timedelta(minutes=20)
+    merged = apply_event(state, event("customer_merged", now, properties={"previous_id": "anonymous:v1"}), now,
+                         CONFIG, merging=visitor)
+    assert state.cart is not None and state.cart.cart_id == "k1" and not state.cart.abandoned
+    assert merged.dues[DueKind.CART] == T0 + timedelta(minutes=10 + CONFIG.cart_abandon_minutes)
+    assert "p-mug" in state.viewed and state.browsing == []  # the cart ended the browsing
+    assert state.first_seen_at == T0 - timedelta(days=1) and state.traits["email"] == "a@example.com"
+    assert state.consent == "opted_in"
+    # the same merge again (a retry): nothing more to take
+    again = apply_event(state, event("customer_merged", now, properties={"previous_id": "anonymous:v1"}), now,
+                        CONFIG, merging=None)
+    assert again.triggers == [] and DueKind.CART not in again.dues
+
+
+def test_a_merge_takes_traits_by_event_time_and_never_an_older_cart_or_a_taken_one() -> None:
+    state = CustomerState("c1")
+    apply_event(state, event("customer_updated", T0, traits={"first_name": "Ana"}), T0, CONFIG)
+    apply_event(state, order("o1", T0 + timedelta(hours=1)), T0, CONFIG)
+    old = CustomerState("old-7")
+    apply_event(old, event("customer_updated", T0 - timedelta(days=3), traits={"first_name": "A.", "locale": "fr"}),
+                T0, CONFIG)
+    apply_event(old, event("customer_updated", T0 + timedelta(days=1), traits={"consent": "opted_out"}), T0, CONFIG)
+    apply_event(old, order("o0", T0 - timedelta(days=30), value=40.0), T0, CONFIG)
+    apply_event(old, cart([{"product_id": "p2", "name": "Cap", "quantity": 1, "price": 9}], T0), T0, CONFIG)
+    later = T0 + timedelta(days=2)
+    decision = apply_event(state, event("customer_merged", later, properties={"previous_id": "old-7"}), later,
+                           CONFIG, merging=old)
+    assert state.traits["first_name"] == "Ana" and state.traits["locale"] == "fr"  # the newer value of each
+    assert state.consent == "opted_out"  # the newest consent fact of either
+    assert sorted(state.orders) == ["o0", "o1"] and state.stage == "active"
+    assert state.cart is None  # the cart was older than the customer's order, which took it
+    assert "consent_changed" in trigger_types(decision) and "stage_changed" in trigger_types(decision)
+    same = CustomerState("c2")
+    apply_event(same, event("customer_merged", later, properties={"previous_id": "c2"}), later, CONFIG,
+                merging=same)  # a merge into itself changes nothing
+    assert same.orders == {} and same.cart is None

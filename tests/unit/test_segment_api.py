@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lifecycle.clock import ManualClock
-from lifecycle.events import Event
+from lifecycle.events import CustomerMergedProperties, Event, EventType
 from lifecycle.events.kinds import Consent
 from lifecycle.events.models import TrackProperties
 from lifecycle.segmentio import read_call
@@ -133,8 +133,11 @@ async def test_what_cannot_be_read_is_a_400_and_nothing_is_kept() -> None:
                            ("/v1/track", {"userId": " u", "event": "x"}),
                            ("/v1/track", {"userId": "u", "event": "x", "properties": []}),
                            ("/v1/page", {"userId": "u", "name": {}}),
+                           ("/v1/alias", {"userId": "u"}),
+                           ("/v1/alias", {"anonymousId": "a", "previousId": "b"}),
                            ("/v1/batch", {"batch": [{"type": "track", "userId": "u", "event": "ok"},
-                                                    {"type": "alias", "userId": "u", "previousId": "a"}]})]:
+                                                    {"type": "alias", "userId": "u", "previousId": " a"}]}),
+                           ("/v1/batch", {"batch": [{"type": "screen", "userId": "u"}]})]:
             answer = await client.post(path, json=body, headers=BASIC)
             assert answer.status_code == 400 and answer.json()["success"] is False, (path, answer.text)
             assert answer.json()["code"] == "invalid_request" and answer.json()["message"]
@@ -152,3 +155,27 @@ async def test_kafka_unavailable_is_a_503_to_retry() -> None:
     async with lifespan_client(_app(producer)) as client:
         answer = await client.post("/v1/track", json={"userId": "u", "event": "x"}, headers=BASIC)
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+
+
+async def test_an_identify_with_both_ids_and_an_alias_merge_the_visitors_profile() -> None:
+    producer = FakeProducer()
+    async with lifespan_client(_app(producer)) as client:
+        identify = {"userId": "u9", "anonymousId": "v-1", "messageId": "i-1", "traits": {"email": "u9@example.com"}}
+        assert (await client.post("/v1/identify", json=identify, headers=BASIC)).status_code == 200
+        again = await client.post("/v1/identify", json=identify, headers=BASIC)  # a retry: the same events
+        assert again.status_code == 200
+        alias = {"type": "alias", "userId": "u9", "previousId": "old-7", "messageId": "a-1"}
+        assert (await client.post("/v1/batch", json={"batch": [alias]}, headers=BASIC)).status_code == 200
+    events = published(producer)
+    merged = [(e.customer_id, e.properties_as(CustomerMergedProperties).previous_id)
+              for e in events if e.type is EventType.CUSTOMER_MERGED]
+    assert [e.type for e in events[:2]] == [EventType.CUSTOMER_IDENTIFIED, EventType.CUSTOMER_MERGED]
+    assert merged == [("u9", "anonymous:v-1"), ("u9", "anonymous:v-1"),
+                      ("u9", "anonymous:old-7"), ("u9", "old-7")]
+    assert events[1].event_id == events[3].event_id  # the retry's merge counts once downstream
+    assert len({e.event_id for e in events[4:]}) == 2
+    # a visitor identifying without a userId, and a customer without an anonymousId, merge nothing
+    assert read_call({"anonymousId": "v-2", "traits": {}}, "identify", NOW).merges == ()
+    assert read_call({"userId": "u9", "traits": {}}, "identify", NOW).merges == ()
+    same = read_call({"userId": "u9", "previousId": "u9"}, "alias", NOW)
+    assert [e.properties_as(CustomerMergedProperties).previous_id for e in same.events] == ["anonymous:u9"]
