@@ -9,6 +9,8 @@ from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
+import aiosmtplib
+
 ORIGINAL = ("From: Shop <hello@shop.example>\nTo: {to}\nSubject: Welcome\nMessage-ID: {message_id}\n"
             "Return-Path: <{return_path}>\n\nHello\n")
 
@@ -71,3 +73,16 @@ def arf(to: str, return_path: str, feedback_type: str = "abuse",
     original.set_payload("Hello\n")
     report.attach(MIMEMessage(original))
     return report.as_bytes()
+
+
+async def send_report(host: str, port: int, raw: bytes, recipients: list[str]) -> aiosmtplib.SMTPResponse | Exception:
+    """Hand a report over SMTP as a reporting MTA does (null sender): the answer to DATA, or the error the
+    server gave (SMTPRecipientsRefused for refused recipients, SMTPDataError for an answer to DATA)."""
+    smtp = aiosmtplib.SMTP(hostname=host, port=port, timeout=10, local_hostname="mx.example.com")
+    try:
+        async with smtp:
+            errors, response = await smtp.sendmail("", recipients, raw)
+    except aiosmtplib.SMTPException as exc:
+        return exc
+    assert not errors, errors
+    return aiosmtplib.SMTPResponse(250, response)
