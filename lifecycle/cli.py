@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "LIFECYCLE_INGEST_WORKERS, 1)")
     bounces = sub.add_parser("bounces", help="run the receiver of bounces and complaints (SMTP or LMTP) of the "
                              "bounce domain (docs/sending.md)")
-    bounces.add_argument("--host", help="address to listen on (default: LIFECYCLE_BOUNCES_HOST, 127.0.0.1)")
+    bounces.add_argument("--host", help="address to listen on (default: LIFECYCLE_INGEST_HOST, as every service)")
     bounces.add_argument("--port", type=_port, help="port to listen on (default: LIFECYCLE_BOUNCES_PORT, 2526)")
     bounces.add_argument("--lmtp", action="store_true",
                          help="speak LMTP (RFC 2033), for an MTA that hands the bounce domain's mail over by LMTP")

@@ -122,8 +122,7 @@ class Settings(BaseSettings):
     ingest_workers: int = Field(default=1, ge=1, le=64)
     stager_port: int = 8081
     dispatcher_port: int = 8082
-    # `lifecycle bounces`: the SMTP (or LMTP) receiver of bounce and complaint reports, and its probes
-    bounces_host: str = "127.0.0.1"
+    # `lifecycle bounces`: the SMTP (or LMTP) receiver of bounce and complaint reports, and its probes (on ingest_host)
     bounces_port: int = 2526
     bounces_metrics_port: int = 8084
     # the domain of the VERP envelope senders (bounces+<signed send id>@...); empty: mail_from's domain

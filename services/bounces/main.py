@@ -99,4 +99,4 @@ async def serve(settings: Settings, host: str, port: int, lmtp: bool = False) ->
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None, lmtp: bool = False) -> None:
-    run_service(serve(settings, host or settings.bounces_host, port or settings.bounces_port, lmtp))
+    run_service(serve(settings, host or settings.ingest_host, port or settings.bounces_port, lmtp))
