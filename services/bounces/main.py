@@ -59,7 +59,8 @@ async def serve(settings: Settings, host: str, port: int, lmtp: bool = False) ->
     async def look_up(send_ids: Sequence[int]) -> Mapping[int, SentMessage]:
         async with engine.connect() as conn:
             rows = (await conn.execute(SEND_OF, {"ids": list(send_ids)})).all()
-        return {row.send_id: SentMessage(row.customer_id, row.message_id) for row in rows}
+        return {row.send_id: SentMessage(row.customer_id, row.message_id, row.to_address, row.email)
+                for row in rows}
 
     domain = settings.bounce_domain_name
     handler = BounceHandler(keys, domain, look_up, publish, clock, lmtp=lmtp)

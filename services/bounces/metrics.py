@@ -8,7 +8,8 @@ REPORTS = Counter(
     "lifecycle_bounces_reports_total",
     "Reports received at a signed bounce address, per send named, by outcome: hard_bounce, soft_bounce, complaint "
     "(each published as an event), ignored (delivered, relayed, an auto-reply, feedback that is no complaint), "
-    "unreadable, unknown_send (signed, but the send is no longer known), deferred (answered 451: PostgreSQL or "
+    "unreadable, unknown_send (signed, but the send is no longer known), address_changed (the customer has another "
+    "address since the send: nothing published), deferred (answered 451: PostgreSQL or "
     "Kafka did not answer; the reporting server tries again).",
     ["outcome"],
 )

@@ -5,7 +5,8 @@
 - DATA: the report is read (lifecycle/bounce_reports.py); a hard or soft bounce becomes an
   `email_bounced` event, a complaint an `email_complained` event, for the customer and message of the
   send named by the address. The event id is made of the send and the kind (`bounce-hard:<send id>`),
-  so a report delivered twice, or the second warning about the same delayed send, counts once.
+  so a report delivered twice, or the second warning about the same delayed send, counts once. A report
+  about an address the customer no longer has is dropped: its event would suppress the new one.
 - 250 only once Kafka acknowledged the events; 451 when PostgreSQL or Kafka does not answer in time,
   so that the reporting server keeps the report and tries again: nothing is lost.
 """
@@ -43,6 +44,14 @@ ONE_RECIPIENT: Final = "452 4.5.3 one recipient per transaction"
 class SentMessage:
     customer_id: str
     message_id: str
+    to_address: str | None = None
+    current_address: str | None = None  # the customer's address now (None: unknown)
+
+    @property
+    def address_changed(self) -> bool:
+        """The customer has another address since: a report about the old one says nothing of the new."""
+        return (self.to_address is not None and self.current_address is not None
+                and self.to_address.lower() != self.current_address.lower())
 
 
 LookUp = Callable[[Sequence[int]], Awaitable[Mapping[int, SentMessage]]]
@@ -125,6 +134,11 @@ class BounceHandler:
             if found is None:
                 metrics.REPORTS.labels(outcome="unknown_send").inc()
                 log.warning("%s for send %d, which is not (or no longer) in the sends table", report.kind, send_id)
+                continue
+            if found.address_changed:  # the events would suppress the customer's new address
+                metrics.REPORTS.labels(outcome="address_changed").inc()
+                log.info("%s for send %d ignored: customer %s has another address since", report.kind, send_id,
+                         found.customer_id)
                 continue
             try:
                 events.append(report_event(report, send_id, found, now))

@@ -193,3 +193,21 @@ async def test_a_forged_or_unsigned_bounce_address_publishes_nothing(bounces: Se
     assert await _metric(bounces, "lifecycle_bounces_refused_recipients_total") - refused == len(forged)
     await fresh.watch.wait_idle()
     assert await _suppressed(fresh, "c-forged", "dan@example.com") == (None, None)
+
+
+async def test_a_report_about_an_address_the_customer_has_changed_since_suppresses_nothing(
+        bounces: Settings, fresh: ScenarioRunner) -> None:
+    await _signup(fresh, "c-moved", "eve@example.com")
+    await fresh.watch.wait_idle()
+    verp = _envelope_sender(bounces, "eve@example.com")
+    response = await fresh.http.post("/v1/events", json={
+        "event_id": "moved-c-moved", "type": "customer_updated", "customer_id": "c-moved",
+        "occurred_at": (START + timedelta(minutes=5)).isoformat(), "traits": {"email": "eve@new.example"}})
+    assert response.status_code == 202, response.text
+    await fresh.watch.wait_idle()
+    moved = await _metric(bounces, "lifecycle_bounces_reports_total", outcome="address_changed")
+    answer = await _report(bounces, dsn("eve@example.com", verp), verp)
+    assert isinstance(answer, aiosmtplib.SMTPResponse) and answer.code == 250
+    await fresh.watch.wait_idle()
+    assert await _suppressed(fresh, "c-moved", "eve@new.example") == (None, None)
+    assert await _metric(bounces, "lifecycle_bounces_reports_total", outcome="address_changed") - moved == 1

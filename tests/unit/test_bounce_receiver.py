@@ -25,7 +25,9 @@ from tests.unit.test_smtp import _free_port
 KEYS = SigningKeys("k1", {"k1": "bounce-test-secret"})
 DOMAIN = "bounces.shop.example"
 NOW = datetime(2026, 9, 7, 9, 0, tzinfo=UTC)
-SENDS = {41: SentMessage("c-ana", "<7.1.aa@shop.example>"), 42: SentMessage("c-bob", "<8.1.bb@shop.example>")}
+SENDS = {41: SentMessage("c-ana", "<7.1.aa@shop.example>", "ana@example.com", "Ana@Example.com"),
+         42: SentMessage("c-bob", "<8.1.bb@shop.example>"),
+         43: SentMessage("c-cid", "<9.1.cc@shop.example>", "cid@example.com", "cid@elsewhere.example")}
 
 
 class Memory:
@@ -146,19 +148,21 @@ async def test_a_report_that_could_not_be_recorded_is_answered_451_and_taken_whe
     assert [e.event_id for e in memory.published] == ["bounce-hard:41"]
 
 
-async def test_reports_that_ask_nothing_or_name_an_unknown_send_are_taken_and_counted(receiver: int,
+async def test_reports_that_ask_nothing_or_are_about_no_current_address_are_taken_and_counted(receiver: int,
                                                                                      memory: Memory) -> None:
-    counts = {o: _count("lifecycle_bounces_reports_total", outcome=o) for o in ("ignored", "unknown_send",
-                                                                               "unreadable")}
+    outcomes = ("ignored", "unknown_send", "unreadable", "address_changed")
+    counts = {o: _count("lifecycle_bounces_reports_total", outcome=o) for o in outcomes}
     known, unknown = bounce_address(KEYS, 41, DOMAIN), bounce_address(KEYS, 99, DOMAIN)
+    moved = bounce_address(KEYS, 43, DOMAIN)  # the customer has another address since that send
     for raw, rcpt in [(dsn("ana@example.com", known, action="delivered", status="2.0.0"), known),
                       (b"From: ana@example.com\r\nSubject: hi\r\n\r\njust a note\r\n", known),
-                      (dsn("zoe@example.com", unknown), unknown)]:
+                      (dsn("zoe@example.com", unknown), unknown),
+                      (arf("cid@example.com", moved), moved)]:
         answer = await _send(receiver, raw, [rcpt])
         assert isinstance(answer, aiosmtplib.SMTPResponse) and answer.code == 250
     assert memory.published == []
     assert {o: _count("lifecycle_bounces_reports_total", outcome=o) - n for o, n in counts.items()} == {
-        "ignored": 1, "unknown_send": 1, "unreadable": 1}
+        "ignored": 1, "unknown_send": 1, "unreadable": 1, "address_changed": 1}
 
 
 async def test_lmtp_takes_one_recipient_per_transaction(memory: Memory) -> None:
