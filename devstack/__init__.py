@@ -65,6 +65,8 @@ def private_settings(run_dir: Path, offset: int, **overrides: object) -> Setting
         "ingest_metrics_port": Settings.model_fields["ingest_metrics_port"].default + offset,
         "stager_port": Settings.model_fields["stager_port"].default + offset,
         "dispatcher_port": Settings.model_fields["dispatcher_port"].default + offset,
+        "bounces_port": Settings.model_fields["bounces_port"].default + offset,
+        "bounces_metrics_port": Settings.model_fields["bounces_metrics_port"].default + offset,
     }
     return Settings.model_validate({**values, **overrides})
 

@@ -33,7 +33,13 @@ def _workers(value: str) -> int:
     return int(value)
 
 
-def cmd_service(name: str, workers: int | None = None) -> int:
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number from 1 to 65535")
+    return int(value)
+
+
+def cmd_service(name: str, workers: int | None = None, listen: argparse.Namespace | None = None) -> int:
     from lifecycle.campaign_catalog import CampaignFileError
     from lifecycle.journey_files import JourneyError
     from lifecycle.runtime import StartupError, setup_logging
@@ -55,6 +61,11 @@ def cmd_service(name: str, workers: int | None = None) -> int:
             from services.stager.main import run as run_stager
 
             run_stager(settings)
+        elif name == "bounces":
+            from services.bounces.main import run as run_bounces
+
+            run_bounces(settings, getattr(listen, "host", None), getattr(listen, "port", None),
+                        bool(getattr(listen, "lmtp", False)))
         else:
             from services.dispatcher.main import run as run_dispatcher
 
@@ -361,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
             service.add_argument("--workers", type=_workers, default=None, metavar="N",
                                  help="processes serving the API on its one port (default: "
                                  "LIFECYCLE_INGEST_WORKERS, 1)")
+    bounces = sub.add_parser("bounces", help="run the receiver of bounces and complaints (SMTP or LMTP) of the "
+                             "bounce domain (docs/sending.md)")
+    bounces.add_argument("--host", help="address to listen on (default: LIFECYCLE_INGEST_HOST, as every service)")
+    bounces.add_argument("--port", type=_port, help="port to listen on (default: LIFECYCLE_BOUNCES_PORT, 2526)")
+    bounces.add_argument("--lmtp", action="store_true",
+                         help="speak LMTP (RFC 2033), for an MTA that hands the bounce domain's mail over by LMTP")
     sub.add_parser("migrate", help="apply database migrations (Alembic)")
     doctor = sub.add_parser("doctor", help="check the configuration as a mailbox provider would: SPF, DKIM and "
                             "DMARC in DNS, the https public URL, the postal address, development secrets, "
@@ -464,8 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("ingest", "stager", "dispatcher"):
-            return cmd_service(args.command, getattr(args, "workers", None))
+        if args.command in ("ingest", "stager", "dispatcher", "bounces"):
+            return cmd_service(args.command, getattr(args, "workers", None), args)
         if args.command == "migrate":
             return cmd_migrate()
         if args.command == "doctor":

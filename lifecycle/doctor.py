@@ -5,7 +5,8 @@ Findings, each one plain line saying what is right, or what is wrong and what to
 - the settings: the production environment, no development key or secret (`insecure_defaults` of each
   service), an https public URL that recipients can reach, the shop's postal address;
 - the SMTP relay: it answers, with TLS and AUTH as configured;
-- DNS, through the system resolver (or `--nameserver`): one SPF record on the envelope sender's domain,
+- DNS, through the system resolver (or `--nameserver`): one SPF record on the envelope sender's domain
+  (the bounce domain),
   the DKIM public key published under the selector matching the private key the dispatcher signs with,
   a DMARC record with a policy, and the DKIM domain aligned with the From domain.
 
@@ -305,8 +306,10 @@ def diagnose(settings: Settings, lookup: TxtLookup, services: Sequence[str] = tu
         findings.append(Finding("fail", "From", f"LIFECYCLE_MAIL_FROM ({settings.mail_from}) has no domain: set an "
                                 "address like Shop <hello@shop.example>"))
         return findings
-    # SMTP's MAIL FROM is the From address: SPF is checked on its domain
-    findings += _dns("SPF", lambda: spf_findings(from_domain, lookup(from_domain)))
+    # SMTP's MAIL FROM is each send's VERP address at the bounce domain (LIFECYCLE_BOUNCE_DOMAIN, else the
+    # From address's): SPF is checked there
+    envelope_domain = settings.bounce_domain_name.rstrip(".")
+    findings += _dns("SPF", lambda: spf_findings(envelope_domain, lookup(envelope_domain)))
     findings += _dns("DKIM", lambda: dkim_findings(settings, lookup))
 
     def dmarc() -> list[Finding]:

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The id under which LIFECYCLE_SIGNING_SECRET signs and verifies; no entry of LIFECYCLE_SIGNING_KEYS may take it.
 SIGNING_SECRET_KEY_ID: Final = "secret"
 _SIGNING_KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_DOMAIN: Final = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
 
 
 def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
@@ -139,6 +140,11 @@ class Settings(BaseSettings):
     ingest_workers: int = Field(default=1, ge=1, le=64)
     stager_port: int = 8081
     dispatcher_port: int = 8082
+    # `lifecycle bounces`: the SMTP (or LMTP) receiver of bounce and complaint reports, and its probes (on ingest_host)
+    bounces_port: int = 2526
+    bounces_metrics_port: int = 8084
+    # the domain of the VERP envelope senders (bounces+<signed send id>@...); empty: mail_from's domain
+    bounce_domain: str = ""
 
     # Comma-separated keys, plain or `sha256:<hex>` (store hashes). Write keys may only send events;
     # admin keys read customers (and the admin routes).
@@ -180,6 +186,8 @@ class Settings(BaseSettings):
     backfill_hours: int = 24
     birthday_hour: int = 9
     sunset_days: int = 365
+    # soft bounces in a row (no open or click between them) that suppress the address like a hard bounce
+    soft_bounce_limit: int = Field(default=3, ge=1)
 
     # Journeys and templates
     journeys_dir: Path | None = None
@@ -264,6 +272,14 @@ class Settings(BaseSettings):
                              f"smtp_timeout_seconds plus 5 s ({needed:g})")
         return self
 
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str) -> str:
+        domain = value.strip().lower()
+        if domain and not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"expected a domain name such as bounces.shop.example, got {value!r}")
+        return domain
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _forwarded_allow_ips(cls, value: str) -> str:
@@ -318,6 +334,11 @@ class Settings(BaseSettings):
     def mail_from_address(self) -> str:
         return _address_of(self.mail_from)
 
+    @property
+    def bounce_domain_name(self) -> str:
+        """Where bounces and complaints come back: LIFECYCLE_BOUNCE_DOMAIN, else the domain of mail_from."""
+        return self.bounce_domain or self.mail_from_address.rpartition("@")[2].lower() or "lifecycle.local"
+
     def as_environment(self) -> dict[str, str]:
         """These settings as LIFECYCLE_* variables, to hand to a child process."""
         env: dict[str, str] = {}
@@ -332,6 +353,7 @@ SERVICE_SECRETS: Final[Mapping[str, tuple[str, ...]]] = {
     "ingest": ("api_keys", "admin_keys", "signing"),
     "stager": (),  # it signs nothing and serves no API
     "dispatcher": ("signing",),  # the links in emails and the Message-IDs
+    "bounces": ("signing",),  # verifies the VERP addresses the dispatcher signed
 }
 LOCAL_HINT: Final = "(or LIFECYCLE_ENVIRONMENT=local for a local stack)"
 
@@ -380,6 +402,7 @@ SERVICE_RECIPIENT_SETTINGS: Final[Mapping[str, tuple[str, ...]]] = {
     "ingest": ("public_url",),  # the unsubscribe, preference and confirmation pages, the tracked links
     "stager": (),
     "dispatcher": ("public_url", "sender_address"),  # the links and List-Unsubscribe in emails, the footer
+    "bounces": (),  # it reads reports and shows recipients nothing
 }
 
 

@@ -404,7 +404,8 @@ class Sender:
                   stop: asyncio.Event | None = None,
                   admit: Admit[E] | None = None,
                   finish_by: Callable[[E], float] | None = None,
-                  attempt_seconds: float = 0.0) -> list[tuple[E, float]]:
+                  attempt_seconds: float = 0.0,
+                  envelope_sender: Callable[[E], str] | None = None) -> list[tuple[E, float]]:
         """Send `items`, concurrently over the pool, each when the rate limits allow.
 
         `on_outcome(item, outcome, seconds)` runs right after each attempt, before its connection may carry
@@ -417,6 +418,7 @@ class Sender:
         item with less than `attempt_seconds` left does not start (it comes back), and a started one is
         cut off then (a retry).
         `prepare` turns an item into the bytes to send (DKIM signing, off the loop); it runs just before sending.
+        `envelope_sender(item)` is the item's MAIL FROM (its own bounce address); without it, `mail_from`.
         Once `stop` is set (SIGTERM), no send starts either: the sends in flight finish, the rest comes back.
         """
         queues: dict[str, deque[E]] = {}
@@ -435,7 +437,8 @@ class Sender:
                 async def record(outcome: Outcome) -> None:
                     await on_outcome(item, outcome, self.clock() - started)
 
-                await self.transport.send(self.mail_from, item.to_address, message, timeout=timeout, after=record)
+                sender = envelope_sender(item) if envelope_sender is not None else self.mail_from
+                await self.transport.send(sender, item.to_address, message, timeout=timeout, after=record)
             finally:
                 self._slots.release()
 

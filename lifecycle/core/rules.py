@@ -46,6 +46,7 @@ class RuleConfig:
     cart_abandon_minutes: float = 60
     backfill_hours: int = 24
     birthday_hour: int = 9
+    soft_bounce_limit: int = 3  # soft bounces in a row (no open or click between) that suppress the address
 
 
 @dataclass
@@ -192,6 +193,8 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
                 state.set_trait(name, None if value is None else str(value), at)
                 if name == "email" and state.traits.get(name) != previous:
                     state.suppressed = None  # a suppression belongs to the address it was earned by
+                    if previous is not None:  # soft bounces too; a first address is the one they were for
+                        state.soft_bounces = []
         if "unsubscribed_categories" in traits:
             categories = traits["unsubscribed_categories"]
             chosen = sorted({str(c) for c in categories}) if isinstance(categories, list | tuple) else []
@@ -231,6 +234,9 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
     elif kind in (EventType.EMAIL_OPENED, EventType.EMAIL_CLICKED):
         if state.last_engagement_at is None or at > state.last_engagement_at:
             state.last_engagement_at = at
+            # the mailbox works: soft bounces before this are no longer in a row
+            engaged = stamp(at)
+            state.soft_bounces = [b for b in state.soft_bounces if b > engaged]
         if kind is EventType.EMAIL_CLICKED:
             state.last_click_at = max(state.last_click_at or at, at)
         applier.emit(
@@ -243,6 +249,8 @@ def apply_event(state: CustomerState, event: Event, now: datetime, config: RuleC
                 "message_id": _prop(event, "message_id"),
             },
         )
+    elif kind is EventType.EMAIL_BOUNCED and _prop(event, "kind") == "soft":
+        _soft_bounce(applier, at)
     elif kind in (EventType.EMAIL_BOUNCED, EventType.EMAIL_COMPLAINED):
         state.suppressed = "bounced" if kind is EventType.EMAIL_BOUNCED else "complained"
     elif kind is EventType.PRODUCT_VIEWED:
@@ -289,6 +297,23 @@ def _merge(applier: _Applier, source: CustomerState) -> None:
         state.browsing = [[p, seen] for p, seen in views if seen > stamp(latest - BROWSE_WINDOW)][-BROWSE_KEPT:]
         if not applier.backfill and browsing_qualifies(state.browsing):
             applier.decision.dues[DueKind.BROWSE] = latest + BROWSE_QUIET
+
+
+def _soft_bounce(applier: _Applier, at: datetime) -> None:
+    """A temporary failure: counted; soft_bounce_limit of them in a row (no open or click after the first)
+    suppress the address like a hard bounce. A suppression stays even if an open older than the bounces
+    arrives later: like the suppression list, it is only lifted by a new address."""
+    state = applier.state
+    if state.last_engagement_at is not None and at <= state.last_engagement_at:
+        return  # the mailbox worked after this one
+    bounced = stamp(at)
+    if bounced not in state.soft_bounces:
+        state.soft_bounces.append(bounced)
+        state.soft_bounces.sort()
+    limit = applier.config.soft_bounce_limit
+    del state.soft_bounces[:-limit]  # only the last of the row matter
+    if len(state.soft_bounces) >= limit and state.suppressed is None:
+        state.suppressed = "bounced"
 
 
 def _prop(event: Event, name: str) -> Any:

@@ -149,6 +149,8 @@ class CustomerState:
     # the product views of the last 24 hours, oldest first (browse abandonment): [product id, stamp]
     browsing: list[list[str]] = field(default_factory=list)
     browse_abandoned_at: datetime | None = None  # the latest browse_abandoned trigger
+    # the soft bounces since the last open or click, as stamps, oldest first (at most the limit that suppresses)
+    soft_bounces: list[str] = field(default_factory=list)
 
     def record_view(self, product_id: str, seen: str, name: str | None = None, price: float | None = None,
                     currency: str | None = None) -> None:
@@ -225,6 +227,7 @@ class CustomerState:
             "viewed": self.viewed,
             "browsing": self.browsing,
             "browse_abandoned_at": _iso(self.browse_abandoned_at),
+            "soft_bounces": self.soft_bounces,
         }
 
     @classmethod
@@ -248,6 +251,7 @@ class CustomerState:
             # [product id, stamp] pairs; anything else (an older shape) is dropped, not misread
             browsing=[v for v in data.get("browsing", []) if isinstance(v, list)],
             browse_abandoned_at=_dt(data.get("browse_abandoned_at")),
+            soft_bounces=[b for b in data.get("soft_bounces", []) if isinstance(b, str)],
         )
 
 

@@ -222,6 +222,9 @@ class EmailBouncedProperties(Properties):
     message_id: Identifier | None = None
     reason: Annotated[str, Field(min_length=1, max_length=1024, json_schema_extra={"pattern": TEXT_PATTERN}),
                       AfterValidator(_check_text)] | None = None
+    kind: Literal["hard", "soft"] | None = Field(
+        default=None, description="hard (the default): the address does not take mail, suppressed at once; soft: "
+        "a temporary failure, suppressed after LIFECYCLE_SOFT_BOUNCE_LIMIT in a row without an open or click")
 
 
 class EmailComplainedProperties(Properties):

@@ -8,6 +8,9 @@ One `Delivery` per dispatcher keeps its SMTP connections, rate-limit buckets and
 - 4xx, lost connection, timeout: due again after a backoff (a row, not a sleep), `failed` after
   smtp_max_attempts;
 - 5xx to RCPT or DATA: `failed` and the address suppressed, in one transaction.
+
+Each send goes with its own envelope sender, a signed VERP address (lifecycle/verp.py): the reports
+that mail sends later (bounces, complaints) come back to `lifecycle bounces` naming their send.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 
 from lifecycle.settings import Settings
 from lifecycle.smtp import Outcome, Sender, SmtpConfig, SmtpPool
+from lifecycle.verp import bounce_address
 from services.dispatcher import metrics
 from services.dispatcher.recording import SentRecorder
 from services.dispatcher.rendering import Renderer
@@ -47,6 +51,7 @@ class Delivery:
         self.settings = settings
         self.renderer = renderer
         self.sender = Sender(config, settings.mail_from_address)
+        self.bounce_domain = settings.bounce_domain_name
         self.recorder = SentRecorder(store.mark_sent_many)
         self._opened = 0  # connections counted in the metric so far
         log.info("SMTP to %s:%d (tls %s, pool %d, %s), DKIM %s", config.host, config.port, config.tls,
@@ -137,11 +142,16 @@ class Delivery:
             # signed now (the key configured now, the time it goes)
             return item.signed if item.signed is not None else await renderer.sign(item.message)
 
+        keys, bounce_domain = store.keys, self.bounce_domain
+
+        def envelope_sender(item: Outgoing) -> str:
+            return bounce_address(keys, item.send_id, bounce_domain)
+
         postponed = await self.sender.run(
             batch, record, budget=max(1.0, settings.send_lease_seconds / 2),
             prepare=sign if renderer.signs else None, stop=stop, admit=admit,
             finish_by=lambda item: item.lease_deadline - RECORD_MARGIN_SECONDS,
-            attempt_seconds=attempt_seconds(settings),
+            attempt_seconds=attempt_seconds(settings), envelope_sender=envelope_sender,
         )
         if postponed:
             await store.postpone_sends(postponed)

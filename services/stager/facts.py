@@ -42,17 +42,28 @@ def _prop(event: Event, name: str) -> Any:
     return getattr(event.properties, name, None) if event.properties is not None else None
 
 
+def _email_kind(event: Event) -> str | None:
+    kind = EMAIL_KINDS.get(event.type)
+    if kind == "bounced" and _prop(event, "kind") == "soft":
+        return "soft_bounced"  # not a bounce of the email in the report: its MTA may still deliver it
+    return kind
+
+
 async def record_facts(conn: AsyncConnection, events: list[Event], emails: dict[str, str | None],
-                       attribution_days: int) -> None:
-    """`emails`: each customer's address after the batch, for suppressions.
+                       attribution_days: int, suppressed: set[str] | None = None) -> None:
+    """`emails`: each customer's address after the batch, for suppressions; `suppressed`: the customers
+    suppressed after it (soft bounces suppress the address once the rules say so).
 
     A few statements per batch, not per event: engagement first, so that an order attributes a click
     of the same batch that happened before it; then orders; then cancellations and refunds."""
-    engagement = [(event, kind) for event in events if (kind := EMAIL_KINDS.get(event.type)) is not None]
+    engagement = [(event, kind) for event in events if (kind := _email_kind(event)) is not None]
     if engagement:
         await _email_events(conn, engagement)
-        bounced = [(str(emails[e.customer_id]), kind, e.occurred_at) for e, kind in engagement
-                   if kind in ("bounced", "complained") and emails.get(e.customer_id)]
+        bounced = [(str(emails[e.customer_id]), "bounced" if kind == "soft_bounced" else kind, e.occurred_at)
+                   for e, kind in engagement
+                   if (kind in ("bounced", "complained")
+                       or (kind == "soft_bounced" and e.customer_id in (suppressed or ())))
+                   and emails.get(e.customer_id)]
         if bounced:
             await _suppress(conn, bounced)
     orders = [event for event in events if event.type is EventType.ORDER_PLACED]

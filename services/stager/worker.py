@@ -87,6 +87,7 @@ def rule_config(settings: Any) -> RuleConfig:
         cart_abandon_minutes=settings.cart_abandon_minutes,
         backfill_hours=settings.backfill_hours,
         birthday_hour=settings.birthday_hour,
+        soft_bounce_limit=settings.soft_bounce_limit,
     )
 
 
@@ -167,7 +168,8 @@ class StagerStore:
             for previous, target in merges:
                 await _merged(conn, previous, target, now)
             emails = {cid: state.traits.get("email") for cid, state in states.items()}
-            await record_facts(conn, applied, emails, self.attribution_days)
+            suppressed = {cid for cid, state in states.items() if state.suppressed}
+            await record_facts(conn, applied, emails, self.attribution_days, suppressed)
             # the opt-outs applied here no longer need the fence the ingest API put up for them
             await conn.execute(
                 DELETE_APPLIED_FENCES,

@@ -49,13 +49,15 @@ ExportedMetrics = dict[str, tuple[str, tuple[str, ...], str]]
 
 @pytest.fixture(scope="session")
 def exported_metrics() -> ExportedMetrics:
-    """Every lifecycle_* metric the three services register, read from prometheus_client's REGISTRY.
+    """Every lifecycle_* metric the services register, read from prometheus_client's REGISTRY.
 
     The services' entry modules are imported too, so a metric declared anywhere they load counts.
     """
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
 
+    import services.bounces.main
+    import services.bounces.metrics
     import services.dispatcher.main
     import services.dispatcher.metrics
     import services.ingest.app

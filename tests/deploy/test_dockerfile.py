@@ -20,7 +20,7 @@ from lifecycle.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 IGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
-COMMANDS = ("ingest", "stager", "dispatcher", "migrate")
+COMMANDS = ("ingest", "stager", "dispatcher", "bounces", "migrate")
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -59,7 +59,7 @@ def test_one_multi_stage_image_for_every_service_running_as_a_user() -> None:
     assert json.loads(next(a for k, a in instructions if k == "ENTRYPOINT")) == ["lifecycle"]
     assert json.loads(next(a for k, a in instructions if k == "CMD"))[0] in COMMANDS
     exposed = next(a for k, a in instructions if k == "EXPOSE").split()
-    assert exposed == ["8080", "8081", "8082", "8083"]  # 8083: ingest's metrics
+    assert exposed == ["8080", "8081", "8082", "8083", "2526", "8084"]  # 8083, 8084: ingest's and bounces' metrics
     env = " ".join(a for k, a in instructions if k == "ENV")
     assert "LIFECYCLE_INGEST_HOST=0.0.0.0" in env, "services must listen beyond the container's loopback"
 

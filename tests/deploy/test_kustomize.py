@@ -24,9 +24,11 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 ALERTS = ROOT / "deploy" / "monitoring" / "alerts.yml"
 TARGETS = ["base", "overlays/small", "overlays/large"]
 KUBERNETES_VERSION = "1.30.0"
-SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082}
-# where Prometheus scrapes each service: ingest on its own metrics port, never its public API's
-METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082}
+SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082, "bounces": 2526}
+# where Prometheus scrapes each service: ingest and bounces on their own metrics port, never their public one
+METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082, "bounces": 8084}
+# the Kafka consumer groups: no more pods than partitions
+CONSUMERS = ("stager", "dispatcher")
 SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -147,6 +149,9 @@ def test_every_deployment_is_probed_drained_bounded_and_unprivileged(
         if service == "ingest":
             assert ports == {"http": port, "metrics": int(config["LIFECYCLE_INGEST_METRICS_PORT"])}
             assert ports["metrics"] == METRICS_PORTS["ingest"]
+        elif service == "bounces":  # SMTP, and probes and metrics on the port named http
+            assert ports == {"smtp": port, "http": int(config["LIFECYCLE_BOUNCES_METRICS_PORT"])}
+            assert ports["http"] == METRICS_PORTS["bounces"]
         else:
             assert ports == {"http": port}
         assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
@@ -199,6 +204,7 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
         "stager": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys"},
         "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",
                        "lifecycle_smtp_password"},
+        "bounces": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys"},
         "migrate": {"lifecycle_database_url"},
     }
     workloads = [*_of(resources, "Deployment").values(), *_of(resources, "Job").values()]
@@ -234,7 +240,7 @@ def test_consumers_scale_up_to_the_partition_count_and_ingest_on_cpu(
         assert spec["scaleTargetRef"]["kind"] == "Deployment" and spec["scaleTargetRef"]["name"] in deployments
         assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
         assert [m["resource"]["name"] for m in spec["metrics"]] == ["cpu"]
-        if service != "ingest":
+        if service in CONSUMERS:
             assert spec["maxReplicas"] <= partitions, \
                 f"{target}: {service} scales to {spec['maxReplicas']} pods for {partitions} partitions"
     budgets = _of(resources, "PodDisruptionBudget").values()

@@ -79,7 +79,7 @@ VALID: dict[str, dict[str, Any]] = {
     "order_refunded": {"properties": {"order_id": "o1"}},
     "email_opened": {"properties": {"journey": "welcome", "step": 1}},
     "email_clicked": {"properties": {"journey": "welcome", "step": "2", "link": "https://shop.example/x"}},
-    "email_bounced": {"properties": {"message_id": "m1", "reason": "550 no such user"}},
+    "email_bounced": {"properties": {"message_id": "m1", "reason": "452 4.2.2 mailbox full", "kind": "soft"}},
     "email_complained": {},
     "customer_identified": {"traits": {"email": "ada@example.com", "first_name": "Ada", "consent": "opted_in"}},
     "track": {"properties": {"event": "Wishlist Added", "attributes": {"product_id": "p1", "list": "Summer"}}},
@@ -433,6 +433,7 @@ def test_money_beyond_four_decimals_is_rounded_not_refused() -> None:
         ("email_opened", {"step": "-1"}, {"properties.step"}),
         ("email_clicked", {"journey": "w", "step": True, "link": "https://x"}, {"properties.step"}),
         ("email_bounced", {"bounce": "hard"}, {"properties.bounce"}),
+        ("email_bounced", {"kind": "permanent"}, {"properties.kind"}),
         ("unsubscribed", {"message_id": ""}, {"properties.message_id"}),
     ],
 )

@@ -371,3 +371,81 @@ def test_a_merge_takes_traits_by_event_time_and_never_an_older_cart_or_a_taken_o
     apply_event(same, event("customer_merged", later, properties={"previous_id": "c2"}), later, CONFIG,
                 merging=same)  # a merge into itself changes nothing
     assert same.orders == {} and same.cart is None
+
+
+def _bounce(at: datetime, kind: str | None = None) -> Event:
+    properties: dict[str, Any] = {"message_id": f"<m-{at.isoformat()}>"}
+    if kind is not None:
+        properties["kind"] = kind
+    return event("email_bounced", at, event_id=f"b-{at.isoformat()}", properties=properties)
+
+
+def _signed_up() -> CustomerState:
+    state = CustomerState("c1")
+    apply_event(state, event("customer_signed_up", traits={"email": "a@example.com", "consent": "opted_in"}),
+                T0, CONFIG)
+    return state
+
+
+def test_a_bounce_without_a_kind_is_hard_and_suppresses_at_once() -> None:
+    state = _signed_up()
+    apply_event(state, _bounce(T0 + timedelta(days=1)), T0, CONFIG)
+    assert state.suppressed == "bounced"
+    complained = _signed_up()
+    apply_event(complained, event("email_complained", T0 + timedelta(days=1)), T0, CONFIG)
+    assert complained.suppressed == "complained"
+
+
+def test_soft_bounces_suppress_only_once_the_limit_is_reached_in_a_row() -> None:
+    state = _signed_up()
+    days = [T0 + timedelta(days=n) for n in (1, 8, 15)]
+    for number, day in enumerate(days, start=1):
+        apply_event(state, _bounce(day, "soft"), day, CONFIG)
+        assert state.suppressed == (None if number < CONFIG.soft_bounce_limit else "bounced")
+    assert len(state.soft_bounces) == CONFIG.soft_bounce_limit == 3
+    assert CustomerState.from_json(state.to_json()).soft_bounces == state.soft_bounces
+
+
+def test_an_open_or_a_click_breaks_the_row_and_a_repeated_report_counts_once() -> None:
+    state = _signed_up()
+    one, two, three, four = (T0 + timedelta(days=n) for n in (1, 2, 3, 4))
+    apply_event(state, _bounce(one, "soft"), one, CONFIG)
+    apply_event(state, _bounce(one, "soft"), one, CONFIG)  # the same instant again: the same bounce
+    apply_event(state, _bounce(two, "soft"), two, CONFIG)
+    apply_event(state, event("email_opened", two + timedelta(hours=1)), two, CONFIG)
+    assert state.soft_bounces == []
+    apply_event(state, _bounce(three, "soft"), three, CONFIG)
+    apply_event(state, _bounce(one - timedelta(hours=1), "soft"), three, CONFIG)  # before the open: not in the row
+    apply_event(state, _bounce(four, "soft"), four, CONFIG)
+    assert state.suppressed is None and len(state.soft_bounces) == 2
+    apply_event(state, event("email_clicked", four + timedelta(hours=1), properties={
+        "journey": "welcome", "step": 1, "link": "https://shop.example/x"}), four, CONFIG)
+    assert state.soft_bounces == []
+
+
+def test_the_limit_is_a_setting_and_a_new_address_starts_a_new_row() -> None:
+    strict = RuleConfig(soft_bounce_limit=1)
+    state = _signed_up()
+    apply_event(state, _bounce(T0 + timedelta(days=1), "soft"), T0, strict)
+    assert state.suppressed == "bounced"
+    apply_event(state, event("customer_updated", T0 + timedelta(days=2), traits={"email": "b@example.com"}), T0,
+                strict)
+    assert state.suppressed is None and state.soft_bounces == []
+    lenient = _signed_up()
+    for n in range(1, 3):
+        apply_event(lenient, _bounce(T0 + timedelta(days=n), "soft"), T0, RuleConfig(soft_bounce_limit=5))
+    assert lenient.suppressed is None and len(lenient.soft_bounces) == 2
+
+
+SOFT_STORY = [
+    event("customer_signed_up", T0, event_id="s1", traits={"email": "a@example.com", "consent": "opted_in"}),
+    _bounce(T0 + timedelta(days=1), "soft"),
+    event("email_opened", T0 + timedelta(days=2), event_id="o1"),
+    _bounce(T0 + timedelta(days=3), "soft"),
+]  # fewer bounces than the limit: a suppression, once made, stays whatever arrives later
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(SOFT_STORY))
+def test_soft_bounces_below_the_limit_give_the_same_row_in_any_order(events: list[Event]) -> None:
+    assert _final(events) == _final(SOFT_STORY)

@@ -230,3 +230,29 @@ async def test_a_server_that_hangs_up_after_refusing_gives_the_refusal_as_the_ou
         await pool.close()
     assert [(o.kind, o.reason) for o in outcomes] == [("sent", ""), (kind, reason), ("sent", "")]
     assert pool.opened == 2
+
+
+async def test_each_message_goes_with_its_own_envelope_sender_in_both_ways(tmp_path: Path,
+                                                                           writes: list[bytes]) -> None:
+    """Every send's VERP address is its MAIL FROM, one command at a time as pipelined (the sink keeps it)."""
+    senders = [f"bounces+{n}-{n:024x}@bounces.shop.example" for n in (1, 2, 3)]
+    for pipelining in (False, True):
+        port = _free_port()
+        directory = tmp_path / f"senders-{pipelining}"
+        controller = Controller(_Handler(MessageStore(directory)), hostname="127.0.0.1", port=port)
+        controller.start()
+        pool = SmtpPool(SmtpConfig("127.0.0.1", port, timeout=5, local_hostname="test.local", pipelining=pipelining))
+        try:
+            writes.clear()
+            outcomes = [await pool.send(sender, "a@example.com", MESSAGE) for sender in senders]
+        finally:
+            await pool.close()
+            controller.stop()
+        assert [o.kind for o in outcomes] == ["sent"] * 3
+        stored = [path.read_bytes() for path in sorted(directory.glob("*.eml"))]
+        assert [line for data in stored for line in data.split(b"\r\n") if line.startswith(b"X-Sink-Mail-From:")] \
+            == [f"X-Sink-Mail-From: {sender}".encode() for sender in senders]
+        mail_commands = [w.split(b"\r\n")[0] for w in writes if w.startswith(b"MAIL FROM:")]
+        assert [c.split(b" ")[1] for c in mail_commands] == [f"FROM:<{sender}>".encode() for sender in senders]
+        last = [w for w in writes if w.startswith(b"MAIL FROM:")][-1]
+        assert (b"\r\nRCPT TO:" in last) is pipelining  # the last one went pipelined where offered
