@@ -47,11 +47,36 @@ def _check_text(value: str) -> str:
     return value
 
 
+_HEX = "[0-9A-Fa-f]{1,4}"
+_IPV4 = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+_IPV6 = "|".join([
+    f"(?:{_HEX}:){{7}}{_HEX}", f"(?:{_HEX}:){{1,7}}:", f"(?:{_HEX}:){{1,6}}:{_HEX}",
+    f"(?:{_HEX}:){{1,5}}(?::{_HEX}){{1,2}}", f"(?:{_HEX}:){{1,4}}(?::{_HEX}){{1,3}}",
+    f"(?:{_HEX}:){{1,3}}(?::{_HEX}){{1,4}}", f"(?:{_HEX}:){{1,2}}(?::{_HEX}){{1,5}}",
+    f"{_HEX}:(?::{_HEX}){{1,6}}", f":(?:(?::{_HEX}){{1,7}}|:)"])
+# an IPv4 address in dotted decimal, or an IPv6 address in hex groups (no zone, no embedded IPv4): the
+# OpenAPI document says exactly this
+IP_PATTERN: Final = f"^(?:{_IPV4}|{_IPV6})$"
+_IP = re.compile(IP_PATTERN.removeprefix("^").removesuffix("$"))
+
+
 def _check_ip(value: str) -> str:
+    if not _IP.fullmatch(value):
+        raise PydanticCustomError("ip", "must be an IPv4 address (dotted decimal) or an IPv6 address (hex groups)")
+    return str(ipaddress.ip_address(value))
+
+
+def ip_text(value: str) -> str | None:
+    """An address as events keep it (an IPv4-mapped IPv6 address as its IPv4 one); None for what they do not
+    take (a zone, a unix socket's name)."""
     try:
-        return str(ipaddress.ip_address(value))
+        found = ipaddress.ip_address(value)
     except ValueError:
-        raise PydanticCustomError("ip", "must be an IPv4 or IPv6 address") from None
+        return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        found = found.ipv4_mapped
+    text = str(found)
+    return text if _IP.fullmatch(text) else None
 
 
 def _upper(value: object) -> object:

@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from lifecycle.events.errors import MessageInvalid, _field_errors
 from lifecycle.events.fields import (
+    IP_PATTERN,
     TEXT_PATTERN,
     Birthday,
     Code,
@@ -82,7 +83,7 @@ class Traits(_Strict):
 ConsentSource = Literal["api", "link", "page", "import"]
 # what a client may say itself; `link` and `page` are the server's own pages, which set them
 CLIENT_CONSENT_SOURCES: Final = ("api", "import")
-IpAddress = Annotated[str, Field(min_length=2, max_length=45, json_schema_extra={"pattern": "^[0-9A-Fa-f:.]+$"}),
+IpAddress = Annotated[str, Field(min_length=2, max_length=45, json_schema_extra={"pattern": IP_PATTERN}),
                       AfterValidator(_check_ip)]
 
 

@@ -121,8 +121,8 @@ def _call_schema(kind: str | None) -> dict[str, Any]:
     if kind == "track":
         schema["required"] = ["event"]
     if kind == "alias":
-        schema.update(alias_needs)
         del schema["anyOf"]
+        schema["allOf"] = [alias_needs]
     if kind is None:
         properties["type"] = {"type": "string", "enum": ["identify", "track", "page", "alias"]}
         schema["required"] = ["type"]

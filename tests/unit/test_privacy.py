@@ -5,18 +5,23 @@ export routes answer what they did (with a fake store and producer)."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError
 
 from lifecycle.clock import ManualClock
 from lifecycle.core.rules import RuleConfig, apply_event
 from lifecycle.core.state import ConsentFact, CustomerState, derive_consent
 from lifecycle.events import EventInvalid, Origin, parse_event
+from lifecycle.events.fields import IP_PATTERN, ip_text
 from lifecycle.privacy import Tombstone, _plain, read_tombstone, split_at_tombstones
 from lifecycle.settings import Settings
 from lifecycle.trusted import decode_sealed_event, decode_trusted_event
@@ -147,3 +152,17 @@ async def test_erase_and_export_answer_what_they_did() -> None:
         assert down.status_code == 503 and down.headers["Retry-After"]
     async with lifespan_client(_app(None, FakeProducer())) as client:
         assert (await client.delete("/v1/admin/customers/c1", headers=ADMIN)).status_code == 503
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(re.compile(IP_PATTERN.removeprefix("^").removesuffix("$")), fullmatch=True))
+def test_every_address_the_documented_pattern_allows_is_taken(address: str) -> None:
+    event = _event({"type": "unsubscribed", "customer_id": "c1", "origin": {"source": "api", "ip": address}})
+    assert event.origin is not None and event.origin.ip == str(ipaddress.ip_address(address))
+
+
+def test_addresses_outside_the_pattern_are_refused_and_the_servers_own_are_made_to_fit() -> None:
+    for address in ("01.2.3.4", "1.2.3", "::ffff:1.2.3.4", "fe80::1%eth0", "1.2.3.4\n", "1::2::3"):
+        with pytest.raises(EventInvalid):
+            _event({"type": "unsubscribed", "customer_id": "c1", "origin": {"source": "api", "ip": address}})
+    assert (ip_text("::ffff:192.0.2.1"), ip_text("fe80::1%eth0"), ip_text("testclient")) == ("192.0.2.1", None, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,6 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from lifecycle.clock import Clock
 from lifecycle.events import Event, EventInvalid, EventType, Origin, parse_event
+from lifecycle.events.fields import ip_text
 from lifecycle.tokens import UnsubscribeClaim
 from services.ingest.pages.render import ShopPages, message_page
 from services.ingest.pages.texts import Lang
@@ -38,12 +38,7 @@ def origin_of(request: Request, source: Literal["link", "page"]) -> Origin:
     """The proof a consent change from our own link or page keeps: the customer's IP address (the
     proxies' X-Forwarded-For is read by the server where LIFECYCLE_FORWARDED_ALLOW_IPS trusts them)
     and browser."""
-    ip: str | None = None
-    if request.client is not None:
-        try:
-            ip = str(ipaddress.ip_address(request.client.host))
-        except ValueError:
-            ip = None  # a unix socket or a test client: no address to keep
+    ip = ip_text(request.client.host) if request.client is not None else None
     agent = _CONTROLS.sub(" ", request.headers.get("user-agent", "")).strip()[:512] or None
     return Origin(source=source, ip=ip, user_agent=agent)
 
