@@ -16,15 +16,12 @@ import asyncio
 import collections
 import hashlib
 import hmac
-import json
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Annotated, Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -46,16 +43,18 @@ from lifecycle.events import MAX_BATCH_EVENTS, BatchInvalid, Event, derived_even
 from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publish_events, stop_quietly
 from lifecycle.seal import Seal
 from lifecycle.segment_files import segment_names
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, parse_shopify_secrets
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
+from services.ingest.bodies import decode_json, read_body
 from services.ingest.campaigns_api import CampaignStore, campaigns_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
 from services.ingest.segment_routes import KeyCheck, segment_router
 from services.ingest.segments_api import SegmentPreviewer, segments_router
+from services.ingest.shopify_routes import OrderReader, TopicHandler, shopify_router
 from services.ingest.tracking import MessageReader, tracking_router
 
 log = logging.getLogger(__name__)
@@ -232,58 +231,6 @@ class _MetricsMiddleware:
 # --- helpers ---
 
 
-def _reject_constant(name: str) -> object:
-    # Python's json would otherwise accept NaN and Infinity, which are not JSON.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _decode_json(body: bytes) -> object:
-    if not body.strip():
-        raise HTTPException(400, 'the request body is empty; send one event or {"events": [...]} as JSON')
-    try:
-        # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
-        payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
-        # "\ud800" alone is valid JSON but no text: it could never be written to Kafka or PostgreSQL. Only
-        # a \u escape of a surrogate makes one (UTF-8 cannot carry them): only then is the payload encoded
-        if _SURROGATE_ESCAPE.search(body):
-            json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
-        return payload
-    except UnicodeEncodeError:
-        raise HTTPException(400, "the request body holds a \\u escape that is no character (a lone surrogate)"
-                            ) from None
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise HTTPException(
-            400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "it is nested too deeply"
-        raise HTTPException(400, f"the request body is not valid JSON: {detail}") from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = HTTPException(413, f"the request body is larger than {limit} bytes; split the batch")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise HTTPException(400, "the Content-Length header is not a number") from None
-        if size > limit:
-            raise too_large
-    # Content-Length can lie or be absent (chunked): count what actually arrives.
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
 @dataclass
 class _Runtime:
     producer: RenewingProducer | None = None
@@ -330,6 +277,8 @@ def create_app(
     journey_store: JourneyStore | None = None,
     segment_previewer: SegmentPreviewer | None = None,
     campaign_store: CampaignStore | None = None,
+    order_reader: OrderReader | None = None,
+    shopify_topics: Mapping[str, TopicHandler] | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
@@ -343,7 +292,8 @@ def create_app(
     the API makes (those sent without an id, link actions, opens and clicks); `monotonic` is
     the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
     opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes,
-    `segment_previewer` the segment preview and `campaign_store` the campaigns.
+    `segment_previewer` the segment preview and `campaign_store` the campaigns. `order_reader` finds the
+    order a Shopify refund names; `shopify_topics` adds handlers to Shopify's webhook topics.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -496,7 +446,7 @@ def create_app(
         summary=f"Send one event or a batch of 1 to {MAX_BATCH_EVENTS}",
     )
     async def post_events(request: Request) -> JSONResponse:
-        payload = _with_derived_ids(_decode_json(await _read_body(request, MAX_BODY_BYTES)))
+        payload = _with_derived_ids(decode_json(await read_body(request, MAX_BODY_BYTES)))
         try:
             events = parse_batch(payload, await clock.now(), new_event_id)
         except BatchInvalid as exc:
@@ -512,6 +462,9 @@ def create_app(
     # Segment's HTTP Tracking API at its own paths: a shop's Segment library pointed at us
     app.include_router(segment_router(publish, clock.now, KeyCheck(api_keys.write.check, api_keys.admin.check),
                                       PublishFailed))
+    # Shopify's webhooks, signed with the app's secret
+    app.include_router(shopify_router(publish, clock.now, parse_shopify_secrets(settings.shopify_secrets),
+                                      PublishFailed, order_reader, shopify_topics))
 
     @app.get(
         "/v1/customers/{customer_id}",

@@ -24,7 +24,13 @@ from lifecycle.runtime import StartupError, retry_until, run_service, settle_hea
 from lifecycle.settings import Settings
 from lifecycle.templates import Templates
 from services.ingest.app import create_app, not_ready_because
-from services.ingest.stores import PgCampaignStore, PgJourneyStore, make_fence_writer, make_segment_previewer
+from services.ingest.stores import (
+    PgCampaignStore,
+    PgJourneyStore,
+    make_fence_writer,
+    make_order_reader,
+    make_segment_previewer,
+)
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 log = logging.getLogger("lifecycle.ingest")
@@ -83,6 +89,7 @@ def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> 
         journey_store=PgJourneyStore(engine, templates),
         segment_previewer=make_segment_previewer(engine, clock, settings.default_locale),
         campaign_store=PgCampaignStore(engine, clock, templates, settings.segments_dir),
+        order_reader=make_order_reader(engine),
     )
 
 

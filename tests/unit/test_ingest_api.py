@@ -647,6 +647,7 @@ ANSWERS = {
     ("get", "/v1/admin/campaigns"): {"200", "401", "403", "503"},
     ("get", "/v1/admin/campaigns/{name}"): {"200", "401", "403", "404", "422", "503"},
     ("post", "/v1/admin/campaigns/{name}/cancel"): {"200", "401", "403", "404", "422", "503"},
+    ("post", "/v1/webhooks/shopify"): {"200", "400", "401", "404", "413", "503"},
 }
 
 
