@@ -1,11 +1,12 @@
 """Shopify's signed webhooks through the whole pipeline (Kafka, PostgreSQL, dispatcher, SMTP sink): an
 opted-in customer's checkout is abandoned, the first reminder takes them back to Shopify's abandoned
 checkout URL, the order stops the reminders; a webhook delivered again, even to a restarted ingest after
-the secret was rotated, changes nothing."""
+the secret was rotated, changes nothing; a refund voids the order only when it pays all of it back."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import json
@@ -114,6 +115,24 @@ async def _abandoned_then_recovered(runner: ScenarioRunner) -> None:
     assert await _applied_events(runner) == applied
     assert (await runner.http.get(f"/v1/customers/{CUSTOMER}")).json()["orders_count"] == 1
     assert runner.new_emails() == []
+
+    # refunds name only their order, found as the stager recorded it: a partial refund leaves the order
+    # counting, one that pays the whole order back voids it
+    refunded = ordered + timedelta(days=5, hours=1)
+    await runner.watch.advance_to(refunded)
+    partial = fixture("refunds_create", refunded, "created_at", "processed_at")  # 199.00 of 403.00
+    assert await deliver(runner, "refunds/create", partial, "wh-refund-1", NEXT_SECRET) == {
+        "outcome": "nothing_kept", "events": 0}
+    await runner.watch.wait_idle()
+    assert (await runner.http.get(f"/v1/customers/{CUSTOMER}")).json()["orders_count"] == 1
+    whole = copy.deepcopy(partial)
+    whole["id"] += 1
+    whole["transactions"][0]["amount"] = order["total_price"]
+    assert await deliver(runner, "refunds/create", whole, "wh-refund-2", NEXT_SECRET) == {
+        "outcome": "accepted", "events": 1}
+    await runner.watch.wait_idle()
+    profile = (await runner.http.get(f"/v1/customers/{CUSTOMER}")).json()
+    assert (profile["orders_count"], profile["stage"]) == (0, "prospect")
 
 
 async def _applied_events(runner: ScenarioRunner) -> set[str]:
