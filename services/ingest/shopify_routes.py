@@ -147,17 +147,21 @@ def shopify_router(publish: Callable[..., Awaitable[None]], now: Callable[[], Aw
         return JSONResponse({"outcome": outcome, "events": events})
 
     async def receive(request: Request) -> JSONResponse:
-        topic = (request.headers.get("x-shopify-topic") or "").strip()
+        topic = (request.headers.get("x-shopify-topic") or "").strip(" \t")  # HTTP's own spaces
         label = topic if topic in handlers else OTHER_TOPIC
+        signature = request.headers.get("x-shopify-hmac-sha256")
+        if not signature:
+            return refuse(401, "X-Shopify-Hmac-SHA256 is missing: Shopify signs every webhook", label,
+                          "unauthorized")
+        if not topic:
+            return refuse(400, "X-Shopify-Topic is missing", label, "invalid")
         if not secrets:
             return refuse(404, "Shopify webhooks are not enabled: set LIFECYCLE_SHOPIFY_SECRETS to the app's secret",
                           label, "not_enabled")
         body = await read_body(request, MAX_BODY_BYTES)
-        if not signed(body, request.headers.get("x-shopify-hmac-sha256"), secrets):
-            return refuse(401, "X-Shopify-Hmac-SHA256 is missing or is not the body's signature under the app's"
-                               " secret (LIFECYCLE_SHOPIFY_SECRETS)", label, "unauthorized")
-        if not topic:
-            return refuse(400, "X-Shopify-Topic is missing", label, "invalid")
+        if not signed(body, signature, secrets):
+            return refuse(401, "X-Shopify-Hmac-SHA256 is not the body's signature under the app's secret"
+                               " (LIFECYCLE_SHOPIFY_SECRETS)", label, "unauthorized")
         payload = decode_json(body, "the body is empty: a Shopify webhook is a JSON object")
         if not isinstance(payload, dict):
             return refuse(400, "a Shopify webhook's body is a JSON object", label, "invalid")
@@ -189,13 +193,15 @@ def shopify_router(publish: Callable[..., Awaitable[None]], now: Callable[[], Aw
         200: {"model": ShopifyAnswer, "description": "Taken: its events are stored in Kafka (`accepted`), or"
               " nothing of it was kept (`nothing_kept`: see lifecycle_ingest_shopify_left_out_total), or it was"
               " published already (`duplicate`), or its topic is not read here (`ignored`)"},
-        400: {"model": ErrorBody, "description": "Signed, but not a JSON object, or without X-Shopify-Topic"},
+        400: {"model": ErrorBody, "description": "Without X-Shopify-Topic, or signed but not a JSON object"},
         401: {"model": ErrorBody, "description": "X-Shopify-Hmac-SHA256 missing or wrong; nothing was kept"},
-        404: {"model": ErrorBody, "description": "Shopify webhooks are not enabled (LIFECYCLE_SHOPIFY_SECRETS)"},
+        404: {"model": ErrorBody, "description": "Shopify webhooks are not enabled (LIFECYCLE_SHOPIFY_SECRETS): a"
+                                                 " request with both headers"},
         413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
         503: {"model": ErrorBody, "description": "Kafka or the database is unavailable; retry after Retry-After"},
     }
-    header = {"type": "string", "maxLength": 1024}
+    # a value of HTTP's spaces alone (which the server strips) is no value
+    header = {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "[^ \t]"}
     extra: dict[str, Any] = {
         "parameters": [
             {"name": "X-Shopify-Hmac-SHA256", "in": "header", "required": True, "schema": header,

@@ -199,6 +199,8 @@ async def test_without_a_secret_the_route_is_off() -> None:
     body = json.dumps(fixture("orders_create")).encode()
     async with lifespan_client(_app(producer, secrets="")) as client:
         answer = await client.post(URL, content=body, headers=headers("orders/create", body))
+        unsigned = {k: v for k, v in headers("orders/create", body).items() if k != "X-Shopify-Hmac-SHA256"}
+        assert (await client.post(URL, content=body, headers=unsigned)).status_code == 401
     assert answer.status_code == 404 and "LIFECYCLE_SHOPIFY_SECRETS" in answer.json()["detail"]
     assert producer.sent == []
 
