@@ -138,6 +138,20 @@ async def publish_tombstones(producer: Any, topics: Sequence[str], customer_id: 
     return list(topics)
 
 
+# the customers a shop's data may be held under when it came through Shopify (lifecycle/shopify.py's ids)
+_SHOPIFY_CUSTOMERS = text(
+    "SELECT customer_id FROM customers WHERE customer_id ~ '^[0-9]+$' OR customer_id LIKE 'shopify-guest:%'"
+    " UNION SELECT customer_id FROM orders WHERE customer_id ~ '^[0-9]+$' OR customer_id LIKE 'shopify-guest:%'"
+    " LIMIT :n"
+)
+
+
+async def shopify_customers(engine: AsyncEngine, limit: int) -> list[str]:
+    """Up to `limit` customers whose ids came from Shopify: what its shop/redact erases."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(_SHOPIFY_CUSTOMERS, {"n": limit})).scalars().all())
+
+
 async def erased_at(conn: AsyncConnection, customer_ids: Sequence[str]) -> dict[str, datetime]:
     """When each of these customers was last erased (those never erased are absent)."""
     if not customer_ids:

@@ -32,13 +32,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from lifecycle.events.errors import EventInvalid
 from lifecycle.events.fields import IDENTIFIER_PATTERN, TEXT_PATTERN
-from lifecycle.events.models import MAX_FUTURE_SKEW, MAX_TRACK_ATTRIBUTES, Event
+from lifecycle.events.models import MAX_TRACK_ATTRIBUTES, Event
 from lifecycle.events.parsing import derived_event_id, parse_event
+from lifecycle.payloads import id_text, mapping, moment, number, without_traits
 
 CALL_TYPES = ("identify", "track", "page", "alias")
 MAX_CALL_BYTES = 32 * 1024  # Segment's limit per call
@@ -122,7 +123,7 @@ def check_shape(call: Mapping[str, Any], kind: str, in_batch: bool = False) -> N
 
 
 def customer_id_of(call: Mapping[str, Any]) -> str:
-    user_id, anonymous_id = _id_text(call.get("userId")), _id_text(call.get("anonymousId"))
+    user_id, anonymous_id = id_text(call.get("userId")), id_text(call.get("anonymousId"))
     if user_id:
         return user_id
     if anonymous_id:
@@ -130,21 +131,9 @@ def customer_id_of(call: Mapping[str, Any]) -> str:
     raise CallInvalid("a call needs a userId or an anonymousId")
 
 
-def _id_text(value: Any) -> str | None:
-    """An id as Segment's libraries send it: a string, or a number."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | Decimal | float):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    return text or None
-
-
 def event_id_of(call: Mapping[str, Any], customer_id: str) -> str | None:
     """The call's messageId when it is one of our ids, else a digest of it; None: derive from content."""
-    message_id = _id_text(call.get("messageId"))
+    message_id = id_text(call.get("messageId"))
     if message_id is None:
         return None
     if len(message_id) <= 128 and _IDENTIFIER.match(message_id):
@@ -155,13 +144,9 @@ def event_id_of(call: Mapping[str, Any], customer_id: str) -> str | None:
 def occurred_at_of(call: Mapping[str, Any], received_at: datetime) -> tuple[datetime, bool]:
     """(the call's time, whether its own `timestamp` was used): `timestamp`, else the time received."""
     value = call.get("timestamp")
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return received_at, False
-        if moment.tzinfo is not None and moment <= received_at + MAX_FUTURE_SKEW:
-            return moment, True
+    found = moment(value, received_at)
+    if found is not None:
+        return found, True
     return received_at, value is None
 
 
@@ -178,10 +163,10 @@ def map_call(call: Any, kind: str | None, received_at: datetime) -> Mapped:
     occurred_at, own_time = occurred_at_of(call, received_at)
     dropped = [] if own_time else ["timestamp"]
     merges: list[str] = []
-    anonymous_id = _id_text(call.get("anonymousId"))
+    anonymous_id = id_text(call.get("anonymousId"))
     if kind == "alias":
-        previous = _id_text(call.get("previousId"))
-        if _id_text(call.get("userId")) is None or previous is None:
+        previous = id_text(call.get("previousId"))
+        if id_text(call.get("userId")) is None or previous is None:
             raise CallInvalid("an alias call needs the userId and the previousId that becomes it")
         mapped = {"type": "customer_merged", "properties": {"previous_id": ANONYMOUS_PREFIX + previous}}
         if previous != customer_id:
@@ -202,8 +187,8 @@ def map_call(call: Any, kind: str | None, received_at: datetime) -> Mapped:
 
 
 def _identify(call: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
-    traits_in = _mapping(call.get("traits"))
-    context = _mapping(call.get("context"))
+    traits_in = mapping(call.get("traits"))
+    context = mapping(call.get("context"))
     traits: dict[str, Any] = {}
     for name, ours in TRAIT_NAMES.items():
         if name in traits_in and traits_in[name] is not None:
@@ -218,19 +203,9 @@ def _identify(call: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
     return {"type": "customer_identified", "traits": traits}
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def without_traits(event: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """The event without these traits (those the models refused)."""
-    traits = {k: v for k, v in (event.get("traits") or {}).items() if k not in names}
-    return {**event, "traits": traits}
-
-
 def _page(call: Mapping[str, Any]) -> dict[str, Any]:
-    properties = _mapping(call.get("properties"))
-    page = _mapping(_mapping(call.get("context")).get("page"))
+    properties = mapping(call.get("properties"))
+    page = mapping(mapping(call.get("context")).get("page"))
     url = properties.get("url") if isinstance(properties.get("url"), str) else page.get("url")
     if isinstance(url, str) and url.strip():
         return {"type": "page_viewed", "properties": {"url": url.strip()}}
@@ -243,7 +218,7 @@ def _track(call: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip():
         raise CallInvalid("a track call needs its event's name (`event`)")
     name = name.strip()
-    properties = _mapping(call.get("properties"))
+    properties = mapping(call.get("properties"))
     ours = ECOMMERCE.get(name)
     change = "removed" if name == "Product Removed" else "added"
     typed = _ecommerce(ours, properties, change) if ours else None
@@ -274,19 +249,9 @@ def generic_track(name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "track", "properties": properties_out}
 
 
-def _number(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() else None
-
-
 def _product_id(product: Mapping[str, Any]) -> str | None:
     """The e-commerce spec's product id: `product_id`, else `sku`, else `id`."""
-    return _id_text(product.get("product_id")) or _id_text(product.get("sku")) or _id_text(product.get("id"))
+    return id_text(product.get("product_id")) or id_text(product.get("sku")) or id_text(product.get("id"))
 
 
 def _items(products: Any) -> list[dict[str, Any]] | None:
@@ -298,7 +263,7 @@ def _items(products: Any) -> list[dict[str, Any]] | None:
         if not isinstance(product, Mapping):
             return None
         product_id = _product_id(product)
-        price = _number(product.get("price"))
+        price = number(product.get("price"))
         quantity = product.get("quantity", 1)
         if product_id is None or price is None or isinstance(quantity, bool) or not isinstance(quantity, int):
             return None
@@ -319,7 +284,7 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
         out: dict[str, Any] = {"product_id": product_id}
         if isinstance(properties.get("name"), str) and properties["name"].strip():
             out["name"] = properties["name"]
-        price = _number(properties.get("price"))
+        price = number(properties.get("price"))
         if price is not None:
             out["price"] = str(price)
         if isinstance(currency, str):
@@ -327,21 +292,21 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
         return {"type": ours, "properties": out}
     if ours == "cart_updated":
         items = _items(properties.get("products", []))
-        cart_id = _id_text(properties.get("cart_id"))
+        cart_id = id_text(properties.get("cart_id"))
         if items is None or cart_id is None or not isinstance(currency, str):
             return None
         value = sum((Decimal(i["price"]) * i["quantity"] for i in items), Decimal(0))
         return {"type": ours, "properties": {"cart_id": cart_id, "currency": currency, "value": str(value),
                                              "items": items}}
     if ours == "cart_line_changed":
-        cart_id = _id_text(properties.get("cart_id"))
+        cart_id = id_text(properties.get("cart_id"))
         product_id = _product_id(properties)
         if cart_id is None or product_id is None:
             return None
         line: dict[str, Any] = {"cart_id": cart_id, "change": change, "product_id": product_id}
         if isinstance(properties.get("name"), str) and properties["name"].strip():
             line["name"] = properties["name"]
-        price = _number(properties.get("price"))
+        price = number(properties.get("price"))
         if price is not None:
             line["price"] = str(price)
         quantity = properties.get("quantity")
@@ -351,15 +316,15 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
             line["currency"] = currency
         return {"type": ours, "properties": line}
     if ours == "checkout_started":
-        cart_id = _id_text(properties.get("cart_id"))
+        cart_id = id_text(properties.get("cart_id"))
         return {"type": ours, "properties": {"cart_id": cart_id} if cart_id else {}}
-    order_id = _id_text(properties.get("order_id"))
+    order_id = id_text(properties.get("order_id"))
     if order_id is None:
         return None
     if ours != "order_placed":
         return {"type": ours, "properties": {"order_id": order_id}}
     items = _items(properties.get("products"))
-    value = next((v for v in (_number(properties.get(k)) for k in ("total", "revenue", "value")) if v is not None),
+    value = next((v for v in (number(properties.get(k)) for k in ("total", "revenue", "value")) if v is not None),
                  None)
     if not items or not isinstance(currency, str):
         return None
@@ -374,7 +339,7 @@ def _ecommerce(ours: str, properties: Mapping[str, Any], change: str = "") -> di
 def fallback_track(call: Mapping[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """What a track call whose e-commerce event our models refused becomes: a `track` event, as any
     other name (nothing the shop sent is dropped without a trace)."""
-    properties = _mapping(call.get("properties"))
+    properties = mapping(call.get("properties"))
     name = str(call.get("event") or "").strip() or "Page Viewed"
     kept = {k: v for k, v in event.items() if k in ("customer_id", "occurred_at", "event_id")}
     return {**generic_track(name, properties), **kept}

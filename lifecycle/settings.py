@@ -50,6 +50,19 @@ def parse_signing_keys(spec: str) -> list[tuple[str, str]]:
     return keys
 
 
+MAX_SHOPIFY_SECRETS: Final = 2
+
+
+def parse_shopify_secrets(spec: str) -> list[str]:
+    """The Shopify app secrets of `spec` (comma-separated: one, or two during a rotation); ValueError
+    past two. Messages never repeat a secret."""
+    secrets = [entry.strip() for entry in spec.split(",") if entry.strip()]
+    if len(secrets) > MAX_SHOPIFY_SECRETS:
+        raise ValueError(f"at most {MAX_SHOPIFY_SECRETS} secrets (the current one and, during a rotation, the"
+                         f" next), got {len(secrets)}")
+    return secrets
+
+
 def check_api_keys(spec: str) -> str:
     """`spec` if every entry is a plain key or `sha256:<64 hex digits>`; ValueError naming the bad entry."""
     for position, raw in enumerate(spec.split(","), start=1):
@@ -154,6 +167,9 @@ class Settings(BaseSettings):
     signing_secret: str = "dev-signing-secret-change-me"
     # Comma-separated id:secret pairs; the first signs, every one verifies (key rotation).
     signing_keys: str = ""
+    # The Shopify app's secret that signs its webhooks, or two while it is rotated (comma-separated);
+    # empty: POST /v1/webhooks/shopify answers 404
+    shopify_secrets: str = ""
 
     # production refuses to start with the development keys and secrets; the local stack runs as local
     environment: Literal["local", "production"] = "production"
@@ -315,6 +331,12 @@ class Settings(BaseSettings):
     @classmethod
     def _web_url(cls, value: str) -> str:
         return check_web_url(value, base=False)
+
+    @field_validator("shopify_secrets")
+    @classmethod
+    def _shopify_secrets(cls, value: str) -> str:
+        parse_shopify_secrets(value)
+        return value
 
     @field_validator("signing_keys")
     @classmethod

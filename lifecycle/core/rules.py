@@ -390,7 +390,7 @@ def _apply_cart(applier: _Applier, event: Event) -> None:
     if state.cart is not None and state.cart.updated_at > at:
         return  # an older cart update than the one we hold
     _set_cart(applier, str(_prop(event, "cart_id")), _items(event), float(_prop(event, "value") or 0.0),
-              str(_prop(event, "currency") or ""), at)
+              str(_prop(event, "currency") or ""), at, _prop(event, "checkout_url"))
 
 
 def _apply_cart_line(applier: _Applier, event: Event) -> None:
@@ -418,11 +418,11 @@ def _apply_cart_line(applier: _Applier, event: Event) -> None:
     currency = str(_prop(event, "currency") or (held.currency if held is not None else ""))
     value = round(sum(float(item["price"]) * int(item["quantity"]) for item in items), 2)
     at = max(event.occurred_at, held.updated_at) if held is not None else event.occurred_at
-    _set_cart(applier, cart_id, items, value, currency, at)
+    _set_cart(applier, cart_id, items, value, currency, at, held.checkout_url if held is not None else None)
 
 
 def _set_cart(applier: _Applier, cart_id: str, items: list[dict[str, Any]], value: float, currency: str,
-              at: datetime) -> None:
+              at: datetime, checkout_url: str | None = None) -> None:
     state = applier.state
     if not items:
         had_items = state.cart is not None and state.cart.items
@@ -431,7 +431,8 @@ def _set_cart(applier: _Applier, cart_id: str, items: list[dict[str, Any]], valu
         if had_items:
             applier.emit(TriggerType.CART_EMPTIED, {"cart_id": cart_id})
         return
-    state.cart = CartState(cart_id=cart_id, updated_at=at, items=items, value=value, currency=currency)
+    state.cart = CartState(cart_id=cart_id, updated_at=at, items=items, value=value, currency=currency,
+                           checkout_url=checkout_url)
     _browse_ends(applier, at, cart_id)
     if state.last_order_at_any is None or state.last_order_at_any < at:
         applier.decision.dues[DueKind.CART] = at + timedelta(minutes=applier.config.cart_abandon_minutes)
@@ -468,10 +469,11 @@ def apply_due(state: CustomerState, kind: str, due_at: datetime, now: datetime, 
         cart = state.cart
         if cart is not None and cart.items and not cart.abandoned:
             cart.abandoned = True
-            applier.emit(
-                TriggerType.CART_ABANDONED,
-                {"cart_id": cart.cart_id, "items": cart.items, "value": cart.value, "currency": cart.currency},
-            )
+            data: dict[str, Any] = {"cart_id": cart.cart_id, "items": cart.items, "value": cart.value,
+                                    "currency": cart.currency}
+            if cart.checkout_url is not None:
+                data["checkout_url"] = cart.checkout_url  # the emails' button goes there
+            applier.emit(TriggerType.CART_ABANDONED, data)
         applier.decision.dues[DueKind.CART] = None
     elif kind == DueKind.BROWSE:
         since = stamp(due_at - BROWSE_QUIET - BROWSE_WINDOW)

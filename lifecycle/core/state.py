@@ -54,16 +54,20 @@ class CartState:
     value: float
     currency: str
     abandoned: bool = False
+    checkout_url: str | None = None  # where the customer takes the cart up again, when the shop said
 
     def to_json(self) -> dict[str, Any]:
-        return {"cart_id": self.cart_id, "updated_at": self.updated_at.isoformat(), "items": self.items,
+        data = {"cart_id": self.cart_id, "updated_at": self.updated_at.isoformat(), "items": self.items,
                 "value": self.value, "currency": self.currency, "abandoned": self.abandoned}
+        if self.checkout_url is not None:
+            data["checkout_url"] = self.checkout_url
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CartState:
         return cls(cart_id=data["cart_id"], updated_at=datetime.fromisoformat(data["updated_at"]),
                    items=data["items"], value=data["value"], currency=data["currency"],
-                   abandoned=data.get("abandoned", False))
+                   abandoned=data.get("abandoned", False), checkout_url=data.get("checkout_url"))
 
 
 CONSENT_LOG_LIMIT = 100  # consent facts kept per customer; the oldest go first

@@ -230,6 +230,26 @@ Text = Annotated[str, Field(min_length=1, max_length=512, json_schema_extra={"pa
                  AfterValidator(_check_text)]
 Link = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"pattern": IDENTIFIER_PATTERN}),
                  AfterValidator(_check_identifier)]
+# an absolute http(s) URL with a host (no user part), nothing a browser would read otherwise (spaces,
+# controls): the one pattern is both the document's and the check
+WEB_LINK_PATTERN: Final = (f"^[Hh][Tt][Tt][Pp][Ss]?://[^{_SPACE}{_CONTROLS}/?#@:\\[\\]]+(?::[0-9]{{1,5}})?"
+                           f"(?:[/?#][^{_SPACE}{_CONTROLS}]*)?$")
+_WEB_LINK = re.compile(WEB_LINK_PATTERN)
+
+
+def is_web_link(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 2048 and _WEB_LINK.fullmatch(value) is not None
+
+
+def _check_web_link(value: str) -> str:
+    if not _WEB_LINK.fullmatch(value):
+        raise PydanticCustomError("web_link", "must be an absolute http(s) URL such as https://shop.example/cart,"
+                                              " without spaces")
+    return value
+
+
+WebLink = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"pattern": WEB_LINK_PATTERN}),
+                    AfterValidator(_check_web_link)]
 MONEY_LIMIT: Final = Decimal("100000000000000")  # 10^14: fourteen digits before the point
 
 

@@ -42,6 +42,7 @@ from lifecycle.events.fields import (
     TimeZoneName,
     UnsubscribedCategories,
     UtcDatetime,
+    WebLink,
     _check_ip,
     _check_text,
 )
@@ -145,6 +146,9 @@ class CartUpdatedProperties(Properties):
     items: tuple[LineItem, ...] = Field(
         max_length=MAX_BATCH_EVENTS, description="The whole cart now; an empty list empties it"
     )
+    checkout_url: WebLink | None = Field(
+        default=None, description="Where the customer takes this cart up again (a shop's own checkout page, such as"
+                                  " Shopify's abandoned checkout URL): the cart emails' button goes there")
 
 
 MAX_TRACK_ATTRIBUTES: Final = 50

@@ -16,15 +16,12 @@ import asyncio
 import collections
 import hashlib
 import hmac
-import json
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Annotated, Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -47,17 +44,19 @@ from lifecycle.kafka import RenewingProducer, ensure_topics, make_producer, publ
 from lifecycle.privacy import publish_tombstones
 from lifecycle.seal import Seal
 from lifecycle.segment_files import segment_names
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, parse_shopify_secrets
 from lifecycle.templates import Templates
 from lifecycle.tokens import SigningKeys
 from services.ingest import metrics
 from services.ingest.admin import JourneyStore, admin_router
 from services.ingest.answers import ADMIN_KEY_RESPONSES, WRITE_KEY_RESPONSES, ErrorBody
+from services.ingest.bodies import decode_json, read_body
 from services.ingest.campaigns_api import CampaignStore, campaigns_router
 from services.ingest.pages import CustomerReader, PublishFailed, pages_router
-from services.ingest.privacy_api import PrivacyStore, privacy_router
+from services.ingest.privacy_api import PrivacyStore, privacy_router, shopify_privacy_topics
 from services.ingest.segment_routes import KeyCheck, segment_router
 from services.ingest.segments_api import SegmentPreviewer, segments_router
+from services.ingest.shopify_routes import OrderReader, TopicHandler, shopify_router
 from services.ingest.tracking import MessageReader, tracking_router
 
 log = logging.getLogger(__name__)
@@ -234,58 +233,6 @@ class _MetricsMiddleware:
 # --- helpers ---
 
 
-def _reject_constant(name: str) -> object:
-    # Python's json would otherwise accept NaN and Infinity, which are not JSON.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _decode_json(body: bytes) -> object:
-    if not body.strip():
-        raise HTTPException(400, 'the request body is empty; send one event or {"events": [...]} as JSON')
-    try:
-        # Decimal keeps money exact; utf-8-sig tolerates a byte order mark.
-        payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
-        # "\ud800" alone is valid JSON but no text: it could never be written to Kafka or PostgreSQL. Only
-        # a \u escape of a surrogate makes one (UTF-8 cannot carry them): only then is the payload encoded
-        if _SURROGATE_ESCAPE.search(body):
-            json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
-        return payload
-    except UnicodeEncodeError:
-        raise HTTPException(400, "the request body holds a \\u escape that is no character (a lone surrogate)"
-                            ) from None
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise HTTPException(
-            400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "it is nested too deeply"
-        raise HTTPException(400, f"the request body is not valid JSON: {detail}") from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = HTTPException(413, f"the request body is larger than {limit} bytes; split the batch")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise HTTPException(400, "the Content-Length header is not a number") from None
-        if size > limit:
-            raise too_large
-    # Content-Length can lie or be absent (chunked): count what actually arrives.
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
 @dataclass
 class _Runtime:
     producer: RenewingProducer | None = None
@@ -333,6 +280,8 @@ def create_app(
     segment_previewer: SegmentPreviewer | None = None,
     campaign_store: CampaignStore | None = None,
     privacy_store: PrivacyStore | None = None,
+    order_reader: OrderReader | None = None,
+    shopify_topics: Mapping[str, TopicHandler] | None = None,
     new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
@@ -347,7 +296,8 @@ def create_app(
     the clock of the rate limits of the links in emails. `fence_writer` records acknowledged
     opt-outs in PostgreSQL before the API answers; `journey_store` serves the admin journey routes,
     `segment_previewer` the segment preview, `campaign_store` the campaigns and `privacy_store` the
-    erasure and export of a customer.
+    erasure and export of a customer. `order_reader` finds the order a Shopify refund names;
+    `shopify_topics` adds handlers to Shopify's webhook topics.
     """
     api_keys = ScopedKeys.from_settings(settings)
     signing_keys = SigningKeys.from_settings(settings)
@@ -500,7 +450,7 @@ def create_app(
         summary=f"Send one event or a batch of 1 to {MAX_BATCH_EVENTS}",
     )
     async def post_events(request: Request) -> JSONResponse:
-        payload = _with_derived_ids(_decode_json(await _read_body(request, MAX_BODY_BYTES)))
+        payload = _with_derived_ids(decode_json(await read_body(request, MAX_BODY_BYTES)))
         try:
             events = parse_batch(payload, await clock.now(), new_event_id)
         except BatchInvalid as exc:
@@ -516,6 +466,18 @@ def create_app(
     # Segment's HTTP Tracking API at its own paths: a shop's Segment library pointed at us
     app.include_router(segment_router(publish, clock.now, KeyCheck(api_keys.write.check, api_keys.admin.check),
                                       PublishFailed))
+
+    async def tombstones(customer_id: str) -> list[str]:
+        producer = runtime.producer
+        if producer is None:
+            raise PublishFailed("the Kafka producer is not running")
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            return await publish_tombstones(producer, [settings.events_topic, settings.triggers_topic], customer_id)
+
+    # Shopify's webhooks, signed with the app's secret; its privacy topics erase and export
+    privacy_topics = shopify_privacy_topics(privacy_store, tombstones, monotonic) if privacy_store else {}
+    app.include_router(shopify_router(publish, clock.now, parse_shopify_secrets(settings.shopify_secrets),
+                                      PublishFailed, order_reader, {**privacy_topics, **(shopify_topics or {})}))
 
     @app.get(
         "/v1/customers/{customer_id}",
@@ -555,13 +517,6 @@ def create_app(
     app.include_router(campaigns_router(campaign_store, [Depends(require_admin_key)], template_names,
                                         segment_names(settings.segments_dir)))
     app.include_router(segments_router(segment_previewer, [Depends(require_admin_key)], settings.segments_dir))
-
-    async def tombstones(customer_id: str) -> list[str]:
-        producer = runtime.producer
-        if producer is None:
-            raise PublishFailed("the Kafka producer is not running")
-        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
-            return await publish_tombstones(producer, [settings.events_topic, settings.triggers_topic], customer_id)
 
     app.include_router(privacy_router(privacy_store, tombstones, [Depends(require_admin_key)]))
 

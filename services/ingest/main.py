@@ -29,6 +29,7 @@ from services.ingest.stores import (
     PgJourneyStore,
     PgPrivacyStore,
     make_fence_writer,
+    make_order_reader,
     make_segment_previewer,
 )
 
@@ -90,6 +91,7 @@ def build_app(settings: Settings, engine: AsyncEngine, templates: Templates) -> 
         journey_store=PgJourneyStore(engine, templates),
         segment_previewer=make_segment_previewer(engine, clock, settings.default_locale),
         campaign_store=PgCampaignStore(engine, clock, templates, settings.segments_dir),
+        order_reader=make_order_reader(engine),
     )
 
 

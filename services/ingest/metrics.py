@@ -41,6 +41,18 @@ SEGMENT_LEFT_OUT = Counter(
     " an e-commerce event read as a track event (its type)",
     ["what"],
 )
+SHOPIFY_WEBHOOKS = Counter(
+    "lifecycle_ingest_shopify_webhooks_total",
+    "Shopify webhooks (/v1/webhooks/shopify), by topic (other: a topic without a handler) and outcome: accepted,"
+    " nothing_kept, duplicate, ignored, unauthorized, invalid, unavailable, not_enabled",
+    ["topic", "outcome"],
+)
+SHOPIFY_LEFT_OUT = Counter(
+    "lifecycle_ingest_shopify_left_out_total",
+    "Parts of accepted Shopify webhooks not kept: no_customer, refund (partial, or of an unknown order), cart,"
+    " order_placed, a refused trait (traits.<name>), consent_state, checkout_url, timestamp...",
+    ["what"],
+)
 
 # Every event of a batch with any invalid event is refused (nothing is published).
 REFUSED_INVALID: Final = "invalid"

@@ -1,12 +1,14 @@
 """The ingest API's PostgreSQL side: opt-out fences, journey versions (its SQL in sql.py), segment previews,
-campaigns."""
+campaigns, the orders Shopify's refunds name."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lifecycle.campaign_catalog import (
@@ -19,12 +21,15 @@ from lifecycle.campaign_catalog import (
 )
 from lifecycle.clock import Clock
 from lifecycle.core.segments import Filter
+from lifecycle.db.schema import orders
 from lifecycle.db.segments import Preview, preview
 from lifecycle.journey_catalog import Applied, RunsPolicy, VersionInfo, apply, definition_text, list_versions
-from lifecycle.privacy import erase_customer, export_customer
+from lifecycle.privacy import erase_customer, export_customer, shopify_customers
+from lifecycle.shopify import KnownOrder
 from lifecycle.templates import Templates
 from services.ingest.app import Fence, FenceWriter
 from services.ingest.segments_api import SegmentPreviewer
+from services.ingest.shopify_routes import OrderReader
 from services.ingest.sql import INSERT_FENCES
 
 
@@ -50,6 +55,19 @@ class PgJourneyStore:
 
     async def versions(self, journey: str | None) -> list[VersionInfo]:
         return await list_versions(self.engine, journey)
+
+
+def make_order_reader(engine: AsyncEngine) -> OrderReader:
+    """The order as the stager keeps it (whose it is, its value, whether it is void): a Shopify refund
+    names only its order."""
+
+    async def read(order_id: str) -> KnownOrder | None:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(orders.c.customer_id, orders.c.value, orders.c.voided)
+                                      .where(orders.c.order_id == order_id))).first()
+        return None if row is None else KnownOrder(row.customer_id, Decimal(row.value), bool(row.voided))
+
+    return read
 
 
 def make_segment_previewer(engine: AsyncEngine, clock: Clock, default_locale: str) -> SegmentPreviewer:
@@ -91,3 +109,6 @@ class PgPrivacyStore:
 
     async def export(self, customer_id: str) -> dict[str, Any] | None:
         return await export_customer(self.engine, customer_id, await self.clock.now())
+
+    async def shopify_customers(self, limit: int) -> list[str]:
+        return await shopify_customers(self.engine, limit)

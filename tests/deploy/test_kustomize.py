@@ -29,7 +29,8 @@ SERVICES = {"ingest": 8080, "stager": 8081, "dispatcher": 8082, "bounces": 2526}
 METRICS_PORTS = {"ingest": 8083, "stager": 8081, "dispatcher": 8082, "bounces": 8084}
 # the Kafka consumer groups: no more pods than partitions
 CONSUMERS = ("stager", "dispatcher")
-SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD"}
+SECRET_SETTINGS = {"DATABASE_URL", "API_KEYS", "ADMIN_KEYS", "SIGNING_SECRET", "SIGNING_KEYS", "SMTP_PASSWORD",
+                   "SHOPIFY_SECRETS"}
 SECRET_NAME = "lifecycle-secrets"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
@@ -200,7 +201,7 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
 
     wanted = {
         "ingest": {"lifecycle_database_url", "lifecycle_api_keys", "lifecycle_admin_keys", "lifecycle_signing_secret",
-                   "lifecycle_signing_keys"},
+                   "lifecycle_signing_keys", "lifecycle_shopify_secrets"},
         "stager": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys"},
         "dispatcher": {"lifecycle_database_url", "lifecycle_signing_secret", "lifecycle_signing_keys",
                        "lifecycle_smtp_password"},
@@ -223,8 +224,9 @@ def test_settings_come_from_the_config_map_and_secrets_from_the_operators_secret
         assert all(item["key"] == item["path"] for s in sources for item in s["items"])
         assert keys == wanted[_component(workload)], _component(workload)
         optional = {item["key"] for s in sources if s.get("optional") for item in s["items"]}
-        # the SMTP password only for SMTP AUTH, the signing keys only once keys are rotated
-        assert optional <= {"lifecycle_smtp_password", "lifecycle_signing_keys"}, \
+        # the SMTP password only for SMTP AUTH, the signing keys only once keys are rotated, the Shopify
+        # secrets only for Shopify's webhooks
+        assert optional <= {"lifecycle_smtp_password", "lifecycle_signing_keys", "lifecycle_shopify_secrets"}, \
             "a required secret must not be optional"
 
 

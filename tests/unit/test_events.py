@@ -64,7 +64,8 @@ VALID: dict[str, dict[str, Any]] = {
     "unsubscribed": {"properties": {"message_id": "m1"}},
     "page_viewed": {"properties": {"url": "https://shop.example/p/1"}},
     "product_viewed": {"properties": {"product_id": "p1", "name": "Shirt", "price": "19.99", "currency": "eur"}},
-    "cart_updated": {"properties": {"cart_id": "k1", "currency": "EUR", "value": 39.98, "items": [ITEM]}},
+    "cart_updated": {"properties": {"cart_id": "k1", "currency": "EUR", "value": 39.98, "items": [ITEM],
+                                    "checkout_url": "https://shop.example/checkouts/k1/recover?key=a1"}},
     "checkout_started": {"properties": {"cart_id": "k1"}},
     "order_placed": {
         "properties": {
@@ -173,6 +174,17 @@ def test_currency_is_upper_cased_and_step_kept_as_text() -> None:
     assert event.properties.currency == "EUR"  # type: ignore[union-attr]
     opened = parse_event(body("email_opened"), NOW, ids())
     assert opened.properties.step == "1"  # type: ignore[union-attr]
+
+
+def test_a_checkout_url_is_a_web_link() -> None:
+    cart = {"cart_id": "k1", "currency": "EUR", "value": 0, "items": []}
+    for url in ("javascript:alert(1)", "https://", "https://shop.example/a b", "ftp://shop.example/x",
+                "https://user@shop.example/"):
+        with pytest.raises(EventInvalid, match="checkout_url"):
+            parse_event(body("cart_updated", properties={**cart, "checkout_url": url}), NOW, ids())
+    event = parse_event(body("cart_updated", properties={**cart, "checkout_url": "HTTP://shop.example:8080"}),
+                        NOW, ids())
+    assert event.properties_as(CartUpdatedProperties).checkout_url == "HTTP://shop.example:8080"
 
 
 def test_empty_cart_is_valid() -> None:
@@ -616,6 +628,7 @@ def test_json_schema_by_type_covers_every_type() -> None:
         "currency",
         "value",
         "items",
+        "checkout_url",
     }
     assert "traits" in schemas.definitions["CustomerUpdatedEvent"]["properties"]
     assert "traits" not in schemas.definitions["OrderPlacedEvent"]["properties"]

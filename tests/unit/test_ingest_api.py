@@ -649,6 +649,7 @@ ANSWERS = {
     ("post", "/v1/admin/campaigns/{name}/cancel"): {"200", "401", "403", "404", "422", "503"},
     ("delete", "/v1/admin/customers/{customer_id}"): {"200", "401", "403", "422", "503"},
     ("get", "/v1/admin/customers/{customer_id}/export"): {"200", "401", "403", "404", "422", "503"},
+    ("post", "/v1/webhooks/shopify"): {"200", "400", "401", "404", "413", "503"},
 }
 
 

@@ -4,12 +4,15 @@ export routes answer what they did (with a fake store and producer)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from lifecycle.events import EventInvalid, Origin, parse_event
 from lifecycle.events.fields import IP_PATTERN, ip_text
 from lifecycle.privacy import Tombstone, _plain, read_tombstone, split_at_tombstones
 from lifecycle.settings import Settings
+from lifecycle.shopify import guest_id
 from lifecycle.trusted import decode_sealed_event, decode_trusted_event
 from services.ingest.app import create_app
 from tests.support.ingest import FakeProducer, lifespan_client
@@ -110,16 +114,27 @@ def test_exported_values_are_plain_json() -> None:
 class FakePrivacy:
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
     down: bool = False
+    shopify: list[str] = field(default_factory=list)  # the ids shop/redact finds
+    erased: list[str] = field(default_factory=list)
 
     async def erase(self, customer_id: str) -> dict[str, int]:
         if self.down:
             raise OperationalError("DELETE", {}, Exception("connection refused"))
+        self.erased.append(customer_id)
+        if customer_id in self.shopify:
+            self.shopify.remove(customer_id)
         return {"customers": int(self.held.pop(customer_id, None) is not None)}
+
+    async def shopify_customers(self, limit: int) -> list[str]:
+        return self.shopify[:limit]
 
     async def export(self, customer_id: str) -> dict[str, Any] | None:
         if self.down:
             raise OperationalError("SELECT", {}, Exception("connection refused"))
         return self.held.get(customer_id)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "shopify"
 
 
 def _app(store: FakePrivacy | None, producer: FakeProducer) -> Any:
@@ -166,3 +181,37 @@ def test_addresses_outside_the_pattern_are_refused_and_the_servers_own_are_made_
         with pytest.raises(EventInvalid):
             _event({"type": "unsubscribed", "customer_id": "c1", "origin": {"source": "api", "ip": address}})
     assert (ip_text("::ffff:192.0.2.1"), ip_text("fe80::1%eth0"), ip_text("testclient")) == ("192.0.2.1", None, None)
+
+
+async def test_shopifys_privacy_topics_erase_and_find_the_export() -> None:
+    store, producer = FakePrivacy({"191167": {"profile": {}}}), FakeProducer()
+    store.shopify = [str(n) for n in range(120)] + ["shopify-guest:ab"]
+    ticks = iter(range(1000))
+    settings = Settings(api_keys="write-key", signing_secret="s", public_url="http://test", shopify_secrets="shh")
+    app = create_app(settings, ManualClock(NOW), lambda: producer, privacy_store=store,
+                     monotonic=lambda: float(next(ticks)) / 10)  # a tenth of a second an erasure
+
+    async def deliver(client: Any, topic: str, name: str) -> Any:
+        body = (FIXTURES / f"{name}.json").read_bytes()
+        signature = base64.b64encode(hmac.new(b"shh", body, hashlib.sha256).digest()).decode()
+        return await client.post("/v1/webhooks/shopify", content=body, headers={
+            "X-Shopify-Topic": topic, "X-Shopify-Hmac-SHA256": signature, "X-Shopify-Webhook-Id": f"w-{topic}",
+            "Content-Type": "application/json"})
+
+    async with lifespan_client(app) as client:
+        asked = await deliver(client, "customers/data_request", "customers_data_request")
+        assert asked.json() == {"outcome": "accepted", "events": 0} and store.held  # read, kept
+        redacted = await deliver(client, "customers/redact", "customers_redact")
+        assert redacted.json() == {"outcome": "accepted", "events": 0}
+        guest = guest_id("john@example.com")
+        assert store.erased == ["191167", guest] and not store.held
+        assert producer.tombstones[-2:] == [("lifecycle.events", guest.encode()),
+                                            ("lifecycle.triggers", guest.encode())]
+        store.erased.clear()
+        first = await deliver(client, "shop/redact", "shop_redact")  # 3.5 s of erasing, then come back
+        assert first.status_code == 503 and first.headers["Retry-After"] and 0 < len(store.erased) < 121
+        deliveries = 1
+        while (again := await deliver(client, "shop/redact", "shop_redact")).status_code == 503:
+            deliveries += 1  # Shopify delivers again: the erasure goes on where it stopped
+        assert again.json() == {"outcome": "accepted", "events": 0} and store.shopify == []
+        assert deliveries > 2 and len(set(store.erased)) == len(store.erased) == 121

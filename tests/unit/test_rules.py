@@ -176,6 +176,19 @@ def test_cart_abandoned_trigger_carries_items_once() -> None:
     assert abandoned.type is TriggerType.CART_ABANDONED
     assert abandoned.data["items"][0]["name"] == "Linen shirt" and abandoned.occurred_at == due
     assert apply_due(state, DueKind.CART, due, due, CONFIG).triggers == []
+    assert "checkout_url" not in abandoned.data
+
+
+def test_the_carts_checkout_url_is_kept_and_told_when_abandoned() -> None:
+    item = {"product_id": "p1", "name": "Linen shirt", "quantity": 1, "price": 59.0}
+    url = "https://checkout.shop.example/c/k1/recover?key=a1"
+    state = CustomerState("c1")
+    apply_event(state, event("cart_updated", T0, properties={"cart_id": "k1", "currency": "EUR", "value": 59.0,
+                                                             "items": [item], "checkout_url": url}), T0, CONFIG)
+    restored = CustomerState.from_json(state.to_json())  # as the stager saves and loads it
+    due = T0 + timedelta(hours=1)
+    [abandoned] = apply_due(restored, DueKind.CART, due, due, CONFIG).triggers
+    assert abandoned.data["checkout_url"] == url
 
 
 def test_backfill_marks_triggers_as_history() -> None:

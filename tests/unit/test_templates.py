@@ -100,6 +100,21 @@ def test_cart_items_names_quantities_prices_and_images() -> None:
     assert 'src="https://shop.example/logo.png"' in rendered.html
 
 
+@pytest.mark.parametrize("locale", ["fr", "en"])
+@pytest.mark.parametrize("name", ["abandoned_cart_1", "abandoned_cart_2", "abandoned_cart_3"])
+def test_the_cart_button_goes_to_the_carts_own_checkout_page_when_given(name: str, locale: str) -> None:
+    templates = Templates()
+    checkout = "https://checkout.shop.example/c/k1/recover?key=a1"
+    given = context()
+    given["context"] = {**given["context"], "checkout_url": checkout}
+    templates.render(name, given, locale=locale)
+    assert [link["url"] for link in given["links"].collected() if link["name"] == "cart"] == [checkout]
+    plain = context()
+    templates.render(name, plain, locale=locale)
+    assert [link["url"] for link in plain["links"].collected() if link["name"] == "cart"] == [
+        "https://shop.example/cart"]
+
+
 def test_first_name_or_a_friendly_greeting() -> None:
     templates = Templates()
     named = templates.render("abandoned_cart_1", context(), locale="en")
