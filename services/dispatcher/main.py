@@ -143,8 +143,7 @@ async def serve(settings: Settings) -> None:
         if time.monotonic() - last_gauges > 5:
             last_gauges = time.monotonic()
             await _refresh_gauges(engine, clock, [found.journey.name for found in files])
-            for what in ("processed_triggers", "message_bodies"):
-                await prune(engine, what, settings.retention_days)
+            await prune(engine, "processed_triggers", settings.retention_days)
             await report_lag(consumer, metrics.LAG)
 
     try:

@@ -119,7 +119,9 @@ async def serve(settings: Settings) -> None:
         if time.monotonic() - last_housekeeping > 5:
             last_housekeeping = time.monotonic()
             await store.sweep_fences()
+            # the stager's scheduled retention: processed event ids, stored email bodies, email events, sends
             await prune(engine, "processed_events", settings.retention_days)
+            await prune(engine, "message_bodies", settings.retention_days)
             now = await clock.now()
             await prune(engine, "email_events", settings.email_event_retention_days, now=now)
             await prune(engine, "sends", settings.send_retention_days, now=now)
