@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from lifecycle.db.queries import customer_hash_sql
+
 # --- a batch of events ------------------------------------------------------------------------
 
 # The batch's event ids not seen before, claimed in the same transaction as their effects.
@@ -34,8 +36,14 @@ DELETE_APPLIED_FENCES = text(
 
 # --- merged profiles (customer_merged) ---------------------------------------------------------
 
-# Where each of these ids' events go now: the profile it was merged into (chains are kept flat).
-ALIASES_OF = text("SELECT previous_id, customer_id FROM aliases WHERE previous_id = ANY(CAST(:ids AS text[]))")
+# Of these ids, where each one's events go now (the profile it was merged into: chains are kept flat),
+# and when it was erased: one round trip for both, only the ids with either.
+ALIASES_AND_ERASURES = text(
+    "SELECT t.id, a.customer_id AS merged_into, e.erased_at FROM unnest(CAST(:ids AS text[])) AS t(id)"
+    " LEFT JOIN aliases a ON a.previous_id = t.id"
+    f" LEFT JOIN erasures e ON e.customer_hash = {customer_hash_sql('t.id')}"
+    " WHERE a.customer_id IS NOT NULL OR e.erased_at IS NOT NULL"
+)
 # `:previous` is `:target` from now on, and so is every id that pointed at `:previous`.
 RECORD_ALIAS = text(
     "INSERT INTO aliases (previous_id, customer_id, merged_at) VALUES (:previous, :target, :now)"

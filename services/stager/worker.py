@@ -30,11 +30,11 @@ from lifecycle.db.locks import STAGER_LOCKS, lock_customers, try_lock_customers
 from lifecycle.db.notify import OUTBOX_CHANNEL, notify
 from lifecycle.events import CustomerMergedProperties, Event, EventType
 from lifecycle.kafka import delivered
-from lifecycle.privacy import PRIVACY, erase_rows, erased_at
+from lifecycle.privacy import PRIVACY, erase_rows
 from services.stager import metrics
 from services.stager.facts import record_facts
 from services.stager.sql import (
-    ALIASES_OF,
+    ALIASES_AND_ERASURES,
     CLAIM_EVENT_IDS,
     CLEAR_DUES,
     CUSTOMER_COLUMNS,
@@ -116,15 +116,11 @@ class StagerStore:
                 e.properties_as(CustomerMergedProperties).previous_id for e in unique.values()
                 if e.type is EventType.CUSTOMER_MERGED}
             # customers first (sorted), then their event ids: two stagers never wait on each other in a circle.
-            # With them the profiles their ids were merged into; read again once locked, a merge committed
-            # in between adds its profile's lock (a rare wait out of order, which PostgreSQL's deadlock
-            # detection would end with a retry of the batch)
-            aliases = await _aliases(conn, named)
-            await lock_customers(conn, STAGER_LOCKS, named | set(aliases.values()))
-            merged_since = await _aliases(conn, named)
-            await lock_customers(conn, STAGER_LOCKS, set(merged_since.values()) - set(aliases.values()) - named)
-            aliases = merged_since
-            erased = await erased_at(conn, [customer for customer, _ in unique])
+            # Then the profiles their ids were merged into: a wait out of order, rare (only behind a merge),
+            # which PostgreSQL's deadlock detection ends with a retry of the batch at worst
+            await lock_customers(conn, STAGER_LOCKS, named)
+            aliases, erased = await _aliases_and_erasures(conn, named)
+            await lock_customers(conn, STAGER_LOCKS, set(aliases.values()) - named)
             if erased:
                 # an erased customer's events from before the erasure (a replay, or on their way then) leave
                 # no trace, not even their ids
@@ -264,8 +260,16 @@ def _ids_of(event: Event) -> tuple[str, ...]:
     return (event.customer_id,)
 
 
-async def _aliases(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
-    return {row.previous_id: row.customer_id for row in await conn.execute(ALIASES_OF, {"ids": sorted(ids)})}
+async def _aliases_and_erasures(conn: AsyncConnection, ids: set[str]) -> tuple[dict[str, str], dict[str, datetime]]:
+    """The profile each id was merged into, and when each id was erased (for those with either)."""
+    aliases: dict[str, str] = {}
+    erased: dict[str, datetime] = {}
+    for row in await conn.execute(ALIASES_AND_ERASURES, {"ids": sorted(ids)}):
+        if row.merged_into is not None:
+            aliases[row.id] = row.merged_into
+        if row.erased_at is not None:
+            erased[row.id] = row.erased_at
+    return aliases, erased
 
 
 async def _merged(conn: AsyncConnection, previous: str, target: str, now: datetime) -> None:
