@@ -176,7 +176,7 @@ def test_a_configuration_ready_for_mailbox_providers(dns_server: TxtServer, dkim
     code, lines = doctor(dns_server, production(dkim_key, relay))
     assert lines == [
         "ok    environment: production",
-        "ok    secrets: no development key or secret (ingest, stager, dispatcher)",
+        "ok    secrets: no development key or secret (ingest, stager, dispatcher, bounces)",
         "ok    public URL: https://mail.shop.example (https: the links and List-Unsubscribe)",
         "ok    postal address: the footers show 'Maison Lin, 12 rue des Lilas, 75011 Paris, France'",
         "ok    SPF: shop.example has one SPF record (v=spf1 include:_spf.relay.example -all); it must name your "
