@@ -382,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the configuration as a mailbox provider would: SPF, DKIM and "
                             "DMARC in DNS, the https public URL, the postal address, development secrets, "
                             "the SMTP relay")
-    doctor.add_argument("--service", action="append", choices=["ingest", "stager", "dispatcher"],
-                        help="check only the secrets this service holds (repeatable; default: all three), e.g. "
-                        "in a pod that mounts only its own")
+    doctor.add_argument("--service", action="append", choices=["ingest", "stager", "dispatcher", "bounces"],
+                        help="check only the secrets this service holds (repeatable; default: every service), "
+                        "e.g. in a pod that mounts only its own")
     doctor.add_argument("--nameserver", metavar="IP[:PORT]",
                         help="ask this DNS server rather than the system's resolver (/etc/resolv.conf)")
     doctor.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
