@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 from uuid import UUID
 
 from prometheus_client import Counter
@@ -91,6 +91,9 @@ T = TypeVar("T")
 
 def split_at_tombstones(items: Sequence[T | Tombstone]) -> list[list[T] | Tombstone]:
     """The batch in its order: runs of messages, and the tombstones between them."""
+    if not any(type(item) is Tombstone for item in items):
+        # the common case, without a look at each item's place
+        return [cast(list[T], list(items))] if items else []
     parts: list[list[T] | Tombstone] = []
     for item in items:
         if isinstance(item, Tombstone):

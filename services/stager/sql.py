@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from lifecycle.db.queries import customer_hash_sql
-
 # --- a batch of events ------------------------------------------------------------------------
 
 # The batch's event ids not seen before, claimed in the same transaction as their effects.
@@ -36,14 +34,11 @@ DELETE_APPLIED_FENCES = text(
 
 # --- merged profiles (customer_merged) ---------------------------------------------------------
 
-# Of these ids, where each one's events go now (the profile it was merged into: chains are kept flat),
-# and when it was erased: one round trip for both, only the ids with either.
-ALIASES_AND_ERASURES = text(
-    "SELECT t.id, a.customer_id AS merged_into, e.erased_at FROM unnest(CAST(:ids AS text[])) AS t(id)"
-    " LEFT JOIN aliases a ON a.previous_id = t.id"
-    f" LEFT JOIN erasures e ON e.customer_hash = {customer_hash_sql('t.id')}"
-    " WHERE a.customer_id IS NOT NULL OR e.erased_at IS NOT NULL"
-)
+# Wait for these customers' locks (sorted ids: two stagers never wait on each other in a circle), then
+# say, of them, where each one's events go now (the profile it was merged into: chains are kept flat) and
+# when it was erased: one round trip (the function of migration 0009 reads once the locks are held).
+LOCK_AND_RESOLVE = text("SELECT found_id, merged_into, erased_when"
+                        " FROM lifecycle_lock_customers(:space, CAST(:ids AS text[]))")
 # `:previous` is `:target` from now on, and so is every id that pointed at `:previous`.
 RECORD_ALIAS = text(
     "INSERT INTO aliases (previous_id, customer_id, merged_at) VALUES (:previous, :target, :now)"

@@ -34,7 +34,6 @@ from lifecycle.privacy import PRIVACY, erase_rows
 from services.stager import metrics
 from services.stager.facts import record_facts
 from services.stager.sql import (
-    ALIASES_AND_ERASURES,
     CLAIM_EVENT_IDS,
     CLEAR_DUES,
     CUSTOMER_COLUMNS,
@@ -44,6 +43,7 @@ from services.stager.sql import (
     DUE_CHANGES_OF,
     DUE_CUSTOMERS,
     INSERT_OUTBOX,
+    LOCK_AND_RESOLVE,
     LOCK_STATES,
     LOCK_STATES_SKIP_LOCKED,
     MOVE_MERGED_FACTS,
@@ -112,14 +112,14 @@ class StagerStore:
             return 0
         async with self.engine.begin() as conn:
             now = await self.clock.now()
-            named = {customer for customer, _ in unique} | {
-                e.properties_as(CustomerMergedProperties).previous_id for e in unique.values()
-                if e.type is EventType.CUSTOMER_MERGED}
-            # customers first (sorted), then their event ids: two stagers never wait on each other in a circle.
-            # Then the profiles their ids were merged into: a wait out of order, rare (only behind a merge),
-            # which PostgreSQL's deadlock detection ends with a retry of the batch at worst
-            await lock_customers(conn, STAGER_LOCKS, named)
-            aliases, erased = await _aliases_and_erasures(conn, named)
+            merged = EventType.CUSTOMER_MERGED
+            previous_ids = {e.properties_as(CustomerMergedProperties).previous_id
+                            for e in unique.values() if e.type is merged}
+            named = {customer for customer, _ in unique} | previous_ids
+            # customers first, then their event ids. Then the profiles their ids were merged into: a wait out
+            # of order, rare (only behind a merge), which PostgreSQL's deadlock detection ends with a retry of
+            # the batch at worst
+            aliases, erased = await _lock_and_resolve(conn, named)
             await lock_customers(conn, STAGER_LOCKS, set(aliases.values()) - named)
             if erased:
                 # an erased customer's events from before the erasure (a replay, or on their way then) leave
@@ -134,8 +134,9 @@ class StagerStore:
             metrics.DUPLICATES.inc(len(unique) - len(new_events))
             if not new_events:
                 return 0
-            states = await _lock_states(conn, (named & {c for e in new_events for c in _ids_of(e)})
-                                        | {aliases.get(e.customer_id, e.customer_id) for e in new_events})
+            # their profiles (or those their ids were merged into), and the profiles merges take in
+            states = await _lock_states(conn, previous_ids | {aliases.get(c, c) for c in {e.customer_id
+                                                                                          for e in new_events}})
             changes = _Changes()
             applied: list[Event] = []  # as applied: under the profile their customer's id was merged into
             merges: list[tuple[str, str]] = []
@@ -253,22 +254,16 @@ class StagerStore:
         return len(rows)
 
 
-def _ids_of(event: Event) -> tuple[str, ...]:
-    """The customers an event touches: its own, and for a merge the profile merged."""
-    if event.type is EventType.CUSTOMER_MERGED:
-        return event.customer_id, event.properties_as(CustomerMergedProperties).previous_id
-    return (event.customer_id,)
-
-
-async def _aliases_and_erasures(conn: AsyncConnection, ids: set[str]) -> tuple[dict[str, str], dict[str, datetime]]:
-    """The profile each id was merged into, and when each id was erased (for those with either)."""
+async def _lock_and_resolve(conn: AsyncConnection, ids: set[str]) -> tuple[dict[str, str], dict[str, datetime]]:
+    """Hold the customers' locks; the profile each id was merged into, and when each id was erased (for those
+    with either), as they stand once the locks are held."""
     aliases: dict[str, str] = {}
     erased: dict[str, datetime] = {}
-    for row in await conn.execute(ALIASES_AND_ERASURES, {"ids": sorted(ids)}):
+    for row in await conn.execute(LOCK_AND_RESOLVE, {"space": STAGER_LOCKS, "ids": sorted(ids)}):
         if row.merged_into is not None:
-            aliases[row.id] = row.merged_into
-        if row.erased_at is not None:
-            erased[row.id] = row.erased_at
+            aliases[row.found_id] = row.merged_into
+        if row.erased_when is not None:
+            erased[row.found_id] = row.erased_when
     return aliases, erased
 
 
