@@ -13,11 +13,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
 from lifecycle.consuming import DeadLetter
-from lifecycle.kafka import make_producer
+from lifecycle.kafka import make_producer, read_topic
 from lifecycle.settings import Settings
 
 _SELECTOR = re.compile(r"(\d+):(\d+)")
@@ -49,39 +46,16 @@ class Entry:
 
 
 async def read_entries(settings: Settings) -> list[Entry]:
-    """Every record of the dead-letter topic, oldest first per partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([settings.dlq_topic])
-    finally:
-        await admin.close()
-    partitions = [TopicPartition(settings.dlq_topic, p["partition"]) for d in described if d.get("error_code") == 0
-                  for p in d.get("partitions", [])]
-    if not partitions:
-        return []  # no service has created it yet: nothing ever failed
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
+    """Every record of the dead-letter topic, oldest first per partition (none when no service has created
+    the topic yet: nothing ever failed)."""
     entries: list[Entry] = []
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    raw = record.value or b""
-                    try:
-                        letter: DeadLetter | None = DeadLetter.from_message(raw)
-                    except (ValueError, KeyError, TypeError):
-                        letter = None
-                    entries.append(Entry(tp.partition, record.offset, letter, raw))
-            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-    finally:
-        await consumer.stop()
+    for record in await read_topic(settings, settings.dlq_topic):
+        raw = record.value or b""
+        try:
+            letter: DeadLetter | None = DeadLetter.from_message(raw)
+        except (ValueError, KeyError, TypeError):
+            letter = None
+        entries.append(Entry(record.partition, record.offset, letter, raw))
     return sorted(entries, key=lambda e: (e.letter.failed_at if e.letter else "", e.partition, e.offset))
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import aiosmtplib
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
@@ -28,6 +27,7 @@ from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
 from lifecycle.tokens import SigningKeys
 from lifecycle.verp import bounce_address
+from tests.support.kafka import end_offsets
 from tests.support.reports import arf, dsn, send_report
 
 pytestmark = pytest.mark.integration
@@ -97,17 +97,6 @@ async def _metric(settings: Settings, name: str, **labels: str) -> float:
         body = (await client.get(f"http://127.0.0.1:{settings.bounces_metrics_port}/metrics")).text
     return sum(sample.value for family in text_string_to_metric_families(body) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
-async def _events_end(settings: Settings) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(settings.events_topic) or set()
-        return dict(await consumer.end_offsets([TopicPartition(settings.events_topic, p) for p in partitions]))
-    finally:
-        await consumer.stop()
 
 
 async def test_a_dsn_at_a_sends_verp_address_suppresses_the_customer(bounces: Settings,
@@ -184,12 +173,12 @@ async def test_a_forged_or_unsigned_bounce_address_publishes_nothing(bounces: Se
         genuine.replace("@shop.example", "@other.example"),
     ]
     refused = await _metric(bounces, "lifecycle_bounces_refused_recipients_total")
-    before = await _events_end(bounces)
+    before = await end_offsets(bounces, bounces.events_topic)
     for address in forged:
         answer = await _report(bounces, dsn("dan@example.com", address), address)
         assert isinstance(answer, aiosmtplib.SMTPRecipientsRefused), address
         assert [r.code for r in answer.recipients] == [550]
-    assert await _events_end(bounces) == before, "a forged report published an event"
+    assert await end_offsets(bounces, bounces.events_topic) == before, "a forged report published an event"
     assert await _metric(bounces, "lifecycle_bounces_refused_recipients_total") - refused == len(forged)
     await fresh.watch.wait_idle()
     assert await _suppressed(fresh, "c-forged", "dan@example.com") == (None, None)

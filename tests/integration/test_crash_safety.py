@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from devstack import processes, start_services
@@ -23,6 +22,7 @@ from lifecycle.kafka import make_consumer
 from lifecycle.scenario import ScenarioRunner
 from lifecycle.settings import Settings
 from services.stager.worker import StagerStore, rule_config
+from tests.support.kafka import end_offsets
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
@@ -32,19 +32,6 @@ HERE = Path(__file__)
 def _signup(customer_id: str, email: str, event_id: str) -> dict[str, Any]:
     return {"event_id": event_id, "type": "customer_signed_up", "customer_id": customer_id,
             "occurred_at": START.isoformat(), "traits": {"email": email, "consent": "opted_in"}}
-
-
-async def _end_offsets(settings: Settings) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()  # consumer.topics() leaves it unread
-        partitions = cluster.partitions_for_topic(settings.events_topic) or set()
-        tps = [TopicPartition(settings.events_topic, p) for p in partitions]
-        assert tps, f"no partitions of {settings.events_topic}"
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 def _emails_to(settings: Settings, address: str) -> list[Any]:
@@ -59,13 +46,13 @@ async def fresh(runner: ScenarioRunner) -> AsyncIterator[ScenarioRunner]:
 
 
 async def test_a_batch_with_one_bad_event_publishes_nothing(pipeline: Settings, fresh: ScenarioRunner) -> None:
-    before = await _end_offsets(pipeline)
+    before = await end_offsets(pipeline, pipeline.events_topic)
     batch = {"events": [_signup(f"c-batch-{i}", f"b{i}@example.com", f"batch-{i}") for i in range(5)]}
     batch["events"][3]["properties"] = {"unexpected": 1}
     response = await fresh.http.post("/v1/events", json=batch)
     assert response.status_code == 422
     assert [e["index"] for e in response.json()["errors"]] == [3]
-    assert await _end_offsets(pipeline) == before
+    assert await end_offsets(pipeline, pipeline.events_topic) == before
     await fresh.watch.wait_idle()
     assert read_messages(mail_dir(pipeline)) == []
 

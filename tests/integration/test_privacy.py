@@ -8,12 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from lifecycle.db.retention import PRUNE_EMAIL_EVENTS, PRUNE_SENDS, prune
 from lifecycle.events import parse_event
-from lifecycle.kafka import make_producer
+from lifecycle.kafka import make_producer, read_topic
 from lifecycle.privacy import CUSTOMER_TABLES, publish_tombstones
 from lifecycle.scenario import ScenarioRunner
 
@@ -30,23 +29,7 @@ async def _rows_of(runner: ScenarioRunner, customer_id: str) -> dict[str, int]:
 
 
 async def _tombstones(runner: ScenarioRunner, topic: str, customer_id: str) -> int:
-    settings = runner.settings
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()  # consumer.topics() leaves it unread
-        parts = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or set()]
-        assert parts
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        found = 0
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                found += sum(1 for r in records if r.key == customer_id.encode() and r.value is None)
-        return found
-    finally:
-        await consumer.stop()
+    return sum(1 for r in await read_topic(runner.settings, topic) if r.key == customer_id.encode() and r.value is None)
 
 
 async def test_export_then_erase_leaves_only_hashes(runner: ScenarioRunner) -> None:
