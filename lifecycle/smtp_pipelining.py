@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiosmtplib.email
 import aiosmtplib.protocol
 import aiosmtplib.smtp
 from aiosmtplib import (
@@ -37,7 +38,6 @@ from aiosmtplib import (
     SMTPStatus,
     SMTPTimeoutError,
 )
-from aiosmtplib.email import parse_address, quote_address
 from aiosmtplib.response import SMTPResponse
 
 _Base: Any = aiosmtplib.protocol.SMTPProtocol
@@ -105,16 +105,17 @@ async def send_pipelined(smtp: SMTP, sender: str, recipient: str, message: bytes
     options = list(mail_options)
     utf8 = any(option.lower() == "smtputf8" for option in options)
     encoding = "utf-8" if utf8 else "ascii"
-    parse_address(sender)  # a bad address fails before anything is sent, as in sendmail
-    parse_address(recipient)
+    # looked up at each call: lifecycle/smtp_data.py puts its fast path there
+    quote = aiosmtplib.email.quote_address
+    quoted_sender, quoted_recipient = quote(sender), quote(recipient)  # a bad one fails before anything is sent
     if utf8 and not smtp.supports_extension("smtputf8"):
         raise SMTPNotSupported("SMTPUTF8 is not supported by this server")
     body = aiosmtplib.protocol.normalize_message_line_endings(message)
     if smtp.supports_extension("size"):
         options.insert(0, f"size={len(body)}")
-    commands = (b" ".join([b"MAIL FROM:" + quote_address(sender).encode(encoding),
+    commands = (b" ".join([b"MAIL FROM:" + quoted_sender.encode(encoding),
                            *(option.encode("ascii") for option in options)]) + b"\r\n"
-                + b"RCPT TO:" + quote_address(recipient).encode(encoding) + b"\r\n"
+                + b"RCPT TO:" + quoted_recipient.encode(encoding) + b"\r\n"
                 + b"DATA\r\n")
     try:
         async with _commands(protocol):

@@ -78,3 +78,30 @@ def test_an_address_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
         except ValueError:
             quoted = ValueError
         assert quoted == (f"<{expected}>" if isinstance(expected, str) else ValueError)
+
+
+def _parsed_or_refused(parse: object, address: str) -> str | type[Exception]:
+    try:
+        return parse(address)  # type: ignore[operator, no-any-return]
+    except ValueError:
+        return ValueError
+
+
+@given(st.from_regex(smtp_data.PLAIN_ADDRESS, fullmatch=True))
+def test_a_plain_address_is_what_the_parse_returns_for_it(address: str) -> None:
+    import aiosmtplib.email
+
+    smtp_data.install()
+    original = aiosmtplib.email.parse_address.__wrapped__  # type: ignore[attr-defined]
+    assert original(address) == address
+    assert aiosmtplib.email.quote_address(address) == f"<{address}>"
+
+
+@given(st.text(alphabet=st.sampled_from(list("aZ09!#$%&'*+/=?^_`{|}~-.@()<>[]:;,\\\" \t\r\né\x00")), max_size=24))
+def test_any_address_near_the_plain_ones_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
+    import aiosmtplib.email
+
+    smtp_data.install()
+    parse = aiosmtplib.email.parse_address
+    original = parse.__wrapped__  # type: ignore[attr-defined]
+    assert _parsed_or_refused(parse, address) == _parsed_or_refused(original, address)
