@@ -24,6 +24,7 @@ single pair of runs moved the ratio by 0.2 either way with the same code.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ async def seed_due_runs(stack: BenchStack, prefix: str, count: int, distinct: bo
 @dataclass(frozen=True)
 class Delivered:
     count: int
+    # CPU time an email from ready to the last record (ms): the dispatcher's process, its render workers
+    cpu_ms: tuple[float, float] | None
     from_ready: float  # emails/s from the moment the dispatcher answers /healthz to the last arrival
     from_spawn: float  # the same from the process start (imports and connections included)
     first_to_last: float | None
@@ -119,6 +122,8 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
                 return False, "starting"
 
         ready = await wait_until(healthy, "dispatcher start", 120, interval=0.02)
+    pid = stack.pid("dispatcher")
+    cpu_at_ready = _cpu_seconds(pid) if pid else None
 
     async def done() -> tuple[bool, str]:
         if not stack.pid("dispatcher"):
@@ -135,13 +140,36 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
         return sent >= count, f"{sent}/{count} recorded as sent"
 
     await wait_until(recorded, "dispatcher records", 120)
+    cpu_ms = None
+    if pid and cpu_at_ready is not None:
+        own, workers = (1000 * (now - then) / count for now, then in zip(_cpu_seconds(pid), cpu_at_ready, strict=True))
+        cpu_ms = (own, workers)
     stack.wait_healthy("dispatcher")
     found = deliveries(stack.settings)
     times = [d.at for d in found]
-    result = Delivered(len(found), rate(len(found), max(times) - ready), rate(len(found), max(times) - spawned),
+    result = Delivered(len(found), cpu_ms, rate(len(found), max(times) - ready), rate(len(found), max(times) - spawned),
                        spread_rate(times), count_duplicates(found))
     stack.stop("dispatcher")
     return result
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of `pid`, of its children together: the render workers), user and system, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = children = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        used = (int(fields[11]) + int(fields[12])) / ticks
+        if int(entry.name) == pid:
+            own = used
+        elif int(fields[1]) == pid:
+            children += used
+    return own, children
 
 
 async def raw_smtp(stack: BenchStack, connections: int, total: int | None = None,
@@ -259,8 +287,16 @@ async def _rounds(stack: BenchStack, phase: str, count: int, settings: Settings 
         sent, seconds = await raw_smtp(stack, connections)
         raws.append(rate(sent, seconds))
         delivered.append(found)
-        say(f"  round {round_number}: raw loop {raws[-1]:.1f} emails/s, ratio {ratio(found.from_ready, raws[-1]):.2f}")
+        say(f"  round {round_number}: raw loop {raws[-1]:.1f} emails/s, ratio {ratio(found.from_ready, raws[-1]):.2f}"
+            f"{_cpu_note(found)}")
     return delivered, raws
+
+
+def _cpu_note(found: Delivered) -> str:
+    if found.cpu_ms is None:
+        return ""
+    own, workers = found.cpu_ms
+    return f"; CPU an email: dispatcher {own:.2f} ms, render workers {workers:.2f} ms"
 
 
 def _note_duplicates(results: Results, phase: str, runs: list[Delivered]) -> None:
@@ -276,5 +312,5 @@ async def _again(stack: BenchStack, phase: str, count: int, settings: Settings |
     await seed_due_runs(stack, phase, count, distinct=distinct)
     found = await deliver_all(stack, count, settings, phase)
     say(f"  {found.from_ready:.1f} emails/s from ready to the last arrival ({found.from_spawn:.1f}/s from the "
-        f"process start, {found.first_to_last or 0:.1f}/s first delivery to last)")
+        f"process start, {found.first_to_last or 0:.1f}/s first delivery to last){_cpu_note(found)}")
     return found
