@@ -1,6 +1,8 @@
 """Schemathesis, with every check, against the running ingest API's /openapi.json: no server error, no
 answer the document does not describe, nothing schema-valid refused or schema-invalid taken; and what
-it got accepted never poisons the pipeline behind it.
+it got accepted never poisons the pipeline behind it. The budgets per phase and operation are in
+tests/fuzz/schemathesis.toml (the two operations taking a segment definition skip the coverage phase,
+whose cases for that recursive schema took most of the run, and get more fuzzing cases instead).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ async def test_the_fuzzer_finds_nothing_against_the_openapi_document(on_the_syst
            "LIFECYCLE_FUZZ_WRITE_KEY": first_plain_key(settings.api_keys, "LIFECYCLE_API_KEYS"),
            "LIFECYCLE_FUZZ_ADMIN_KEY": first_plain_key(settings.admin_keys, "LIFECYCLE_ADMIN_KEYS")}
     command = [schemathesis, "--config-file", str(ROOT / "tests" / "fuzz" / "schemathesis.toml"), "run",
-               f"http://127.0.0.1:{settings.ingest_port}/openapi.json", "--checks", "all", "--max-examples", "30",
+               f"http://127.0.0.1:{settings.ingest_port}/openapi.json", "--checks", "all",
                "--seed", "20261129", "--no-color", "--output-truncate", "true", "--workers", "1"]
     result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, cwd=ROOT,
                                      timeout=900, check=False)
