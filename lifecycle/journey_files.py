@@ -29,6 +29,7 @@ from lifecycle.core.journeys import (
 from lifecycle.core.triggers import TriggerType
 from lifecycle.events.kinds import EMAIL_CATEGORIES
 from lifecycle.templates import Templates
+from lifecycle.yamlio import PlainLoader, load_plain
 
 BUILTIN_DIR = Path(__file__).parent / "journeys"
 REENTRY_RULES: tuple[Reentry, ...] = ("while_inactive", "restart", "once", "once_per_key")
@@ -79,7 +80,7 @@ class _Reader:
         return str(node.value)
 
     def plain(self, node: yaml.Node) -> Any:
-        return yaml.safe_load(yaml.serialize(node))
+        return load_plain(yaml.serialize(node))
 
     def text(self, node: yaml.Node, field: str) -> str | None:
         """A scalar that is text (`5`, `true` or `null` are not)."""
@@ -352,7 +353,7 @@ def _window(reader: _Reader, send: dict[str, yaml.Node], field: str) -> tuple[ti
 def parse_journey(path: Path, text: str, templates: Templates | None = None) -> tuple[Journey | None, list[Problem]]:
     reader = _Reader(path)
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=PlainLoader)  # `NO` is Norway, not false
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1

@@ -29,6 +29,7 @@ from lifecycle.templates.links import UNTRACKED, Links
 from lifecycle.templates.locales import locale_folders, normalize_locale, pick_locale
 from lifecycle.templates.samples import SAMPLE_POSTAL_ADDRESS, SAMPLE_SHOP_URL, sample_contexts
 from lifecycle.templates.text import unknown_elements
+from lifecycle.yamlio import load_plain
 
 # the package's folder: the shipped templates sit beside this module
 BUILTIN_DIR = Path(__file__).parent
@@ -133,7 +134,7 @@ class Templates:
                 if not path.is_file():
                     continue
                 try:
-                    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                    loaded = load_plain(path.read_text(encoding="utf-8")) or {}  # `Yes` and `No` stay words
                 except yaml.YAMLError as exc:
                     mark = getattr(exc, "problem_mark", None)
                     raise TemplateError(path, mark.line + 1 if mark else 1, f"invalid YAML: {exc}") from None

@@ -191,6 +191,17 @@ def test_validation_names_file_line_and_field(tmp_path: Path) -> None:
     assert any(p.field == "steps[0].send.template" and p.line == 4 for p in caught.value.problems)
 
 
+def test_yes_no_on_and_off_are_words_and_dates_text_in_a_journey(tmp_path: Path) -> None:
+    # YAML 1.1 would read `NO` (Norway) as false: only true and false are booleans, as in YAML 1.2
+    text = ("name: nordics\nentry: {trigger: birthday, where: {country: [NO, SE], plan: on, since: 2026-01-01}}\n"
+            "steps:\n  - send: {template: birthday_1}\n")
+    journey, problems = parse_journey(tmp_path / "nordics.yaml", text, None)
+    assert problems == [] and journey is not None and journey.entry is not None
+    assert journey.entry.where == {"country": ["NO", "SE"], "plan": ["on"], "since": ["2026-01-01"]}
+    norway = Trigger("t1", TriggerType.BIRTHDAY, "c1", T0, data={"country": "NO", "plan": "on", "since": "2026-01-01"})
+    assert journey.entry.matches(norway)
+
+
 def test_extra_directory_overrides_a_journey(tmp_path: Path) -> None:
     (tmp_path / "birthday.yaml").write_text(
         "name: birthday\nreentry: once_per_key\nreentry_key: year\nentry: {trigger: birthday}\n"

@@ -344,6 +344,12 @@ def test_extra_templates_override_the_package_and_strings_merge(tmp_path: Path) 
     assert templates.render("abandoned_cart_1", context(), locale="en").subject.startswith("Ana, your cart")
 
 
+def test_yes_and_no_in_the_strings_stay_words(tmp_path: Path) -> None:
+    write(tmp_path, "en/_strings.yaml", "signoff: No\nanswer: yes\nsince: 2026-01-01\n")
+    strings = Templates(tmp_path).strings("en")
+    assert (strings["signoff"], strings["answer"], strings["since"]) == ("No", "yes", "2026-01-01")
+
+
 # --- links -------------------------------------------------------------------------------------
 
 
