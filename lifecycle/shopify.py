@@ -11,12 +11,15 @@ resource) into our events, not yet checked:
   the cart: it has become an order;
 - `orders/create`: the customer, and `order_placed`; `orders/cancelled`: `order_cancelled`;
 - `refunds/create`: a refund names its order, not its customer: it is read with what the stager keeps
-  of that order (`KnownOrder`), and is an `order_refunded` only when it pays back the whole order.
+  of that order (`KnownOrder`), and is an `order_refunded` only when it pays back the whole order;
+- `orders/updated`: only what no other topic says: the order paid back whole by refunds that each
+  repaid part of it (Shopify's `financial_status` becomes `refunded`), as `order_refunded`.
 
 The customer id is Shopify's customer id as text; a guest (no customer, only an address) is
 `shopify-guest:` and a digest of the address, so that their checkouts and orders meet on one profile.
 Event ids are derived from the webhook's id (`X-Shopify-Webhook-Id`): a webhook delivered again
-makes the same events, which count once.
+makes the same events, which count once. An order's `order_refunded` has one id whichever webhook
+tells it (a whole refund, the order updated to refunded, again and again): it counts once.
 """
 
 from __future__ import annotations
@@ -297,8 +300,27 @@ def refund_events(refund: Mapping[str, Any], delivery: Delivery) -> list[dict[st
         delivery.left_out.append("refund (partial)")
         return []
     at = delivery.time(refund.get("processed_at"), refund.get("created_at"))
-    return [{"type": "order_refunded", "customer_id": order.customer_id, "occurred_at": at.isoformat(),
-             "properties": {"order_id": order_id}}]
+    return [_refunded(order.customer_id, order_id, at)]
+
+
+def updated_events(order: Mapping[str, Any], delivery: Delivery) -> list[dict[str, Any]]:
+    """orders/updated: `order_refunded` once the order's refunds together repay it (`financial_status`
+    `refunded`); every other update is said by its own topic, or is not ours to keep."""
+    if order.get("financial_status") != "refunded":
+        return []  # nothing left out: what the update says comes with its own topic
+    customer_id = _customer_id(order, delivery)
+    order_id = id_text(order.get("id"))
+    if customer_id is None:
+        return []
+    if order_id is None:
+        delivery.left_out.append("order_refunded (no id)")
+        return []
+    return [_refunded(customer_id, order_id, delivery.time(order.get("updated_at")))]
+
+
+def _refunded(customer_id: str, order_id: str, at: datetime) -> dict[str, Any]:
+    return {"type": "order_refunded", "customer_id": customer_id, "occurred_at": at.isoformat(),
+            "properties": {"order_id": order_id}, "event_id": refunded_event_id(order_id)}
 
 
 Mapping_ = Callable[[Mapping[str, Any], Delivery], list[dict[str, Any]]]
@@ -311,12 +333,18 @@ MAPPINGS: Final[Mapping[str, Mapping_]] = {
     "orders/create": order_events,
     "orders/cancelled": cancelled_events,
     "refunds/create": refund_events,
+    "orders/updated": updated_events,
 }
 
 
 def event_id(webhook_id: str, index: int, kind: str) -> str:
     """The id of the `index`-th event a webhook makes: the same webhook delivered again makes the same."""
     return "shopify-" + hashlib.sha256(f"{webhook_id}:{index}:{kind}".encode()).hexdigest()[:40]
+
+
+def refunded_event_id(order_id: str) -> str:
+    """The id of an order's `order_refunded`, whichever webhook makes it."""
+    return "shopify-" + hashlib.sha256(f"order-refunded:{order_id}".encode()).hexdigest()[:40]
 
 
 def read_webhook(payload: Any, delivery: Delivery) -> ReadWebhook:
@@ -328,7 +356,7 @@ def read_webhook(payload: Any, delivery: Delivery) -> ReadWebhook:
     bodies = MAPPINGS[delivery.topic](payload, delivery)
     events: list[Event] = []
     for index, body in enumerate(bodies):
-        body["event_id"] = event_id(delivery.webhook_id, index, body["type"])
+        body.setdefault("event_id", event_id(delivery.webhook_id, index, body["type"]))
         checked = _checked(body, delivery)
         if checked is not None:
             events.append(checked)

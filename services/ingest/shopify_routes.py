@@ -210,7 +210,7 @@ def shopify_router(publish: Callable[..., Awaitable[None]], now: Callable[[], Aw
              "description": "base64 HMAC-SHA256 of the raw body, keyed with the app's secret"},
             {"name": "X-Shopify-Topic", "in": "header", "required": True, "schema": header,
              "description": "customers/create, customers/update, checkouts/create, checkouts/update,"
-                            " orders/create, orders/cancelled, refunds/create, and the privacy topics"
+                            " orders/create, orders/updated, orders/cancelled, refunds/create, and the privacy topics"
                             " customers/redact, customers/data_request, shop/redact; others are answered and"
                             " not read"},
             {"name": "X-Shopify-Webhook-Id", "in": "header", "required": False, "schema": header,

@@ -1,7 +1,8 @@
 """Shopify's signed webhooks through the whole pipeline (Kafka, PostgreSQL, dispatcher, SMTP sink): an
 opted-in customer's checkout is abandoned, the first reminder takes them back to Shopify's abandoned
 checkout URL, the order stops the reminders; a webhook delivered again, even to a restarted ingest after
-the secret was rotated, changes nothing; a refund voids the order only when it pays all of it back."""
+the secret was rotated, changes nothing; a refund voids the order only when it pays all of it back, and
+refunds that each repay part of it void it once Shopify updates the order to refunded, once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hmac
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +127,31 @@ async def _abandoned_then_recovered(runner: ScenarioRunner) -> None:
         "outcome": "nothing_kept", "events": 0}
     await runner.watch.wait_idle()
     assert (await runner.http.get(f"/v1/customers/{CUSTOMER}")).json()["orders_count"] == 1
-    whole = copy.deepcopy(partial)
-    whole["id"] += 1
-    whole["transactions"][0]["amount"] = order["total_price"]
-    assert await deliver(runner, "refunds/create", whole, "wh-refund-2", NEXT_SECRET) == {
+    # a second partial refund repays the rest: by itself still partial; Shopify then updates the order
+    # to refunded, which voids it
+    rest = copy.deepcopy(partial)
+    rest["id"] += 1
+    rest["transactions"][0]["amount"] = str(Decimal(order["total_price"]) - Decimal("199.00"))
+    assert await deliver(runner, "refunds/create", rest, "wh-refund-2", NEXT_SECRET) == {
+        "outcome": "nothing_kept", "events": 0}
+    updated = {**order, "financial_status": "refunded", "updated_at": refunded.isoformat()}
+    assert await deliver(runner, "orders/updated", updated, "wh-update-1", NEXT_SECRET) == {
         "outcome": "accepted", "events": 1}
     await runner.watch.wait_idle()
     profile = (await runner.http.get(f"/v1/customers/{CUSTOMER}")).json()
     assert (profile["orders_count"], profile["stage"]) == (0, "prospect")
+    # a later update of the refunded order makes the same event, which counts once; a whole refund of
+    # the voided order makes none
+    applied = await _applied_events(runner)
+    assert await deliver(runner, "orders/updated", {**updated, "tags": "vip"}, "wh-update-2", NEXT_SECRET) == {
+        "outcome": "accepted", "events": 1}
+    whole = copy.deepcopy(rest)
+    whole["id"] += 1
+    whole["transactions"][0]["amount"] = order["total_price"]
+    assert (await deliver(runner, "refunds/create", whole, "wh-refund-3", NEXT_SECRET))["events"] == 0
+    await runner.watch.wait_idle()
+    assert await _applied_events(runner) == applied
+    assert runner.new_emails() == []
 
     # Shopify's privacy topics: the data request finds the export, the redaction erases the customer
     named = {**fixture("customers_redact", refunded), "customer": {"id": int(CUSTOMER), "email": ADDRESS}}

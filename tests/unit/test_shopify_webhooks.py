@@ -19,7 +19,7 @@ from lifecycle.events import Event
 from lifecycle.events.kinds import Consent
 from lifecycle.events.models import CartUpdatedProperties, OrderPlacedProperties
 from lifecycle.settings import Settings
-from lifecycle.shopify import Delivery, KnownOrder, ReadWebhook, guest_id, read_webhook
+from lifecycle.shopify import Delivery, KnownOrder, ReadWebhook, guest_id, read_webhook, refunded_event_id
 from services.ingest.app import create_app
 from tests.support.ingest import FakeProducer, lifespan_client
 
@@ -128,6 +128,25 @@ def test_a_refund_is_our_refund_only_when_it_pays_back_the_whole_order() -> None
     failed = copy.deepcopy(refund)
     failed["transactions"][0]["status"] = "failure"
     assert read("refunds/create", failed, order=whole).left_out == ("refund (partial)",)
+
+
+def test_an_order_repaid_by_several_refunds_is_refunded_once_its_update_says_so() -> None:
+    # each of two refunds repays part of the order; Shopify then updates the order to `refunded`
+    updated = fixture("orders_updated")
+    [refunded] = read("orders/updated", updated, "w-update-1").events
+    assert (refunded.type.value, refunded.customer_id) == ("order_refunded", "115310627314723954")
+    assert refunded.properties.order_id == "820982911946154508"  # type: ignore[union-attr]
+    assert refunded.occurred_at == datetime(2026, 12, 3, 15, 15, tzinfo=UTC)
+    assert refunded.event_id == refunded_event_id("820982911946154508")
+    # any later update of the refunded order, and a whole refund of it, make the same event: it counts once
+    [later] = read("orders/updated", {**updated, "tags": "vip"}, "w-update-2").events
+    whole = KnownOrder("115310627314723954", Decimal("199.00"), voided=False)
+    [by_refund] = read("refunds/create", fixture("refunds_create"), "w-refund", order=whole).events
+    assert later.event_id == by_refund.event_id == refunded.event_id
+    # every other update is another topic's to say: nothing is made, nothing left out
+    for status in ("paid", "partially_refunded", "voided", None):
+        assert read("orders/updated", {**updated, "financial_status": status}) == ReadWebhook([], ())
+    assert read("orders/updated", {**updated, "id": None}).left_out == ("order_refunded (no id)",)
 
 
 def test_the_same_webhook_makes_the_same_event_ids() -> None:
