@@ -263,16 +263,24 @@ def order_events(order: Mapping[str, Any], delivery: Delivery) -> list[dict[str,
 
 def cancelled_events(order: Mapping[str, Any], delivery: Delivery) -> list[dict[str, Any]]:
     """orders/cancelled: the order no longer counts."""
+    named = _order_named(order, delivery, "order_cancelled")
+    if named is None:
+        return []
+    at = delivery.time(order.get("cancelled_at"), order.get("updated_at"))
+    return [{"type": "order_cancelled", "customer_id": named[0], "occurred_at": at.isoformat(),
+             "properties": {"order_id": named[1]}}]
+
+
+def _order_named(order: Mapping[str, Any], delivery: Delivery, kind: str) -> tuple[str, str] | None:
+    """(customer id, order id) of an order a `kind` event is about; None (and why, when it is the id)."""
     customer_id = _customer_id(order, delivery)
     order_id = id_text(order.get("id"))
     if customer_id is None:
-        return []
+        return None
     if order_id is None:
-        delivery.left_out.append("order_cancelled (no id)")
-        return []
-    at = delivery.time(order.get("cancelled_at"), order.get("updated_at"))
-    return [{"type": "order_cancelled", "customer_id": customer_id, "occurred_at": at.isoformat(),
-             "properties": {"order_id": order_id}}]
+        delivery.left_out.append(f"{kind} (no id)")
+        return None
+    return customer_id, order_id
 
 
 def refunded_amount(refund: Mapping[str, Any]) -> Decimal:
@@ -308,14 +316,10 @@ def updated_events(order: Mapping[str, Any], delivery: Delivery) -> list[dict[st
     `refunded`); every other update is said by its own topic, or is not ours to keep."""
     if order.get("financial_status") != "refunded":
         return []  # nothing left out: what the update says comes with its own topic
-    customer_id = _customer_id(order, delivery)
-    order_id = id_text(order.get("id"))
-    if customer_id is None:
+    named = _order_named(order, delivery, "order_refunded")
+    if named is None:
         return []
-    if order_id is None:
-        delivery.left_out.append("order_refunded (no id)")
-        return []
-    return [_refunded(customer_id, order_id, delivery.time(order.get("updated_at")))]
+    return [_refunded(*named, delivery.time(order.get("updated_at")))]
 
 
 def _refunded(customer_id: str, order_id: str, at: datetime) -> dict[str, Any]:
