@@ -51,16 +51,21 @@ class TriggerHandling(StoreBase):
                 ).scalars().all()
             )
             fresh = [t for t in unique.values() if t.trigger_id in claimed]
-            erased = await erased_at(conn, [t.customer_id for t in fresh])
+            if not fresh:
+                return 0
+            customer_ids = sorted({t.customer_id for t in fresh})
+            await lock_customers(conn, DISPATCHER_LOCKS, customer_ids)
+            # read once the locks are held: an erasure holds them too, so one committed while this batch
+            # waited is seen here, and its customer gets no run back
+            erased = await erased_at(conn, customer_ids)
             if erased:
                 # caused before the customer was erased: on its way then, it must not bring them back
                 kept = [t for t in fresh if t.customer_id not in erased or t.occurred_at > erased[t.customer_id]]
                 PRIVACY.labels(action="trigger_dropped").inc(len(fresh) - len(kept))
                 fresh = kept
-            if not fresh:
-                return 0
-            customer_ids = sorted({t.customer_id for t in fresh})
-            await lock_customers(conn, DISPATCHER_LOCKS, customer_ids)
+                if not fresh:
+                    return 0
+                customer_ids = sorted({t.customer_id for t in fresh})
             rows = (await conn.execute(CUSTOMER_RUNS, {"ids": customer_ids})).all()
             runs: dict[str, list[Run]] = {}
             for row in rows:
