@@ -30,11 +30,12 @@ import aiosmtplib.email
 import aiosmtplib.protocol
 import aiosmtplib.smtp
 
+from lifecycle.addresses import DOT_ATOM
+
 # addresses that are not plain whose parse is kept
 PARSED_ADDRESSES = 4096
 # RFC 5322's dot-atom at a domain name: `parseaddr` gives such an address back as it is
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+PLAIN_ADDRESS = re.compile(rf"{DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 def in_wire_form(message: bytes) -> bool:

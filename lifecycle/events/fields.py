@@ -15,6 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from lifecycle.addresses import DOT_ATOM
 from lifecycle.events.kinds import EmailCategory
 
 # What str.strip() strips (str.isspace()), spelled out so that the OpenAPI document's patterns mean
@@ -96,9 +97,8 @@ def _check_currency(value: str) -> str:
 # letter TLD. Checked by this expression alone (a full check costs ~0.5 ms); anything else, or a
 # punycode label, goes through email-validator. Every address it takes, email-validator takes too,
 # with the same result (tests/unit/test_events.py holds it to that).
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PLAIN_EMAIL = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
+_PLAIN_EMAIL = re.compile(rf"({DOT_ATOM})@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
 
 
 def _plain_email(value: str) -> str | None:

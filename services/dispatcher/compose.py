@@ -20,6 +20,7 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+from lifecycle.addresses import DOT_ATOM
 from lifecycle.core.campaigns import campaign_of
 from lifecycle.settings import Settings
 from lifecycle.smtp_data import to_wire_form
@@ -278,10 +279,9 @@ _PART_HEADERS = {subtype: f'Content-Type: text/{subtype}; charset="utf-8"\nConte
                           f"quoted-printable\n\n".encode("ascii") for subtype in ("plain", "html")}
 # headers the policy parses but writes back unchanged when their value has this plain form
 # (a dot-atom address, a message id of dot-atoms): property-tested
-_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _AS_GIVEN_FORMS = {
-    "to": re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}"),
-    "message-id": re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>"),
+    "to": re.compile(f"{DOT_ATOM}@{DOT_ATOM}"),
+    "message-id": re.compile(f"<{DOT_ATOM}@{DOT_ATOM}>"),
 }
 def _written(name: str, value: str) -> tuple[bytes, str]:
     """The header's line as the composer's policy writes it (LF), and its value read back as a string."""

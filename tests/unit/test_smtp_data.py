@@ -55,6 +55,13 @@ def test_a_composed_message_in_wire_form_is_already_what_data_sends(message: byt
     assert smtp_data.to_wire_form(b"a\r\nb\n") == b"a\r\nb\n"  # a CR already: left as it is
 
 
+def _parsed_or_refused(parse: object, address: str) -> str | type[Exception]:
+    try:
+        return parse(address)  # type: ignore[operator, no-any-return]
+    except ValueError:
+        return ValueError
+
+
 @given(st.text(alphabet=st.sampled_from(list('ab@.<> "\r\n\x00é,')), max_size=30))
 def test_an_address_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
     import aiosmtplib.email
@@ -64,27 +71,10 @@ def test_an_address_is_parsed_as_aiosmtplib_parses_it(address: str) -> None:
     assert hasattr(parse, "cache_info") and aiosmtplib.smtp.parse_address is parse  # type: ignore[attr-defined]
     original = parse.__wrapped__  # type: ignore[attr-defined]
     for _ in range(2):  # the second answer from the cache, errors included (never kept)
-        try:
-            expected: str | type[Exception] = original(address)
-        except ValueError:
-            expected = ValueError
-        try:
-            got: str | type[Exception] = parse(address)
-        except ValueError:
-            got = ValueError
-        assert got == expected
-        try:
-            quoted: str | type[Exception] = aiosmtplib.email.quote_address(address)
-        except ValueError:
-            quoted = ValueError
+        expected = _parsed_or_refused(original, address)
+        assert _parsed_or_refused(parse, address) == expected
+        quoted = _parsed_or_refused(aiosmtplib.email.quote_address, address)
         assert quoted == (f"<{expected}>" if isinstance(expected, str) else ValueError)
-
-
-def _parsed_or_refused(parse: object, address: str) -> str | type[Exception]:
-    try:
-        return parse(address)  # type: ignore[operator, no-any-return]
-    except ValueError:
-        return ValueError
 
 
 @given(st.from_regex(smtp_data.PLAIN_ADDRESS, fullmatch=True))
