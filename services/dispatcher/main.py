@@ -156,6 +156,7 @@ async def serve(settings: Settings) -> None:
         await asyncio.gather(*sending, return_exceptions=True)
         await delivery.close()
         renderer.close()
+        await worker.close()  # the last batch's offsets committed first
         await consumer.stop()
         await producer.stop()
         server.should_exit = True

@@ -140,6 +140,7 @@ async def serve(settings: Settings) -> None:
         log.info("stager stopping: batch committed, closing Kafka clients")
         stop.set()
         await asyncio.gather(relaying, listening, return_exceptions=True)
+        await worker.close()  # the last batch's offsets committed first
         await consumer.stop()
         await producer.stop()
         server.should_exit = True

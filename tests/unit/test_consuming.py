@@ -87,7 +87,9 @@ async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_is_ha
     consumer = FakeConsumer([[Record(10, b"c1", b"a"), Record(11, b"c2", b"poison"), Record(12, b"c3", b"\x00x"),
                               Record(13, b"c4", b"b")]])
     producer = FakeProducer()
-    assert await _worker(consumer, producer, handle).poll_once()
+    worker = _worker(consumer, producer, handle)
+    assert await worker.poll_once()
+    await worker.flush()
     assert handled == [["a"], ["b"]]  # the batch failed, then each message on its own
     letters = [DeadLetter.from_message(value) for _, value, _ in producer.sent]
     assert [(d.offset, d.attempts, d.key) for d in letters] == [(12, 1, b"c3"), (11, 3, b"c2")]
@@ -127,7 +129,80 @@ async def test_a_lost_partition_does_not_fail_the_batch() -> None:
 
     consumer = FakeConsumer([[Record(1, b"c1", b"a")]])
     consumer.commit_error = CommitFailedError("rebalanced")
-    assert await _worker(consumer, FakeProducer(), handle).poll_once()
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once()
+    await worker.flush()
+
+
+class SlowCommits(FakeConsumer):
+    """A consumer whose commits wait until `landing` is set, recording their order."""
+
+    def __init__(self, batches: list[list[Record]]) -> None:
+        super().__init__(batches)
+        self.landing = asyncio.Event()
+        self.order: list[int] = []
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        await self.landing.wait()
+        await super().commit(offsets)
+        self.order.append(offsets[TP].offset)
+
+
+async def test_the_next_batch_is_handled_while_the_last_offsets_are_committed_and_commits_land_in_order() -> None:
+    handled: list[list[str]] = []
+
+    async def handle(values: list[str]) -> None:
+        handled.append(values)
+
+    consumer = SlowCommits([[Record(1, b"c1", b"a")], [Record(2, b"c2", b"b")]])
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once()
+    assert consumer.committed_offsets == {}  # on its way
+    second = asyncio.create_task(worker.poll_once())
+    await asyncio.sleep(0.01)
+    assert handled == [["a"], ["b"]]  # handled before the first batch's commit landed
+    assert not second.done()  # its own commit waits for the one before
+    consumer.landing.set()
+    assert await second
+    await worker.flush()
+    assert consumer.order == [2, 3] and consumer.committed_offsets == {TP: 3}
+
+
+async def test_a_commit_that_failed_raises_at_the_next_batch_and_the_next_commit_covers_it() -> None:
+    handled: list[list[str]] = []
+
+    async def handle(values: list[str]) -> None:
+        handled.append(values)
+
+    consumer = FakeConsumer([[Record(1, b"c1", b"a")], [Record(2, b"c2", b"b")], [Record(3, b"c3", b"c")]])
+    consumer.commit_error = KafkaConnectionError("the coordinator is away")
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once()
+    with pytest.raises(KafkaConnectionError):  # reported as the phase's transient failure
+        await worker.poll_once()
+    assert handled == [["a"], ["b"]] and consumer.committed_offsets == {}
+    consumer.commit_error = None
+    assert await worker.poll_once()  # the consumer went on from its position: nothing skipped
+    await worker.flush()
+    assert handled == [["a"], ["b"], ["c"]] and consumer.committed_offsets == {TP: 4}
+
+
+async def test_closing_commits_the_offsets_on_their_way_and_logs_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    async def handle(values: list[str]) -> None:
+        return None
+
+    consumer = SlowCommits([[Record(7, b"c1", b"a")]])
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once()
+    consumer.landing.set()
+    await worker.close()
+    assert consumer.committed_offsets == {TP: 8}
+    consumer.batches.append([Record(8, b"c1", b"b")])
+    consumer.commit_error = KafkaConnectionError("the coordinator is away")
+    assert await worker.poll_once()
+    await worker.close()  # does not raise: the next consumer repeats the batch
+    assert consumer.committed_offsets == {TP: 8}
+    assert "the last offsets were not committed" in caplog.text
 
 
 def _pg_error(cls: type[Exception]) -> DBAPIError:
@@ -215,3 +290,67 @@ def test_a_task_loop_waits_for_its_wake_up_or_its_idle_time_and_backs_off_after_
 
     asyncio.run(scenario())
     assert errors == [("relay", "error")] and len(calls) == 5
+
+
+class PositionedConsumer(FakeConsumer):
+    """One partition read two records at a time from a position that `seek` moves, as a real consumer is."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__([])
+        self.records = records
+        self.position = 0
+        self.reads: list[int] = []  # the position of each read
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TopicPartition, list[Record]]:
+        found = [r for r in self.records if r.offset >= self.position][:2]
+        self.reads.append(self.position)
+        await asyncio.sleep(0)
+        if not found:
+            return {}
+        self.position = found[-1].offset + 1
+        return {TP: found}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        super().seek(tp, offset)
+        self.position = offset
+
+
+async def test_the_next_batch_is_read_and_decoded_while_one_is_handled() -> None:
+    reads_while_handling: list[list[int]] = []
+
+    async def handle(values: list[str]) -> None:
+        await asyncio.sleep(0.01)  # the database's round trips
+        reads_while_handling.append(list(consumer.reads))
+
+    consumer = PositionedConsumer([Record(n, b"c", f"m{n}".encode()) for n in range(4)])
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once() and await worker.poll_once()
+    assert not await worker.poll_once()
+    await worker.close()
+    # while the first batch (offsets 0, 1) was handled, the second (2, 3) had been read already
+    assert reads_while_handling[0] == [0, 2]
+    assert consumer.committed_offsets == {TP: 4}
+
+
+async def test_a_transient_failure_drops_the_batch_read_ahead_and_reads_again_from_the_last_commit() -> None:
+    handled: list[list[str]] = []
+    failures = [OperationalError("SELECT", {}, Exception("the database system is shutting down"))]
+
+    async def handle(values: list[str]) -> None:
+        await asyncio.sleep(0.01)
+        if failures and values == ["m2", "m3"]:
+            raise failures.pop()
+        handled.append(values)
+
+    consumer = PositionedConsumer([Record(n, b"c", f"m{n}".encode()) for n in range(6)])
+    worker = _worker(consumer, FakeProducer(), handle)
+    assert await worker.poll_once()
+    await worker.flush()
+    with pytest.raises(OperationalError):
+        await worker.poll_once()  # m2, m3 fail while m4, m5 are read ahead
+    assert consumer.seeks == [(TP, 2)]
+    while await worker.poll_once():
+        pass
+    await worker.close()
+    assert handled == [["m0", "m1"], ["m2", "m3"], ["m4", "m5"]]  # nothing skipped, nothing twice
+    assert consumer.committed_offsets == {TP: 6}
