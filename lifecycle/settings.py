@@ -244,6 +244,8 @@ class Settings(BaseSettings):
     smtp_pipelining: bool = True
     smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
     smtp_domain_rate_per_second: float = Field(default=0.0, ge=0)
+    # how long the first 250 of a batch waits for others before their `sent` is written together
+    record_gather_seconds: float = Field(default=0.005, ge=0, le=1)
     smtp_max_attempts: int = Field(default=8, ge=1)
     smtp_retry_base_seconds: float = Field(default=2.0, gt=0)
     smtp_retry_max_seconds: float = Field(default=300.0, gt=0)

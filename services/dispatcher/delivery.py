@@ -52,7 +52,7 @@ class Delivery:
         self.renderer = renderer
         self.sender = Sender(config, settings.mail_from_address)
         self.bounce_domain = settings.bounce_domain_name
-        self.recorder = SentRecorder(store.mark_sent_many)
+        self.recorder = SentRecorder(store.mark_sent_many, gather=settings.record_gather_seconds)
         self._opened = 0  # connections counted in the metric so far
         log.info("SMTP to %s:%d (tls %s, pool %d, %s), DKIM %s", config.host, config.port, config.tls,
                  config.pool_size, "auth" if config.username else "no auth",

@@ -73,7 +73,7 @@ RECORD_DELAY = Histogram(
 )
 RECORD_BATCH = Histogram(
     "lifecycle_dispatcher_record_batch_size",
-    "250s recorded per UPDATE (group commit: those that arrived while the previous write was in flight).",
+    "250s recorded per UPDATE (those that arrived within the gather time or while the previous write was in flight).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
 )
 RENDER_SECONDS = Histogram(

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from lifecycle.core.journeys import SendAudience
 from lifecycle.dkim import dns_txt_record
+from lifecycle.settings import Settings
 from services.dispatcher import metrics
 from services.dispatcher.recording import SentRecorder
 from services.dispatcher.rendering import Composed, ComposeFailure, Renderer
@@ -192,6 +193,29 @@ def test_the_250s_that_arrive_during_a_write_go_together_in_the_next() -> None:
     assert asyncio.run(scenario()) == [True, True, False, True]
     assert batches == [[1], [2, 3, 4]]
     assert metrics.UNRECORDED._value.get() == 0
+
+
+def test_the_first_250_waits_the_gather_time_for_the_others_and_they_are_written_together() -> None:
+    batches: list[list[int]] = []
+
+    async def mark_sent(items: list[Outgoing]) -> set[int]:
+        batches.append([i.send_id for i in items])
+        return {i.send_id for i in items}
+
+    async def scenario() -> list[bool | None]:
+        recorder = SentRecorder(mark_sent, gather=0.05)
+        first = asyncio.create_task(recorder.sent(_item(1)))
+        await asyncio.sleep(0.01)
+        assert batches == []  # waiting for the others
+        others = [asyncio.create_task(recorder.sent(_item(n))) for n in (2, 3)]
+        results = await asyncio.gather(first, *others)
+        late = await recorder.sent(_item(4))  # after the write: a batch of its own, after its own wait
+        await recorder.close()
+        return [*results, late]
+
+    assert asyncio.run(scenario()) == [True, True, True, True]
+    assert batches == [[1, 2, 3], [4]]
+    assert Settings().record_gather_seconds == 0.005  # a few milliseconds by default
 
 
 def test_a_record_is_tried_again_while_the_database_is_away_then_given_up() -> None:
