@@ -582,8 +582,8 @@ async def test_processed_ids_and_bodies_of_finished_sends_expire_after_the_reten
     async with engine.connect() as conn:
         kept = (await conn.execute(text("SELECT count(*) FROM processed_events"))).scalar()
         triggers = (await conn.execute(text("SELECT trigger_id FROM processed_triggers"))).scalars().all()
-        bodies: dict[str, bool] = dict((await conn.execute(text(
-            "SELECT message_id, message IS NOT NULL FROM sends ORDER BY run_id"))).tuples().all())
+        bodies: dict[str, bool] = {row[0]: row[1] for row in (await conn.execute(text(
+            "SELECT message_id, message IS NOT NULL FROM sends ORDER BY run_id"))).all()}
         await conn.execute(text("SET enable_seqscan = off"))  # what the planner does once the tables are big
         plans = ["\n".join(row[0] for row in (await conn.execute(text(f"EXPLAIN {statement.text}"),
                                                                 {"days": 30, "n": 5})).all())
