@@ -221,8 +221,9 @@ class TopicWorker(Generic[T]):
         reading, self._reading = self._reading, None
         if reading is not None:
             reading.cancel()
-            with contextlib.suppress(BaseException):
-                await reading
+            await asyncio.wait([reading])  # a cancellation of the caller's own still comes through
+            if not reading.cancelled():
+                reading.exception()  # read: what it raised no longer matters
 
     async def flush(self) -> None:
         """Wait for the offsets on their way to the broker (before the consumer stops). A commit
