@@ -35,7 +35,8 @@ TRANSITIONS = Counter(
     "lifecycle_stager_stage_transitions_total", "Lifecycle stage changes.", ["from_stage", "to_stage"]
 )
 BATCH_SIZE = Histogram(
-    "lifecycle_stager_batch_size_events", "Events per consumer batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)
+    "lifecycle_stager_batch_size_events", "Events per consumer batch.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
 )
 BATCH_DURATION = Histogram("lifecycle_stager_batch_duration_seconds", "Time to apply one batch.")
 DUE_APPLIED = Counter("lifecycle_stager_due_changes_applied_total", "Time-driven changes applied.")
