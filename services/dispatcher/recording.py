@@ -66,16 +66,18 @@ class SentRecorder:
 
     async def _write(self) -> None:
         if self.gather > 0 and len(self._waiting) < MAX_BATCH:
-            await asyncio.sleep(self.gather)  # the other connections' 250s, due in moments
+            try:
+                await asyncio.sleep(self.gather)  # the other connections' 250s, due in moments
+            except BaseException as exc:
+                batch, self._waiting = self._waiting, []
+                self._fail(batch, exc)
+                raise
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
                 recorded = await self._durably([w.item for w in batch])
             except BaseException as exc:
-                for waiting in batch:
-                    if not waiting.done.done():
-                        waiting.done.set_exception(exc)
-                metrics.UNRECORDED.dec(len(batch))
+                self._fail(batch, exc)
                 raise
             now = time.monotonic()
             metrics.RECORD_BATCH.observe(len(batch))
@@ -84,6 +86,14 @@ class SentRecorder:
                 if not waiting.done.done():
                     waiting.done.set_result(None if recorded is None else waiting.item.send_id in recorded)
             metrics.UNRECORDED.dec(len(batch))
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], exc: BaseException) -> None:
+        """The senders of `batch` learn that their 250s were not recorded (they are no longer counted)."""
+        for waiting in batch:
+            if not waiting.done.done():
+                waiting.done.set_exception(exc)
+        metrics.UNRECORDED.dec(len(batch))
 
     async def _durably(self, items: list[Outgoing]) -> set[int] | None:
         """`mark_sent`, tried again and again while PostgreSQL is away; None if it never came back."""

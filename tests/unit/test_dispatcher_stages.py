@@ -218,6 +218,24 @@ def test_the_first_250_waits_the_gather_time_for_the_others_and_they_are_written
     assert Settings().record_gather_seconds == 0.005  # a few milliseconds by default
 
 
+def test_a_recorder_stopped_while_it_gathers_tells_its_senders_instead_of_leaving_them_waiting() -> None:
+    async def mark_sent(items: list[Outgoing]) -> set[int]:
+        return {i.send_id for i in items}
+
+    async def scenario() -> None:
+        recorder = SentRecorder(mark_sent, gather=60.0)
+        unrecorded = metrics.UNRECORDED._value.get()
+        sender = asyncio.create_task(recorder.sent(_item(1)))
+        await asyncio.sleep(0.01)
+        assert recorder._task is not None
+        recorder._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(sender, timeout=5)
+        assert metrics.UNRECORDED._value.get() == unrecorded  # no longer counted as waiting
+
+    asyncio.run(scenario())
+
+
 def test_a_record_is_tried_again_while_the_database_is_away_then_given_up() -> None:
     calls = 0
 
