@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -227,36 +227,6 @@ async def delivered(futures: Sequence[asyncio.Future[Any]]) -> None:
 def _all_seen(futures: Sequence[asyncio.Future[Any]]) -> None:
     for future in futures:
         future.add_done_callback(_retrieve)
-
-
-T = TypeVar("T")
-
-
-async def poll_decoded(
-    consumer: AIOKafkaConsumer,
-    settings: Settings,
-    decode: Callable[[bytes], T],
-    consumed: Counter,
-    unreadable: Counter,
-) -> tuple[bool, list[T]]:
-    """One consumer batch, decoded: (anything read, the readable messages).
-
-    A message that cannot be decoded is logged and counted, never retried: a poison
-    message must not stop the stream behind it.
-    """
-    batch = await consumer.getmany(timeout_ms=int(settings.poll_interval_seconds * 1000),
-                                   max_records=settings.batch_size)
-    decoded: list[T] = []
-    for partition, messages in batch.items():
-        consumed.inc(len(messages))
-        for message in messages:
-            try:
-                decoded.append(decode(message.value))
-            except Exception as exc:
-                unreadable.inc()
-                log.error("unreadable message skipped: %s", exc,
-                          extra={"topic": partition.topic, "partition": partition.partition, "offset": message.offset})
-    return bool(batch), decoded
 
 
 async def report_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
