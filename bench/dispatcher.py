@@ -49,6 +49,7 @@ from bench.common import (
 )
 from bench.stack import BenchStack, deliveries, message_count, reset, scalar, wait_until
 from bench.workload import batches, parsed, signup
+from devstack import postgres
 from devstack.smtp_sink import clear_messages, mail_dir
 from lifecycle.clock import SystemClock
 from lifecycle.core.triggers import Trigger
@@ -98,8 +99,9 @@ async def seed_due_runs(stack: BenchStack, prefix: str, count: int, distinct: bo
 @dataclass(frozen=True)
 class Delivered:
     count: int
-    # CPU time an email from ready to the last record (ms): the dispatcher's process, its render workers
-    cpu_ms: tuple[float, float] | None
+    # CPU time an email from ready to the last record (ms): the dispatcher's process, its render workers,
+    # PostgreSQL (every process of the server)
+    cpu_ms: tuple[float, float, float] | None
     from_ready: float  # emails/s from the moment the dispatcher answers /healthz to the last arrival
     from_spawn: float  # the same from the process start (imports and connections included)
     first_to_last: float | None
@@ -122,8 +124,8 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
                 return False, "starting"
 
         ready = await wait_until(healthy, "dispatcher start", 120, interval=0.02)
-    pid = stack.pid("dispatcher")
-    cpu_at_ready = _cpu_seconds(pid) if pid else None
+    pid, server = stack.pid("dispatcher"), postgres.server_pid(stack.settings)
+    cpu_at_ready = (*_cpu_seconds(pid), sum(_cpu_seconds(server))) if pid and server else None
 
     async def done() -> tuple[bool, str]:
         if not stack.pid("dispatcher"):
@@ -141,9 +143,10 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
 
     await wait_until(recorded, "dispatcher records", 120)
     cpu_ms = None
-    if pid and cpu_at_ready is not None:
-        own, workers = (1000 * (now - then) / count for now, then in zip(_cpu_seconds(pid), cpu_at_ready, strict=True))
-        cpu_ms = (own, workers)
+    if pid and server and cpu_at_ready is not None:
+        own, workers, database = (1000 * (now - then) / count for now, then in zip(
+            (*_cpu_seconds(pid), sum(_cpu_seconds(server))), cpu_at_ready, strict=True))
+        cpu_ms = (own, workers, database)
     stack.wait_healthy("dispatcher")
     found = deliveries(stack.settings)
     times = [d.at for d in found]
@@ -295,8 +298,9 @@ async def _rounds(stack: BenchStack, phase: str, count: int, settings: Settings 
 def _cpu_note(found: Delivered) -> str:
     if found.cpu_ms is None:
         return ""
-    own, workers = found.cpu_ms
-    return f"; CPU an email: dispatcher {own:.2f} ms, render workers {workers:.2f} ms"
+    own, workers, database = found.cpu_ms
+    return (f"; CPU an email: dispatcher {own:.2f} ms, render workers {workers:.2f} ms, "
+            f"PostgreSQL {database:.2f} ms")
 
 
 def _note_duplicates(results: Results, phase: str, runs: list[Delivered]) -> None:

@@ -209,6 +209,11 @@ def is_running(settings: Settings) -> bool:
     return _postmaster_pid(layout(settings)) is not None
 
 
+def server_pid(settings: Settings) -> int | None:
+    """The postmaster's pid (its children are the backends and the background workers), None if down."""
+    return _postmaster_pid(layout(settings))
+
+
 def _names(settings: Settings) -> tuple[str, str]:
     """(role, database) named by the database URL; `lifecycle` for both by default."""
     url = make_url(settings.database_url)
