@@ -32,7 +32,8 @@ DUE_RUNS = text(
 )
 
 # Who may receive what, per customer of a claim: profile, consent, suppression, engagement, the
-# frequency cap's count (an index serves it: sends_customer_marketing_recent), pending opt-outs.
+# frequency cap's count (an index serves it: sends_customer_marketing_recent), the first marketing
+# send (sends_customer_sent), pending opt-outs.
 RECIPIENTS_SQL = (
     "SELECT c.customer_id, c.state -> 'traits' AS traits, c.consent, c.email,"
     f" {CUSTOMER_SUPPRESSION_SQL} AS suppressed, c.last_engagement_at,"

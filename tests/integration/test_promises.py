@@ -433,6 +433,7 @@ async def test_the_claim_counts_recent_sends_per_customer_with_an_index(scratch:
             {"ids": [f"c-{n}" for n in range(1, 50)], "since": START - timedelta(days=7)})).all())
     assert "Seq Scan on sends" not in plan, plan
     assert "sends_customer_marketing_recent" in plan, plan
+    assert "sends_customer_sent" in plan, plan  # the first marketing send
 
 
 # --- through the pipeline --------------------------------------------------------------------------
