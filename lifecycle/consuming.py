@@ -167,12 +167,15 @@ class TopicWorker(Generic[T]):
         if read is None:
             return False
         batch, decoded = read
+        # counted when handled, not when read ahead: a rewind drops what was read ahead, and it is read again
+        self.consumed.inc(len(decoded))
         # the next batch is read and decoded while this one waits on the database
         self._reading = asyncio.create_task(self._read())
         try:
             readable: list[tuple[TopicPartition, ConsumerRecord[Any, Any], T]] = []
             for tp, record, value in decoded:
                 if isinstance(value, _Unreadable):  # a message nobody can read is poison at once
+                    self.unreadable.inc()
                     await self._dead_letter(tp, record, f"unreadable: {value.error}", 1)
                 else:
                     readable.append((tp, record, value))
@@ -202,7 +205,6 @@ class TopicWorker(Generic[T]):
             return None
         decoded: list[tuple[TopicPartition, ConsumerRecord[Any, Any], T | _Unreadable]] = []
         for tp, found in batch.items():
-            self.consumed.inc(len(found))
             for record in found:
                 if len(decoded) % _DECODE_SLICE == _DECODE_SLICE - 1:
                     await asyncio.sleep(0)  # read ahead in slices: the batch being handled goes first
@@ -212,7 +214,6 @@ class TopicWorker(Generic[T]):
                     else:
                         decoded.append((tp, record, self.decode(record.value, record.headers)))
                 except Exception as exc:
-                    self.unreadable.inc()
                     decoded.append((tp, record, _Unreadable(exc)))
         return batch, decoded
 

@@ -63,6 +63,11 @@ class FakeProducer:
         return future
 
 
+def _count(counter: Counter) -> float:
+    return sum(sample.value for metric in counter.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
+
+
 def _worker(consumer: FakeConsumer, producer: FakeProducer, handle: Any) -> TopicWorker[str]:
     registry = CollectorRegistry()
     consumed, unreadable, dead = (Counter(name, name, registry=registry) for name in ("consumed", "unreadable", "dead"))
@@ -95,6 +100,7 @@ async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_is_ha
     assert [(d.offset, d.attempts, d.key) for d in letters] == [(12, 1, b"c3"), (11, 3, b"c2")]
     assert letters[0].error.startswith("unreadable") and "KeyError" in letters[1].error
     assert letters[0].value == b"\x00x"  # kept whole, to be replayed
+    assert (_count(worker.consumed), _count(worker.unreadable), _count(worker.dead_lettered)) == (4, 1, 2)
     assert consumer.committed_offsets == {TP: 14}
     assert all(topic == "lifecycle.dead-letters" for topic, _, _ in producer.sent)
 
@@ -354,3 +360,5 @@ async def test_a_transient_failure_drops_the_batch_read_ahead_and_reads_again_fr
     await worker.close()
     assert handled == [["m0", "m1"], ["m2", "m3"], ["m4", "m5"]]  # nothing skipped, nothing twice
     assert consumer.committed_offsets == {TP: 6}
+    # counted as handed to the handler: m2 and m3 twice (they were), m4 and m5 once (their read ahead dropped)
+    assert _count(worker.consumed) == 8
