@@ -125,7 +125,7 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
 
         ready = await wait_until(healthy, "dispatcher start", 120, interval=0.02)
     pid, server = stack.pid("dispatcher"), postgres.server_pid(stack.settings)
-    cpu_at_ready = (*_cpu_seconds(pid), sum(_cpu_seconds(server))) if pid and server else None
+    cpu_at_ready = _cpu_seconds(pid, server) if pid and server else None
 
     async def done() -> tuple[bool, str]:
         if not stack.pid("dispatcher"):
@@ -145,7 +145,7 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
     cpu_ms = None
     if pid and server and cpu_at_ready is not None:
         own, workers, database = (1000 * (now - then) / count for now, then in zip(
-            (*_cpu_seconds(pid), sum(_cpu_seconds(server))), cpu_at_ready, strict=True))
+            _cpu_seconds(pid, server), cpu_at_ready, strict=True))
         cpu_ms = (own, workers, database)
     stack.wait_healthy("dispatcher")
     found = deliveries(stack.settings)
@@ -156,10 +156,11 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
     return result
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """(CPU seconds of `pid`, of its children together: the render workers), user and system, from /proc."""
+def _cpu_seconds(pid: int, server: int) -> tuple[float, float, float]:
+    """CPU seconds, user and system, from one pass over /proc: of `pid`, of its children together (the
+    render workers), and of the PostgreSQL `server` with its children (backends, background workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    own = children = 0.0
+    own = children = database = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -168,11 +169,14 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
         except OSError:
             continue  # gone meanwhile
         used = (int(fields[11]) + int(fields[12])) / ticks
-        if int(entry.name) == pid:
+        found, parent = int(entry.name), int(fields[1])
+        if found == pid:
             own = used
-        elif int(fields[1]) == pid:
+        elif parent == pid:
             children += used
-    return own, children
+        elif server in (found, parent):
+            database += used
+    return own, children, database
 
 
 async def raw_smtp(stack: BenchStack, connections: int, total: int | None = None,
