@@ -27,6 +27,8 @@ from lifecycle.templates.jinja import (
 )
 from lifecycle.templates.links import UNTRACKED, Links
 from lifecycle.templates.locales import locale_folders, normalize_locale, pick_locale
+from lifecycle.templates.memo import SendMemo
+from lifecycle.templates.reads import IMPLICIT, Reads, reads_of_source, reads_of_templates
 from lifecycle.templates.samples import SAMPLE_POSTAL_ADDRESS, SAMPLE_SHOP_URL, sample_contexts
 from lifecycle.templates.text import unknown_elements
 from lifecycle.yamlio import load_plain
@@ -47,6 +49,7 @@ class _Compiled:
     body: Template
     text: Template | None
     text_path: Path | None
+    reads: Reads | None  # of the subject, preheader, body and text, with what they use (None: unknown)
 
 
 class Templates:
@@ -60,6 +63,8 @@ class Templates:
         self._locale_dirs: dict[str, str] | None = None
         self._locales_of: dict[str, list[str]] = {}
         self.converted = ConvertedCache()
+        self.memo = SendMemo()
+        self._send_reads: dict[tuple[str, str, str | None], Reads | None] = {}
 
     # --- where templates are -------------------------------------------------------------------
 
@@ -165,9 +170,38 @@ class Templates:
         except TemplateNotFound as exc:
             raise TemplateError(path, 1, f"template {exc.name!r} not found (extends, import or include)") from None
         preheader = compile_line(env, path, *fields["preheader"]) if "preheader" in fields else None
-        compiled = _Compiled(path, compile_line(env, path, *fields["subject"]), preheader, body, text, text_path)
+        compiled = _Compiled(path, compile_line(env, path, *fields["subject"]), preheader, body, text, text_path,
+                             self._reads(env, loader, name, [line for _, line in fields.values()]))
         self._compiled[(name, locale)] = compiled
         return compiled
+
+    @staticmethod
+    def _reads(env: TemplateEnvironment, loader: TemplateLoader, name: str, lines: list[str]) -> Reads | None:
+        def source(template: str) -> str | None:
+            try:
+                return loader.get_source(env, template)[0]
+            except TemplateNotFound:
+                return None
+
+        reads = reads_of_templates(env, [f"{name}{MJML_SUFFIX}", f"{name}{TEXT_SUFFIX}"], source)
+        for line in lines:
+            found = reads_of_source(env, line)
+            reads = None if reads is None or found is None else reads | found
+        return reads
+
+    def send_reads(self, name: str, locale: str, subject: str | None = None) -> Reads | None:
+        """What rendering `name` in `locale` reads of its context (`subject`: an A/B subject line rendered
+        with it), the renderer's own reads included; None when that cannot be known."""
+        key = (name, locale, subject)
+        if key not in self._send_reads:
+            reads = self._compile(name, locale).reads
+            if reads is not None and subject is not None:
+                found = reads_of_source(self._env(locale), subject)
+                reads = None if found is None else reads | found
+            if len(self._send_reads) > 1000:
+                self._send_reads.clear()
+            self._send_reads[key] = None if reads is None else reads | IMPLICIT
+        return self._send_reads[key]
 
     def render(self, name: str, context: dict[str, Any], locale: str | None = None,
                default_locale: str | None = None) -> Rendered:

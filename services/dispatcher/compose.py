@@ -24,7 +24,8 @@ from lifecycle.addresses import DOT_ATOM
 from lifecycle.core.campaigns import campaign_of
 from lifecycle.settings import Settings
 from lifecycle.smtp_data import to_wire_form
-from lifecycle.templates import Links, Templates, with_open_pixel
+from lifecycle.templates import Links, TemplateError, Templates, with_open_pixel
+from lifecycle.templates.memo import SendContent
 from lifecycle.tokens import SigningKeys, confirm_url, unsubscribe_url
 from lifecycle.tracking import click_url, open_pixel_url, preferences_url
 
@@ -179,32 +180,43 @@ class _Rendered:
 def _render(settings: Settings, keys: SigningKeys, templates: Templates, spec: MessageSpec) -> _Rendered:
     customer_id = str(spec.customer["customer_id"])
     unsubscribe = unsubscribe_url(settings, keys, customer_id, spec.message_id)
-    links = Links(
-        settings.shop_url,
-        {"unsubscribe": unsubscribe, "preferences": preferences_url(settings, keys, customer_id, spec.message_id),
-         "confirm": confirm_url(settings, keys, customer_id, spec.to_address)},
-        lambda index: click_url(settings, keys, spec.message_id, customer_id, index),
-    )
-    context = template_context(settings, spec, links)
-    locale = spec.customer.get("locale")
-    rendered = templates.render(spec.template, context, locale=str(locale) if locale else None,
-                                default_locale=settings.default_locale)
+    untracked = {"unsubscribe": unsubscribe,
+                 "preferences": preferences_url(settings, keys, customer_id, spec.message_id),
+                 "confirm": confirm_url(settings, keys, customer_id, spec.to_address)}
+    wanted = spec.customer.get("locale")
+    wanted_locale = str(wanted) if wanted else None
     # an A/B variant may try another subject line (a Jinja string, same context)
     variant_subject = (spec.extras.get("variant") or {}).get("subject")
-    subject = templates.render_string(variant_subject, context, rendered.locale) if variant_subject \
-        else rendered.subject
+
+    def render(links: Links) -> SendContent:
+        context = template_context(settings, spec, links)
+        rendered = templates.render(spec.template, context, locale=wanted_locale,
+                                    default_locale=settings.default_locale)
+        subject = templates.render_string(variant_subject, context, rendered.locale) if variant_subject \
+            else rendered.subject
+        return SendContent(subject, rendered.locale, rendered.text, rendered.html, links.collected())
+
+    try:
+        locale = templates.resolve_locale(spec.template, wanted_locale, settings.default_locale)
+        reads = templates.send_reads(spec.template, locale, variant_subject)
+    except TemplateError:
+        locale, reads = "", None  # rendered as it is, which gives the error
+    content = templates.memo.render(
+        render, reads, lambda links: template_context(settings, spec, links), (spec.template, locale),
+        (spec.template, locale, settings.default_locale, variant_subject), settings.shop_url, untracked,
+        lambda index: click_url(settings, keys, spec.message_id, customer_id, index))
     headers = [
         ("From", settings.mail_from),
         ("To", spec.to_address),
-        ("Subject", subject),
+        ("Subject", content.subject),
         ("Date", format_datetime(spec.date)),
         ("Message-ID", spec.message_id),
         *_origin_headers(spec),
         ("List-Unsubscribe", f"<{unsubscribe}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
-    html = with_open_pixel(rendered.html, open_pixel_url(settings, keys, spec.message_id, customer_id))
-    return _Rendered(headers, rendered.locale, rendered.text, html, links.collected())
+    html = with_open_pixel(content.html, open_pixel_url(settings, keys, spec.message_id, customer_id))
+    return _Rendered(headers, content.locale, content.text, html, content.links)
 
 
 def _origin_headers(spec: MessageSpec) -> list[tuple[str, str]]:
