@@ -325,6 +325,7 @@ def _as_given(name: str, value: str) -> bool:
     return key not in _REPEATED and _unstructured(_POLICY, name)
 
 
+@functools.lru_cache(maxsize=64)  # a claim's emails share their date
 def _date_written_back(value: str) -> bool:
     try:
         return format_datetime(parsedate_to_datetime(value)) == value
