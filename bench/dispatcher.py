@@ -259,7 +259,7 @@ async def run(stack: BenchStack, scale: Scale, results: Results, dkim: bool = Tr
     say(f"dispatcher, every email's content its own (a first name per customer): {count} due sends again")
     distinct = await _again(stack, "distinct", count, None, distinct=True)
     results.set("dispatcher_distinct_ratio", ratio(distinct.from_ready, raw))
-    results.rows.append(Row("dispatcher, emails/s, every email's content its own (no conversion shared)",
+    results.rows.append(Row("dispatcher, emails/s, every email's content its own (no render shared)",
                             distinct.from_ready, raw, "/s"))
     _note_duplicates(results, "distinct-content phase", [distinct])
     if not dkim:
