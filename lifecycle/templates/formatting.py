@@ -56,6 +56,8 @@ def _locale(ctx: Context) -> Locale:
     return value if isinstance(value, Locale) else Locale.parse("en")
 
 
+# What these filters read of the context beside their arguments is declared in reads.IMPLICIT: the memo
+# of rendered contents (memo.py) keys each email by it.
 def _tz(ctx: Context) -> ZoneInfo:
     customer = ctx.get("customer")
     name = customer.get("timezone") if isinstance(customer, dict) else None

@@ -30,13 +30,14 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from lifecycle.templates.formatting import FORMAT_LOCALE_KEY
 from lifecycle.templates.links import Links
 from lifecycle.templates.reads import Reads
 
 # rendered contents kept per process (an email's HTML and text, tens of kB each)
 MEMO_SIZE = 256
 # variables the render sets itself from the locale, or that hold the placeholder links
-_DERIVED = frozenset({"links", "t", "locale", "_format_locale", "subject", "preheader"})
+_DERIVED = frozenset({"links", "t", "locale", FORMAT_LOCALE_KEY, "subject", "preheader"})
 _MIN_TOKEN = 24
 # A template whose emails seldom repeat (a name or a cart of each customer's own) is rendered twice
 # on a miss (with its own links, then with placeholders) for nothing: after _WARM_UP misses with
