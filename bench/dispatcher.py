@@ -49,7 +49,7 @@ from bench.common import (
 )
 from bench.stack import BenchStack, deliveries, message_count, reset, scalar, wait_until
 from bench.workload import batches, parsed, signup
-from devstack import postgres
+from devstack import postgres, smtp_sink
 from devstack.smtp_sink import clear_messages, mail_dir
 from lifecycle.clock import SystemClock
 from lifecycle.core.triggers import Trigger
@@ -100,8 +100,8 @@ async def seed_due_runs(stack: BenchStack, prefix: str, count: int, distinct: bo
 class Delivered:
     count: int
     # CPU time an email from ready to the last record (ms): the dispatcher's process, its render workers,
-    # PostgreSQL (every process of the server)
-    cpu_ms: tuple[float, float, float] | None
+    # PostgreSQL (every process of the server), the SMTP sink
+    cpu_ms: tuple[float, float, float, float] | None
     from_ready: float  # emails/s from the moment the dispatcher answers /healthz to the last arrival
     from_spawn: float  # the same from the process start (imports and connections included)
     first_to_last: float | None
@@ -125,7 +125,8 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
 
         ready = await wait_until(healthy, "dispatcher start", 120, interval=0.02)
     pid, server = stack.pid("dispatcher"), postgres.server_pid(stack.settings)
-    cpu_at_ready = _cpu_seconds(pid, server) if pid and server else None
+    sink = smtp_sink.server_pid(stack.settings)
+    cpu_at_ready = _cpu_seconds(pid, server, sink) if pid and server and sink else None
 
     async def done() -> tuple[bool, str]:
         if not stack.pid("dispatcher"):
@@ -143,10 +144,10 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
 
     await wait_until(recorded, "dispatcher records", 120)
     cpu_ms = None
-    if pid and server and cpu_at_ready is not None:
-        own, workers, database = (1000 * (now - then) / count for now, then in zip(
-            _cpu_seconds(pid, server), cpu_at_ready, strict=True))
-        cpu_ms = (own, workers, database)
+    if pid and server and sink and cpu_at_ready is not None:
+        own, workers, database, sink_ms = (1000 * (now - then) / count for now, then in zip(
+            _cpu_seconds(pid, server, sink), cpu_at_ready, strict=True))
+        cpu_ms = (own, workers, database, sink_ms)
     stack.wait_healthy("dispatcher")
     found = deliveries(stack.settings)
     times = [d.at for d in found]
@@ -156,27 +157,43 @@ async def deliver_all(stack: BenchStack, count: int, settings: Settings | None, 
     return result
 
 
-def _cpu_seconds(pid: int, server: int) -> tuple[float, float, float]:
+def _cpu_seconds(pid: int, server: int, sink: int) -> tuple[float, float, float, float]:
     """CPU seconds, user and system, from one pass over /proc: of `pid`, of its children together (the
-    render workers), and of the PostgreSQL `server` with its children (backends, background workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    own = children = database = 0.0
+    render workers), of the PostgreSQL `server` with its children (backends, background workers), and
+    of the SMTP `sink`."""
+    own = children = database = sink_cpu = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        found = _process_cpu(entry)
+        if found is None:
             continue  # gone meanwhile
-        used = (int(fields[11]) + int(fields[12])) / ticks
-        found, parent = int(entry.name), int(fields[1])
-        if found == pid:
+        used, parent = found
+        process = int(entry.name)
+        if process == pid:
             own = used
         elif parent == pid:
             children += used
-        elif server in (found, parent):
+        elif server in (process, parent):
             database += used
-    return own, children, database
+        elif process == sink:
+            sink_cpu = used
+    return own, children, database, sink_cpu
+
+
+def _process_cpu(entry: Path) -> tuple[float, int] | None:
+    """CPU seconds (user and system) and parent pid of the process at `entry` (/proc/<pid>); None if gone."""
+    try:
+        fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
+
+
+def _sink_cpu_seconds(settings: Settings) -> float | None:
+    pid = smtp_sink.server_pid(settings)
+    found = _process_cpu(Path(f"/proc/{pid}")) if pid is not None else None
+    return found[0] if found is not None else None
 
 
 async def raw_smtp(stack: BenchStack, connections: int, total: int | None = None,
@@ -291,20 +308,24 @@ async def _rounds(stack: BenchStack, phase: str, count: int, settings: Settings 
             unsigned = count - dkim_signed(stack)
             if unsigned:
                 raise RuntimeError(f"DKIM phase: {unsigned} of {count} messages arrived without a DKIM-Signature")
+        sink_before = _sink_cpu_seconds(stack.settings)
         sent, seconds = await raw_smtp(stack, connections)
+        sink_after = _sink_cpu_seconds(stack.settings)
         raws.append(rate(sent, seconds))
         delivered.append(found)
+        raw_sink = (f" (the raw loop's: {1000 * (sink_after - sink_before) / sent:.2f} ms)"
+                    if sink_before is not None and sink_after is not None and sent else "")
         say(f"  round {round_number}: raw loop {raws[-1]:.1f} emails/s, ratio {ratio(found.from_ready, raws[-1]):.2f}"
-            f"{_cpu_note(found)}")
+            f"{_cpu_note(found)}{raw_sink}")
     return delivered, raws
 
 
 def _cpu_note(found: Delivered) -> str:
     if found.cpu_ms is None:
         return ""
-    own, workers, database = found.cpu_ms
+    own, workers, database, sink = found.cpu_ms
     return (f"; CPU an email: dispatcher {own:.2f} ms, render workers {workers:.2f} ms, "
-            f"PostgreSQL {database:.2f} ms")
+            f"PostgreSQL {database:.2f} ms, the sink {sink:.2f} ms")
 
 
 def _note_duplicates(results: Results, phase: str, runs: list[Delivered]) -> None:

@@ -231,6 +231,11 @@ def stop(settings: Settings) -> bool:
     return stopped
 
 
+def server_pid(settings: Settings) -> int | None:
+    """The sink's pid, None if it is down."""
+    return processes.read_pid(absolute(settings.run_dir), NAME)
+
+
 def status(settings: Settings) -> tuple[bool, str]:
     pid = processes.read_pid(absolute(settings.run_dir), NAME)
     if pid is None:
