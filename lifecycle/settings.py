@@ -239,7 +239,9 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "implicit"] = "none"
     smtp_username: str | None = None
     smtp_password: str | None = None
-    smtp_pool_size: int = Field(default=8, ge=1)
+    # 16: with composing cheap, the dispatcher's rate is bound by messages in flight, not CPU
+    # (docs/performance.md); a crash may leave one delivered message per connection unrecorded
+    smtp_pool_size: int = Field(default=16, ge=1)
     # MAIL, RCPT and DATA in one write where the server offers PIPELINING (RFC 2920)
     smtp_pipelining: bool = True
     smtp_rate_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
