@@ -206,7 +206,7 @@ def _postmaster_pid(lay: Layout) -> int | None:
 
 
 def is_running(settings: Settings) -> bool:
-    return _postmaster_pid(layout(settings)) is not None
+    return server_pid(settings) is not None
 
 
 def server_pid(settings: Settings) -> int | None:

@@ -237,7 +237,7 @@ def server_pid(settings: Settings) -> int | None:
 
 
 def status(settings: Settings) -> tuple[bool, str]:
-    pid = processes.read_pid(absolute(settings.run_dir), NAME)
+    pid = server_pid(settings)
     if pid is None:
         return False, "stopped"
     return True, f"pid {pid}, {settings.smtp_host}:{settings.smtp_port}, mail in {mail_dir(settings)}"

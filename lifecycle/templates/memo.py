@@ -60,11 +60,7 @@ class SendContent:
 
 @dataclass(frozen=True)
 class _Entry:
-    subject: str
-    locale: str
-    text: str
-    html: str
-    links: list[dict[str, str]]
+    content: SendContent  # rendered with placeholders
     token_lengths: tuple[int, ...]  # per slot: the untracked links, then each tracked link
 
 
@@ -103,15 +99,17 @@ class SendMemo:
         def own_links() -> SendContent:
             return render(Links(shop_url, untracked, click))
 
+        if self.size == 0 or reads is None:
+            return own_links()
         names = sorted(untracked)
         real = [untracked[name] for name in names]
         shapes = [_shape(url) for url in [*real, click(0)]]
-        if self.size == 0 or reads is None or any(shape is None for shape in shapes):
+        if any(shape is None for shape in shapes):
             return own_links()
         slots: list[str] = []  # per slot (the untracked links, then each tracked link): its placeholder
 
         def placeholder(url: str) -> str:
-            cut = url.rfind("/") + 1
+            cut = _token_start(url)
             token = f"Lc{self._nonce}{len(slots):04d}{'z' * (len(url) - cut - len(self._nonce) - 7)}Y"
             slots.append(url[:cut] + token)
             return slots[-1]
@@ -160,33 +158,37 @@ class SendMemo:
                 return None
         if any(nonce in value for link in content.links for value in link.values()):
             return None
-        entry = _Entry(content.subject, content.locale, content.text, content.html,
-                       [dict(link) for link in content.links],
-                       tuple(len(url) - url.rfind("/") - 1 for url in slots))
+        entry = _Entry(content, tuple(len(url) - _token_start(url) for url in slots))
         return entry if self._filled(entry, own_url) == own else None
 
     def _filled(self, entry: _Entry, own_url: Callable[[int], str]) -> SendContent | None:
         """The entry with the send's own tokens; None when one has another length or needs escaping."""
         urls = [own_url(slot) for slot in range(len(entry.token_lengths))]
-        tokens = [url[url.rfind("/") + 1:] for url in urls]
+        tokens = [url[_token_start(url):] for url in urls]
         if tuple(map(len, tokens)) != entry.token_lengths or not all(map(_plain, urls)):
             return None
 
         def own(match: re.Match[str]) -> str:
             return tokens[int(match.group(1))]
 
-        return SendContent(subject=self._placeholder.sub(own, entry.subject), locale=entry.locale,
-                           text=self._placeholder.sub(own, entry.text), html=self._placeholder.sub(own, entry.html),
-                           links=[dict(link) for link in entry.links])
+        placed = entry.content
+        return SendContent(subject=self._placeholder.sub(own, placed.subject), locale=placed.locale,
+                           text=self._placeholder.sub(own, placed.text), html=self._placeholder.sub(own, placed.html),
+                           links=[dict(link) for link in placed.links])
 
 
 _MISSING: Any = object()
 
 
+def _token_start(url: str) -> int:
+    """Where a link's token starts: after the URL's last `/`."""
+    return url.rfind("/") + 1
+
+
 def _shape(url: str) -> tuple[str, int] | None:
     """A URL's text up to its token, and the token's length; None when the token is too short to
     hold a placeholder."""
-    cut = url.rfind("/") + 1
+    cut = _token_start(url)
     return (url[:cut], len(url) - cut) if len(url) - cut >= _MIN_TOKEN else None
 
 
